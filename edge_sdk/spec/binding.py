@@ -1,0 +1,139 @@
+"""Bind a ``ModelSpec`` to a checkpoint's tensors, and strip modalities — in one place.
+
+``bind`` checks that the checkpoint holds exactly the text tensors the config implies (shapes
+included), maps canonical names to checkpoint names, and sorts everything else into towers
+(vision, audio) or quietly-dropped leftovers (k/v of KV-shared layers, a tied ``lm_head``).
+``strip_report`` says what ``--text-only`` removes, per component. ``inventory_from_spec`` does the
+same accounting from the config alone (no weights needed).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol
+
+from ..errors import ConfigError
+from .model import ModelSpec
+from .names import classify, detect_prefix
+
+
+class StoredTensor(Protocol):
+    shape: tuple[int, ...]
+    dtype: str
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Count:
+    params: int = 0
+    bytes: int = 0
+
+    def __add__(self, other: "Count") -> "Count":
+        return Count(self.params + other.params, self.bytes + other.bytes)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Per-component parameters and bytes of a checkpoint (or of a config, estimated)."""
+
+    by_component: dict[str, Count]
+    removed_by_text_only: dict[str, Count]
+    dtype: str
+    from_weights: bool
+
+    @property
+    def total(self) -> Count:
+        return sum(self.by_component.values(), Count())
+
+    @property
+    def kept(self) -> Count:
+        return self.total + Count(-self.removed.params, -self.removed.bytes)
+
+    @property
+    def removed(self) -> Count:
+        return sum(self.removed_by_text_only.values(), Count())
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Canonical text-tensor name → checkpoint tensor name, plus what else the checkpoint holds."""
+
+    spec: ModelSpec
+    prefix: str
+    text: dict[str, str]                     # canonical → stored name
+    towers: dict[str, tuple[str, ...]]       # "vision"/"audio" → stored names
+    unused: tuple[str, ...]                  # dropped quietly (shared-layer k/v, tied lm_head)
+    inventory: Inventory = field(compare=False)
+
+
+_DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8,
+                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def bind(spec: ModelSpec, stored: Mapping[str, StoredTensor], *, source=None) -> Binding:
+    expected = {t.name: t for t in spec.text.tensors()}
+    names = set(stored)
+    prefix = detect_prefix(names)
+    text: dict[str, str] = {}
+    towers: dict[str, list[str]] = {"vision": [], "audio": []}
+    unused: list[str] = []
+    unknown: list[str] = []
+    by_comp: dict[str, Count] = {}
+    removed: dict[str, Count] = {}
+    dtypes: dict[str, int] = {}
+    for name in sorted(names):
+        info = stored[name]
+        m = classify(name, frozenset(expected), prefix)
+        cnt = Count(math.prod(info.shape), info.nbytes)
+        if m.section == "text":
+            exp = expected[m.canonical]
+            if tuple(info.shape) != exp.shape:
+                raise ConfigError(
+                    f"config.json implies shape {list(exp.shape)} but the weights hold {list(info.shape)}",
+                    path=source, tensor=name,
+                    fix="use the config.json that was saved with these weights")
+            text[m.canonical] = name
+            by_comp[exp.component] = by_comp.get(exp.component, Count()) + cnt
+            dtypes[info.dtype] = dtypes.get(info.dtype, 0) + cnt.params
+        elif m.section in towers:
+            towers[m.section].append(name)
+            by_comp[m.section] = by_comp.get(m.section, Count()) + cnt
+            removed[m.section] = removed.get(m.section, Count()) + cnt
+        elif m.section == "unused":
+            unused.append(name)
+            removed["unused"] = removed.get("unused", Count()) + cnt
+            by_comp["unused"] = by_comp.get("unused", Count()) + cnt
+        else:
+            unknown.append(name)
+    if unknown:
+        more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
+        raise ConfigError(
+            f"{len(unknown)} tensor(s) the Gemma 4 name table does not know, e.g. {unknown[:3]}{more}; "
+            f"text prefix detected: {prefix!r}", path=source, tensor=unknown[0],
+            fix="check that config.json matches these weights (model_type, layer count, PLE, MoE)")
+    missing = sorted(set(expected) - set(text))
+    if missing:
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise ConfigError(f"config.json implies {len(missing)} tensor(s) the weights lack, e.g. "
+                          f"{[prefix + m for m in missing[:3]]}{more}", path=source, tensor=prefix + missing[0],
+                          fix="use the config.json that was saved with these weights")
+    main_dtype = max(dtypes, key=dtypes.get) if dtypes else "BF16"
+    inv = Inventory(by_component=by_comp, removed_by_text_only=removed, dtype=main_dtype, from_weights=True)
+    return Binding(spec, prefix, text, {k: tuple(v) for k, v in towers.items()}, tuple(unused), inv)
+
+
+def inventory_from_spec(spec: ModelSpec, dtype: str = "BF16") -> Inventory:
+    """Counts from config.json alone: every element transformers would store, at ``dtype``."""
+    nb = _DTYPE_BYTES[dtype]
+    by_comp: dict[str, Count] = {}
+    for t in spec.text.tensors():
+        by_comp[t.component] = by_comp.get(t.component, Count()) + Count(t.numel, t.numel * nb)
+    removed: dict[str, Count] = {}
+    for tower in spec.towers:
+        if tower.numel is None:
+            continue
+        c = Count(tower.numel, tower.numel * nb)
+        by_comp[tower.name] = c
+        removed[tower.name] = c
+    return Inventory(by_component=by_comp, removed_by_text_only=removed, dtype=dtype, from_weights=False)
