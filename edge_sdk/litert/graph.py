@@ -1,0 +1,274 @@
+"""A thin graph-building layer over :class:`~edge_sdk.litert.writer.LiteRTWriter`.
+
+One :class:`GraphBuilder` per subgraph. Tensors are immutable handles that carry their
+shape and dtype; every op helper (see :mod:`edge_sdk.litert.ops`) infers its output
+shape, so graph code reads like NumPy::
+
+    w = LiteRTWriter(path)
+    g = GraphBuilder(w, "decode")
+    x = g.input("x", [1, 1, 64], "float32")
+    wq = g.quantized_weight("w", codes, scales, bits=4)
+    g.output("y", g.fully_connected(x, wq))
+    g.finish("decode")
+    w.finish()
+
+Constants whose bytes are equal share one buffer (content-keyed) within the writer, and
+:meth:`GraphBuilder.share` lets a second subgraph point at another subgraph's weight
+buffer, so prefill and decode signatures never duplicate weights.
+
+Sub-byte packing (LiteRT INT4 / INT2 tensors): the whole flattened tensor (row-major) is
+packed contiguously, low bits first: INT4 holds element 2i in bits 0-3 and 2i+1 in bits
+4-7 of byte i; INT2 holds elements 4i..4i+3 in bits 0-1, 2-3, 4-5, 6-7 of byte i. Rows are
+NOT padded to a byte boundary. (Verified against the runtime in tests/test_litert_writer.py.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from .ops import OpsMixin
+from .writer import BITS, BufferRef, LiteRTWriter, Quantization, dtype_name, tensor_nbytes
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A tensor of one subgraph. ``buffer``/``quantization``/``block_scales`` are set for
+    constants so that :meth:`GraphBuilder.share` can re-point another subgraph at them."""
+    index: int
+    shape: tuple[int, ...]
+    dtype: str
+    name: str
+    subgraph: int
+    buffer: BufferRef | None = field(default=None, compare=False)
+    quantization: Quantization | None = field(default=None, compare=False)
+    block_scales: "Tensor | None" = field(default=None, compare=False, repr=False)
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+
+def pack_subbyte(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Pack signed integer codes in [-2^(bits-1), 2^(bits-1)) into uint8, low bits first,
+    over the flattened tensor (the last byte is zero-padded)."""
+    if bits not in (2, 4):
+        raise InputError(f"can only pack 2- or 4-bit codes, not {bits}")
+    flat = np.asarray(codes).reshape(-1)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if flat.size and (flat.min() < lo or flat.max() > hi):
+        raise InputError(f"int{bits} codes out of range [{lo}, {hi}]")
+    per = 8 // bits
+    u = (flat.astype(np.int16) & ((1 << bits) - 1)).astype(np.uint8)
+    u = np.concatenate([u, np.zeros((-u.size) % per, np.uint8)]).reshape(-1, per)
+    out = np.zeros(u.shape[0], np.uint8)
+    for j in range(per):
+        out |= u[:, j] << np.uint8(j * bits)
+    return out
+
+
+def unpack_subbyte(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_subbyte`: ``count`` signed codes as int8."""
+    per = 8 // bits
+    p = np.asarray(packed, np.uint8).reshape(-1, 1)
+    shifts = (np.arange(per, dtype=np.uint8) * bits).reshape(1, -1)
+    u = ((p >> shifts) & ((1 << bits) - 1)).astype(np.int8).reshape(-1)[:count]
+    return np.where(u >= (1 << (bits - 1)), u - (1 << bits), u).astype(np.int8)
+
+
+def _raw_bytes(value: np.ndarray, dtype: str) -> bytes:
+    if dtype in ("int4", "int2"):
+        return pack_subbyte(value, BITS[dtype]).tobytes()
+    if dtype == "bfloat16":
+        import ml_dtypes
+        return np.ascontiguousarray(value, dtype=ml_dtypes.bfloat16).tobytes()
+    return np.ascontiguousarray(value, dtype=np.dtype(dtype)).tobytes()
+
+
+class GraphBuilder(OpsMixin):
+    """Builds one subgraph of a writer; :meth:`finish` sets its I/O and signature."""
+
+    def __init__(self, writer: LiteRTWriter, name: str = ""):
+        self.writer = writer
+        self.name = name
+        self.index = writer.add_subgraph(name)
+        self._inputs: dict[str, Tensor] = {}
+        self._outputs: dict[str, Tensor] = {}
+        self._names: set[str] = set()
+        self._counter = 0
+        self._shared: dict[int, Tensor] = {}
+        self._finished = False
+
+    # ---- tensors -------------------------------------------------------------------
+    def _unique(self, name: str | None, hint: str) -> str:
+        if name is None:
+            self._counter += 1
+            name = f"{hint}_{self._counter}"
+        if name in self._names:
+            raise InputError(f"tensor name {name!r} used twice in subgraph {self.name!r}")
+        self._names.add(name)
+        return name
+
+    def _check(self, *tensors: Tensor) -> None:
+        for t in tensors:
+            if not isinstance(t, Tensor) or t.subgraph != self.index:
+                raise InputError(f"{t!r} is not a tensor of subgraph {self.name!r}",
+                                 fix="use share() to reuse a constant of another subgraph")
+
+    def _tensor(self, name: str | None, shape: Sequence[int], dtype: Any, *, hint: str = "t",
+                buffer: BufferRef | None = None, quantization: Quantization | None = None,
+                block_scales: Tensor | None = None, is_variable: bool = False) -> Tensor:
+        shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape):
+            raise InputError(f"negative dimension in shape {list(shape)}", tensor=name)
+        name = self._unique(name, hint)
+        dt = dtype_name(dtype)
+        idx = self.writer.add_tensor(self.index, name, shape, dt, buffer=buffer,
+                                     quantization=quantization, is_variable=is_variable)
+        return Tensor(idx, shape, dt, name, self.index, buffer, quantization, block_scales)
+
+    def input(self, name: str, shape: Sequence[int], dtype: Any, *,
+              tensor_name: str | None = None) -> Tensor:
+        """A graph input, exposed under ``name`` in the signature."""
+        if name in self._inputs:
+            raise InputError(f"input {name!r} declared twice in {self.name!r}")
+        t = self._tensor(tensor_name or name, shape, dtype)
+        self._inputs[name] = t
+        return t
+
+    def output(self, name: str, tensor: Tensor) -> Tensor:
+        """Expose ``tensor`` as signature output ``name``."""
+        self._check(tensor)
+        if name in self._outputs:
+            raise InputError(f"output {name!r} declared twice in {self.name!r}")
+        self._outputs[name] = tensor
+        return tensor
+
+    def const(self, name: str | None, value: np.ndarray | BufferRef | Any, *,
+              dtype: Any = None, shape: Sequence[int] | None = None,
+              quantization: Quantization | None = None, key: str | None = None,
+              external: bool | None = None, block_scales: Tensor | None = None) -> Tensor:
+        """A constant. ``value`` is an array (its bytes are copied now; int4/int2 ``dtype``
+        packs integer codes) or a :class:`BufferRef` (``shape`` and ``dtype`` required).
+        Array constants are deduplicated by content unless ``key`` says otherwise."""
+        if isinstance(value, BufferRef):
+            if shape is None or dtype is None:
+                raise InputError("a BufferRef constant needs shape= and dtype=", tensor=name)
+            ref = value
+        else:
+            arr = np.asarray(value)
+            dt = dtype_name(dtype if dtype is not None else arr.dtype)
+            shape = tuple(arr.shape) if shape is None else tuple(shape)
+            if int(np.prod(shape, dtype=np.int64)) != arr.size:
+                raise InputError(f"value has {arr.size} elements, shape {list(shape)} "
+                                 f"needs {int(np.prod(shape))}", tensor=name)
+            raw = _raw_bytes(arr, dt)
+            if key is None:
+                key = f"sha256:{hashlib.sha256(raw).hexdigest()}:{len(raw)}"
+            ref = self.writer.add_buffer(data=raw, key=key, external=external,
+                                         name=name or "")
+            dtype = dt
+        return self._tensor(name, shape, dtype, hint="const", buffer=ref,
+                            quantization=quantization, block_scales=block_scales)
+
+    def const_i32(self, values: Sequence[int] | int) -> Tensor:
+        """A small int32 constant (shapes, axes, permutations), shared by content."""
+        arr = np.asarray(values, dtype=np.int32)
+        return self.const(None, arr)
+
+    def quantized_weight(self, name: str, codes: np.ndarray, scale: np.ndarray, bits: int, *,
+                         axis: int = 0, key: str | None = None,
+                         external: bool | None = None) -> Tensor:
+        """Integer weight codes (int8 / int4 / int2, symmetric, zero point 0) with one float
+        scale per slice along ``axis`` (per output channel for FULLY_CONNECTED: axis 0).
+        The dequantized weight is codes * scale."""
+        dt = {8: "int8", 4: "int4", 2: "int2"}.get(bits)
+        if dt is None:
+            raise InputError(f"unsupported weight bit width {bits}", tensor=name)
+        codes = np.asarray(codes)
+        scale = np.asarray(scale, dtype=np.float32).reshape(-1)
+        if scale.size != codes.shape[axis]:
+            raise InputError(f"{scale.size} scales for {codes.shape[axis]} channels on axis "
+                             f"{axis}", tensor=name)
+        q = Quantization(scale=tuple(scale.tolist()), zero_point=(0,) * scale.size,
+                         quantized_dimension=axis)
+        if dt == "int8":
+            codes = codes.astype(np.int8)
+        return self.const(name, codes, dtype=dt, quantization=q, key=key, external=external)
+
+    def blockwise_weight(self, name: str, codes: np.ndarray, scales: np.ndarray,
+                         block_size: int, *, bits: int = 4, key: str | None = None) -> Tensor:
+        """[N, K] integer codes with FLOAT16 scales [N, K / block_size] (BlockwiseQuantization).
+        Dequantized weight[n, k] = codes[n, k] * scales[n, k // block_size]."""
+        codes = np.asarray(codes)
+        n, k = codes.shape
+        if k % block_size or np.shape(scales) != (n, k // block_size):
+            raise InputError(f"blockwise scales must be [{n}, {k}//{block_size}] and "
+                             f"{block_size} must divide {k}", tensor=name)
+        st = self.const(f"{name}_scales", np.asarray(scales, dtype=np.float16))
+        q = Quantization(block_scales=st.index, block_size=block_size)
+        dt = {8: "int8", 4: "int4", 2: "int2"}[bits]
+        return self.const(name, codes.astype(np.int8) if bits == 8 else codes, dtype=dt,
+                          quantization=q, key=key, block_scales=st)
+
+    def share(self, tensor: Tensor, name: str | None = None) -> Tensor:
+        """This subgraph's view of another subgraph's constant: same buffer, no copy."""
+        if tensor.subgraph == self.index:
+            return tensor
+        if tensor.buffer is None:
+            raise InputError("only constants can be shared across subgraphs", tensor=tensor.name)
+        cache_key = id(tensor)
+        if cache_key in self._shared:
+            return self._shared[cache_key]
+        q, bs = tensor.quantization, None
+        if tensor.block_scales is not None:
+            bs = self.share(tensor.block_scales)
+            q = Quantization(block_scales=bs.index, block_size=q.block_size,
+                             block_zero_points=q.block_zero_points)
+        t = self._tensor(name or tensor.name, tensor.shape, tensor.dtype, buffer=tensor.buffer,
+                         quantization=q, block_scales=bs)
+        self._shared[cache_key] = t
+        return t
+
+    # ---- ops -----------------------------------------------------------------------
+    def _op(self, builtin: int, inputs: Sequence[Tensor | None], shape: Sequence[int],
+            dtype: Any, options: Any = None, *, name: str | None = None, hint: str = "t",
+            quantization: Quantization | None = None, version: int = 1) -> Tensor:
+        """Emit one operator with one output; ``None`` inputs are omitted optional inputs."""
+        ins = [t for t in inputs if t is not None]
+        self._check(*ins)
+        out = self._tensor(name, shape, dtype, hint=hint, quantization=quantization)
+        self.writer.add_operator(self.index, builtin,
+                                 [-1 if t is None else t.index for t in inputs],
+                                 [out.index], options, version=version)
+        return out
+
+    # ---- finish --------------------------------------------------------------------
+    def finish(self, signature_key: str | None = None) -> None:
+        """Set subgraph inputs/outputs (declaration order) and add the signature."""
+        if self._finished:
+            raise InputError(f"subgraph {self.name!r} finished twice")
+        if not self._outputs:
+            raise InputError(f"subgraph {self.name!r} has no outputs")
+        self._finished = True
+        self.writer.set_io(self.index, [t.index for t in self._inputs.values()],
+                           [t.index for t in self._outputs.values()])
+        if signature_key is not None:
+            self.writer.add_signature(signature_key, self.index,
+                                      {k: t.index for k, t in self._inputs.items()},
+                                      {k: t.index for k, t in self._outputs.items()})
+
+
+def dequantize_reference(t_codes: np.ndarray, scale: np.ndarray, axis: int = 0) -> np.ndarray:
+    """codes * scale broadcast along ``axis`` (NumPy reference for tests and validators)."""
+    shp = [1] * np.ndim(t_codes)
+    shp[axis] = -1
+    return np.asarray(t_codes, np.float32) * np.asarray(scale, np.float32).reshape(shp)
+
+
+__all__ = ["GraphBuilder", "Tensor", "pack_subbyte", "unpack_subbyte", "dequantize_reference",
+           "tensor_nbytes"]

@@ -1,0 +1,142 @@
+"""Dictionary (palettized) coding: per group of rows, 1-D k-means codebooks. NumPy only.
+
+The algorithm (exactly; ``tests/test_quant_kernels.py`` holds a slow per-group reference):
+group g = rows [g·R, (g+1)·R) flattened to n values x (float32), K = codebook_size.
+  xs = sort(x); S = [0, cumsum(float64(xs))]
+  init: c_j = xs[((2j+1)·n) // (2K)]                       (quantiles, no RNG)
+  repeat ``iterations`` times:
+      b_j = (float64(c_j) + float64(c_{j+1})) / 2           (j < K-1)
+      hi_j = #{x <= b_j}; clusters are [hi_{j-1}, hi_j) of xs (hi_{-1} = 0, hi_{K-1} = n)
+      c_j = float32((S[hi_j] - S[hi_{j-1}]) / count_j) if count_j > 0 else c_j (kept)
+      c = sort(c)
+  codebook = c (float32, ascending); code(x) = #{j : x > b_j}   (nearest entry, ties → lower)
+Vectorised over all groups of a chunk at once (batched binary searches); chunks bound memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from ..errors import RecipeError
+from .config import DictionaryConfig
+from .kernels import pack
+
+CHUNK_VALUES = 1 << 24  # values per chunk: ~64 MiB float32 + 128 MiB float64 prefix sums
+
+
+@dataclass(frozen=True, eq=False)
+class DictionaryTensor:
+    """Unsigned codes [rows, cols] (uint8) + codebooks [n_groups, codebook_size] (float32)."""
+
+    codes: np.ndarray
+    codebooks: np.ndarray
+    config: DictionaryConfig
+    error: float = 0.0   # max |w - dequantize|
+    rmse: float = 0.0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.codes.shape)
+
+    @cached_property
+    def packed(self) -> np.ndarray:
+        """Codes packed like LiteRT int4/int2 (low bits first); the bit patterns are the
+        unsigned indices (an index >= 8 reads as index-16 if the tensor is typed INT4)."""
+        return pack(self.codes, self.config.index_bits)
+
+
+def _thresholds32(c: np.ndarray) -> np.ndarray:
+    """float32 t_j with (x > t_j) == (x > b_j) for every float32 x, b_j the f64 midpoints."""
+    b = (c[:, :-1].astype(np.float64) + c[:, 1:].astype(np.float64)) / 2
+    t = b.astype(np.float32)
+    above = t.astype(np.float64) > b
+    return np.where(above, np.nextafter(t, np.float32(-np.inf)), t)
+
+
+def _count_le(xs: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Batched searchsorted(side='right'): #{xs[g] <= t[g, j]} for sorted rows xs [G, n]."""
+    g, n = xs.shape
+    lo = np.zeros(t.shape, np.int64)
+    hi = np.full(t.shape, n, np.int64)
+    rows = np.arange(g)[:, None]
+    for _ in range(max(1, int(n).bit_length())):
+        active = lo < hi
+        mid = np.minimum((lo + hi) // 2, n - 1)
+        le = xs[rows, mid] <= t
+        lo = np.where(active & le, mid + 1, lo)
+        hi = np.where(active & ~le, mid, hi)
+    return lo
+
+
+def _assign(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """code = #{j : x > t_j} per group; x [G, n], t [G, K-1] ascending."""
+    codes = np.zeros(x.shape, np.uint8)
+    hit = np.empty(x.shape, bool)
+    for j in range(t.shape[1]):
+        np.greater(x, t[:, j:j + 1], out=hit)
+        codes += hit
+    return codes
+
+
+def kmeans_groups(x: np.ndarray, k: int, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+    """1-D k-means on each row of x [G, n] float32 → (codebooks [G, k] f32, codes [G, n] u8)."""
+    g, n = x.shape
+    xs = np.sort(x, axis=1)
+    s = np.zeros((g, n + 1), np.float64)
+    np.cumsum(xs, axis=1, dtype=np.float64, out=s[:, 1:])
+    c = xs[:, (np.arange(k) * 2 + 1) * n // (2 * k)]
+    rows = np.arange(g)[:, None]
+    for _ in range(iterations):
+        hi = _count_le(xs, _thresholds32(c))
+        bounds = np.concatenate([np.zeros((g, 1), np.int64), hi, np.full((g, 1), n)], axis=1)
+        counts = np.diff(bounds, axis=1)
+        sums = s[rows, bounds[:, 1:]] - s[rows, bounds[:, :-1]]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = (sums / counts).astype(np.float32)
+        c = np.sort(np.where(counts > 0, mean, c), axis=1)
+    del xs, s
+    return c, _assign(x, _thresholds32(c))
+
+
+class DictionaryQuantizer:
+    """Palettize a 2-D table with ``DictionaryConfig`` (see the module docstring)."""
+
+    def __init__(self, config: DictionaryConfig, chunk_values: int = CHUNK_VALUES):
+        self.config = config
+        self.chunk_values = chunk_values
+
+    def quantize(self, w: np.ndarray) -> DictionaryTensor:
+        w = np.asarray(w)
+        if w.ndim != 2 or w.size == 0:
+            raise RecipeError(f"dictionary coding needs a non-empty 2-D table, got {w.shape}")
+        cfg = self.config
+        rows, cols = w.shape
+        r = min(cfg.rows_per_codebook, rows)
+        n_groups = -(-rows // cfg.rows_per_codebook)
+        codes = np.empty((rows, cols), np.uint8)
+        books = np.empty((n_groups, cfg.codebook_size), np.float32)
+        err, sq = 0.0, 0.0
+        per_chunk = max(1, self.chunk_values // (r * cols))
+        full = rows // r
+        spans = [(g0, min(g0 + per_chunk, full)) for g0 in range(0, full, per_chunk)]
+        if full * r < rows:
+            spans.append((full, full + 1))  # the last, shorter group
+        for g0, g1 in spans:
+            r0, r1 = g0 * r, min(g1 * r, rows)
+            x = w[r0:r1].astype(np.float32).reshape(g1 - g0, -1)
+            c, q = kmeans_groups(x, cfg.codebook_size, cfg.iterations)
+            books[g0:g1] = c
+            codes[r0:r1] = q.reshape(r1 - r0, cols)
+            d = np.take_along_axis(c, q.astype(np.intp), axis=1) - x
+            err = max(err, float(np.abs(d).max()))
+            sq += float(np.square(d, dtype=np.float64).sum())
+        return DictionaryTensor(codes, books, cfg, err, float(np.sqrt(sq / w.size)))
+
+    @staticmethod
+    def dequantize(dt: DictionaryTensor) -> np.ndarray:
+        """``codebooks[row // rows_per_codebook, code]`` as float32 [rows, cols]."""
+        group = np.arange(dt.shape[0]) // dt.config.rows_per_codebook
+        return dt.codebooks[group[:, None], dt.codes]
