@@ -52,6 +52,31 @@ def _inspect(sub: argparse.ArgumentParser | None = None, args: argparse.Namespac
     return 0
 
 
+@command("plan", "plan quantization and memory for a checkpoint or a bare config.json (no weights needed)")
+def _plan(sub=None, args=None) -> int:
+    if sub is not None:
+        sub.add_argument("source", help="checkpoint directory or config.json")
+        sub.add_argument("--recipe", default="mobile", help="preset (float, int8, int4, mobile) or recipe .json")
+        sub.add_argument("--text-only", action="store_true", help="drop vision and audio towers")
+        sub.add_argument("--context", type=int, default=4096, help="context length for the KV cache (tokens)")
+        sub.add_argument("--prefill", type=int, default=32, help="prefill chunk length (activation arena)")
+        sub.add_argument("--distinct-tokens", type=int, default=None,
+                         help="distinct tokens in the context (mapped rows touched); default context/4")
+        sub.add_argument("--budget", default=None, help="memory budget, e.g. 1GB (10^9) or 900MiB")
+        sub.add_argument("--json", action="store_true")
+        return 0
+    from .pipeline import plan_model
+
+    report = plan_model(args.source, recipe=args.recipe, text_only=args.text_only, context=args.context,
+                        prefill=args.prefill, budget=args.budget, distinct_tokens=args.distinct_tokens)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(report.to_text())
+    fits = report.to_json()["budget"]["fits"]
+    return 1 if fits is False else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="edge-sdk", description="QAT Gemma 4 → LiteRT for phones: convert, validate, ship.")
     subs = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

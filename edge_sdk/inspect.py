@@ -5,13 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .checkpoint import open_checkpoint
-from .errors import InputError
-from .spec import COMPONENTS, Count, ModelSpec, bind, inventory_from_spec, spec_from_config, spec_from_path
+from .spec import COMPONENTS, Count, ModelSpec
 from .units import fmt_bytes, fmt_count
-
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
-
 
 @dataclass(frozen=True)
 class InspectReport:
@@ -55,25 +50,13 @@ class InspectReport:
         return "\n".join(lines)
 
 
-def _has_weights(d: Path) -> bool:
-    return any(p.suffix in _WEIGHT_SUFFIXES for p in d.iterdir())
-
-
 def inspect_checkpoint(path: str | Path) -> InspectReport:
     """Inspect a checkpoint directory, or a config.json (file or weight-less directory)."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError("no such file or directory", path=p)
-    prefix = None
-    if p.is_dir() and _has_weights(p):
-        ckpt = open_checkpoint(p)
-        spec = spec_from_config(ckpt.config, source=p / "config.json")
-        binding = bind(spec, ckpt.tensors, source=p)
-        inv, prefix = binding.inventory, binding.prefix
-    else:
-        spec = spec_from_path(p)
-        inv = inventory_from_spec(spec)
-    return _report(p, spec, inv, prefix)
+    from .pipeline import open_source
+
+    src = open_source(path)
+    prefix = src.binding.prefix if src.binding else None
+    return _report(Path(path), src.spec, src.inventory, prefix)
 
 
 def _c(c: Count) -> dict:

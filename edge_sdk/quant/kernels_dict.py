@@ -81,24 +81,36 @@ def _assign(x: np.ndarray, t: np.ndarray) -> np.ndarray:
     return codes
 
 
-def kmeans_groups(x: np.ndarray, k: int, iterations: int) -> tuple[np.ndarray, np.ndarray]:
-    """1-D k-means on each row of x [G, n] float32 → (codebooks [G, k] f32, codes [G, n] u8)."""
+def kmeans_groups(x: np.ndarray, k: int, iterations: int):
+    """1-D k-means on each row of x [G, n] float32 → (codebooks [G, k] float32, codes [G, n]
+    uint8, max |x - codebook[code]|, sum of squared errors), the errors from the sorted rows."""
     g, n = x.shape
     xs = np.sort(x, axis=1)
     s = np.zeros((g, n + 1), np.float64)
     np.cumsum(xs, axis=1, dtype=np.float64, out=s[:, 1:])
     c = xs[:, (np.arange(k) * 2 + 1) * n // (2 * k)]
     rows = np.arange(g)[:, None]
-    for _ in range(iterations):
+
+    def partition(c):
         hi = _count_le(xs, _thresholds32(c))
         bounds = np.concatenate([np.zeros((g, 1), np.int64), hi, np.full((g, 1), n)], axis=1)
-        counts = np.diff(bounds, axis=1)
-        sums = s[rows, bounds[:, 1:]] - s[rows, bounds[:, :-1]]
+        return bounds, np.diff(bounds, axis=1), s[rows, bounds[:, 1:]] - s[rows, bounds[:, :-1]]
+
+    for _ in range(iterations):
+        bounds, counts, sums = partition(c)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = (sums / counts).astype(np.float32)
         c = np.sort(np.where(counts > 0, mean, c), axis=1)
-    del xs, s
-    return c, _assign(x, _thresholds32(c))
+    bounds, counts, sums = partition(c)
+    lo, last = bounds[:, :-1], np.maximum(bounds[:, 1:] - 1, 0)
+    dev = np.maximum(c - xs[rows, np.minimum(lo, n - 1)], xs[rows, last] - c)
+    max_err = float(np.where(counts > 0, dev, 0).max())
+    flat = np.concatenate([np.square(xs, dtype=np.float64).reshape(-1), [0.0]])
+    sq = np.add.reduceat(flat, (lo + rows * n).reshape(-1)).reshape(g, k)
+    c64 = c.astype(np.float64)
+    sse = float(np.where(counts > 0, sq - 2 * c64 * sums + counts * c64 * c64, 0).sum())
+    del xs, s, flat
+    return c, _assign(x, _thresholds32(c)), max_err, max(sse, 0.0)
 
 
 class DictionaryQuantizer:
@@ -127,12 +139,10 @@ class DictionaryQuantizer:
         for g0, g1 in spans:
             r0, r1 = g0 * r, min(g1 * r, rows)
             x = w[r0:r1].astype(np.float32).reshape(g1 - g0, -1)
-            c, q = kmeans_groups(x, cfg.codebook_size, cfg.iterations)
+            c, q, e, se = kmeans_groups(x, cfg.codebook_size, cfg.iterations)
             books[g0:g1] = c
             codes[r0:r1] = q.reshape(r1 - r0, cols)
-            d = np.take_along_axis(c, q.astype(np.intp), axis=1) - x
-            err = max(err, float(np.abs(d).max()))
-            sq += float(np.square(d, dtype=np.float64).sum())
+            err, sq = max(err, e), sq + se
         return DictionaryTensor(codes, books, cfg, err, float(np.sqrt(sq / w.size)))
 
     @staticmethod

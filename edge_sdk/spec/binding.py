@@ -65,6 +65,7 @@ class Binding:
     towers: dict[str, tuple[str, ...]]       # "vision"/"audio" → stored names
     unused: tuple[str, ...]                  # dropped quietly (shared-layer k/v, tied lm_head)
     inventory: Inventory = field(compare=False)
+    quantized: dict[str, tuple[str, ...]] = field(default_factory=dict)  # canonical → compressed-tensors parts
 
 
 _DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8,
@@ -82,10 +83,20 @@ def bind(spec: ModelSpec, stored: Mapping[str, StoredTensor], *, source=None) ->
     by_comp: dict[str, Count] = {}
     removed: dict[str, Count] = {}
     dtypes: dict[str, int] = {}
+    quantized: dict[str, list[str]] = {}
     for name in sorted(names):
         info = stored[name]
         m = classify(name, frozenset(expected), prefix)
         cnt = Count(math.prod(info.shape), info.nbytes)
+        ct = _ct_base(name, prefix, expected) if m.section == "unknown" else None
+        if ct is not None:  # compressed-tensors parts of a quantized weight: shapes checked on read
+            base, canonical = ct
+            quantized.setdefault(canonical, []).append(name)
+            text.setdefault(canonical, base)
+            comp = expected[canonical].component
+            params = expected[canonical].numel if name.endswith(".weight_packed") else 0
+            by_comp[comp] = by_comp.get(comp, Count()) + Count(params, cnt.bytes)
+            continue
         if m.section == "text":
             exp = expected[m.canonical]
             if tuple(info.shape) != exp.shape:
@@ -118,9 +129,29 @@ def bind(spec: ModelSpec, stored: Mapping[str, StoredTensor], *, source=None) ->
         raise ConfigError(f"config.json implies {len(missing)} tensor(s) the weights lack, e.g. "
                           f"{[prefix + m for m in missing[:3]]}{more}", path=source, tensor=prefix + missing[0],
                           fix="use the config.json that was saved with these weights")
+    for canonical, parts in quantized.items():
+        if not any(p.endswith((".weight_packed", ".weight")) for p in parts):
+            raise ConfigError("compressed-tensors module without weight_packed", path=source,
+                              tensor=prefix + canonical)
     main_dtype = max(dtypes, key=dtypes.get) if dtypes else "BF16"
     inv = Inventory(by_component=by_comp, removed_by_text_only=removed, dtype=main_dtype, from_weights=True)
-    return Binding(spec, prefix, text, {k: tuple(v) for k, v in towers.items()}, tuple(unused), inv)
+    return Binding(spec, prefix, text, {k: tuple(v) for k, v in towers.items()}, tuple(unused), inv,
+                   {k: tuple(sorted(v)) for k, v in quantized.items()})
+
+
+_CT_SUFFIXES = (".weight_packed", ".weight_scale", ".weight_zero_point", ".weight_shape", ".weight_g_idx")
+
+
+def _ct_base(name: str, prefix: str, expected) -> tuple[str, str] | None:
+    """``<prefix><module>.weight_packed`` etc. → (module name as stored, canonical weight name)."""
+    if not name.startswith(prefix):
+        return None
+    for suffix in _CT_SUFFIXES:
+        if name.endswith(suffix):
+            canonical = name[len(prefix):-len(suffix)] + ".weight"
+            if canonical in expected:
+                return name[:-len(suffix)], canonical
+    return None
 
 
 def inventory_from_spec(spec: ModelSpec, dtype: str = "BF16") -> Inventory:

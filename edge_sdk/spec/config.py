@@ -91,7 +91,7 @@ def spec_from_path(path: str | Path) -> ModelSpec:
 
 
 def _tower(name: str, tcfg: Any, text_hidden: int, model_type: str) -> TowerSpec | None:
-    if not tcfg:
+    if tcfg is None:  # transformers: a missing/null tower builds none; {} builds a default one
         return None
     tensors = None
     if model_type == "gemma4":

@@ -1,0 +1,137 @@
+"""Composes the stages; the only module that knows all of them (the CLI calls these)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import open_checkpoint
+from .errors import InputError
+from .quant.memory import MemoryEstimate, estimate_memory
+from .quant.plan import QuantPlan, make_plan
+from .quant.presets import load_recipe
+from .quant.scales import SIDECAR_NAME, parse_ct_config, read_qat_sidecar
+from .spec import Binding, Inventory, ModelSpec, bind, inventory_from_spec, spec_from_config, spec_from_path
+from .units import parse_size
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A model source: a checkpoint directory (weights bound) or a bare config (counts only)."""
+
+    path: Path
+    spec: ModelSpec
+    inventory: Inventory
+    binding: Binding | None
+    scale_sources: dict[str, str]
+
+
+def has_weights(path: Path) -> bool:
+    return path.is_dir() and any(p.suffix in _WEIGHT_SUFFIXES for p in path.iterdir())
+
+
+def open_source(path: str | Path) -> Source:
+    p = Path(path)
+    if not p.exists():
+        raise InputError("no such file or directory", path=p)
+    if not has_weights(p):
+        spec = spec_from_path(p)
+        return Source(p, spec, inventory_from_spec(spec), None, {})
+    ckpt = open_checkpoint(p)
+    spec = spec_from_config(ckpt.config, source=p / "config.json")
+    binding = bind(spec, ckpt.tensors, source=p)
+    return Source(p, spec, binding.inventory, binding, detect_scale_sources(p, ckpt.config, binding))
+
+
+def detect_scale_sources(path: Path, config: dict, binding: Binding) -> dict[str, str]:
+    """Roles whose scales the checkpoint carries: QAT sidecar or compressed-tensors."""
+    out: dict[str, str] = {}
+    sidecar = path / SIDECAR_NAME
+    if sidecar.is_file():
+        for role in read_qat_sidecar(sidecar).scales:
+            out[role] = "qat_sidecar"
+    qc = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config")
+    if qc:
+        parse_ct_config(qc, source=path / "config.json")
+        for canonical in binding.quantized:
+            out[canonical[: -len(".weight")]] = "compressed_tensors"
+    return out
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    source: Source
+    plan: QuantPlan
+    memory: MemoryEstimate
+    text_only: bool
+    budget: int | None
+
+    def to_text(self) -> str:
+        from .units import fmt_bytes, fmt_count
+
+        mem, plan = self.memory, self.plan
+        lines = [f"{self.source.path}: recipe '{plan.recipe.name}', context {mem.context}, "
+                 f"prefill chunk {mem.prefill}{', text-only' if self.text_only else ''}",
+                 f"  {'component':<13}{'params':>10}{'bits/w':>8}{'bytes':>11}  where"]
+        for comp, row in plan.ledger().items():
+            where = "mapped" if row["mapped_bytes"] and not row["resident_bytes"] else "resident"
+            lines.append(f"  {comp:<13}{fmt_count(row['params']):>10}{row['bits_per_weight']:>8.2f}"
+                         f"{fmt_bytes(row['bytes']):>11}  {where}")
+        kv = plan.kv_cache
+        kv_name = "float32" if kv.bits == 32 else "float16" if kv.bits == 16 else f"int8/{kv.granularity}"
+        lines += [
+            f"  resident weights          {fmt_bytes(mem.resident_bytes):>11}",
+            f"  mapped on demand          {fmt_bytes(mem.mapped_bytes):>11}  (only looked-up rows count)",
+            f"  mapped rows touched       {fmt_bytes(mem.mapped_touched_bytes):>11}  "
+            f"({mem.distinct_tokens} distinct tokens; all {mem.context} distinct: "
+            f"{fmt_bytes(mem.mapped_touched_worst_bytes)})",
+            f"  KV cache ({kv_name})  {fmt_bytes(mem.kv_cache_bytes):>11}  "
+            f"({len(mem.kv_by_layer)} KV layers; sliding layers hold only their window)",
+            f"  activation arena          {fmt_bytes(mem.activation_bytes):>11}  (estimate)",
+            f"  peak estimate             {fmt_bytes(mem.peak_bytes):>11}  (worst case {fmt_bytes(mem.peak_worst_bytes)})",
+        ]
+        if self.budget is not None:
+            verdict = "fits" if mem.peak_bytes <= self.budget else "DOES NOT FIT"
+            lines.append(f"  budget                    {fmt_bytes(self.budget):>11}  {verdict}")
+        inv = self.source.inventory
+        lines.append(f"  checkpoint params {fmt_count(inv.total.params)}; kept "
+                     f"{fmt_count((inv.kept if self.text_only else inv.total).params)}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        inv, mem = self.source.inventory, self.memory
+        kept = inv.kept if self.text_only else inv.total
+        by_comp = {k: v.params for k, v in inv.by_component.items()}
+        return {
+            "source": str(self.source.path),
+            "recipe": self.plan.recipe.name,
+            "text_only": self.text_only,
+            "context": mem.context,
+            "prefill": mem.prefill,
+            "params": {"total": inv.total.params, "kept": kept.params, "by_component": by_comp,
+                       "from_weights": inv.from_weights},
+            "bytes": {"resident": mem.resident_bytes, "mapped": mem.mapped_bytes,
+                      "mapped_touched": mem.mapped_touched_bytes, "kv_cache": mem.kv_cache_bytes,
+                      "activations": mem.activation_bytes, "peak_estimate": mem.peak_bytes,
+                      "peak_worst_case": mem.peak_worst_bytes},
+            "distinct_tokens": mem.distinct_tokens,
+            "components": self.plan.ledger(),
+            "kv_cache": {"bits": self.plan.kv_cache.bits, "by_layer": dict(mem.kv_by_layer)},
+            "budget": {"limit": self.budget,
+                       "fits": None if self.budget is None else mem.peak_bytes <= self.budget},
+            "tensors": [t.to_json() for t in self.plan.tensors],
+        }
+
+
+def plan_model(source: str | Path, *, recipe: str | Path = "mobile", text_only: bool = False,
+               context: int = 4096, prefill: int = 32, budget: str | int | None = None,
+               distinct_tokens: int | None = None) -> PlanReport:
+    if context < 1 or prefill < 1:
+        raise InputError(f"context ({context}) and prefill ({prefill}) must be positive")
+    src = open_source(source)
+    plan = make_plan(src.spec, load_recipe(recipe), scale_sources=src.scale_sources)
+    mem = estimate_memory(plan, context, prefill, distinct_tokens=distinct_tokens)
+    limit = None if budget is None else parse_size(budget)
+    return PlanReport(src, plan, mem, text_only, limit)

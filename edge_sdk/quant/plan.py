@@ -1,0 +1,175 @@
+"""``make_plan(spec, recipe)`` → ``QuantPlan``: every text tensor's scheme, scale source and exact bytes.
+
+Bytes are what the LiteRT files will hold for the tensor: packed codes, plus per-channel float32
+scales and int64 zero points (LiteRT's QuantizationParameters), float16 block scales, or float32
+codebooks. The plan follows Google's LiteRT-LM split: the embedder model holds ``embed_tokens``
+(memory-mapped: only looked-up rows become resident) and the prefill/decode model holds the tied
+LM head (``lm_head``, the same codes and scales, resident).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Mapping
+
+from ..errors import RecipeError
+from ..spec import ModelSpec, TensorSpec
+from .config import AffineConfig, DictionaryConfig, Granularity, KVCacheConfig
+from .kernels import packed_nbytes
+from .recipe import Recipe, resolve, resolve_shared
+
+SCALE_SOURCES = {
+    "none": "float tensor: no scales",
+    "ptq": "computed at conversion from max|w| (post-training; no QAT scales found)",
+    "qat_sidecar": "from the QAT scale sidecar (qat_scales.safetensors)",
+    "compressed_tensors": "from the checkpoint's compressed-tensors weight_scale",
+    "grid": "recovered exactly from weights stored on the QAT grid",
+    "kmeans": "codebooks fitted by deterministic k-means at conversion",
+}
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    name: str                 # canonical tensor name ("lm_head" for the tied head's copy)
+    role: str
+    component: str
+    shape: tuple[int, ...]
+    scheme: str               # float32 | int8 | int4 | int2 | int4/b32 | dict4x16/r64
+    config: AffineConfig | DictionaryConfig | None
+    scale_source: str         # key of SCALE_SOURCES
+    mapped: bool              # memory-mapped on demand (only touched rows resident)
+    data_bytes: int           # codes (or float data)
+    overhead_bytes: int       # scales, zero points, codebooks
+    model: str                # which LiteRT model holds it: prefill_decode | embedder | per_layer_embedder
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data_bytes + self.overhead_bytes
+
+    @property
+    def bits_per_weight(self) -> float:
+        return 8.0 * self.nbytes / self.numel
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["config"] = None if self.config is None else {"type": type(self.config).__name__,
+                                                        **{k: str(v) if not isinstance(v, (int, bool, type(None)))
+                                                           else v for k, v in asdict(self.config).items()}}
+        d["shape"] = list(self.shape)
+        d["bits_per_weight"] = round(self.bits_per_weight, 4)
+        return d
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    recipe: Recipe
+    spec: ModelSpec
+    tensors: tuple[TensorPlan, ...]
+
+    @property
+    def kv_cache(self) -> KVCacheConfig:
+        return self.recipe.kv_cache
+
+    def by_name(self) -> dict[str, TensorPlan]:
+        return {t.name: t for t in self.tensors}
+
+    def ledger(self) -> dict[str, dict]:
+        """Per component: params, bytes, bits per weight (overhead included), resident/mapped."""
+        out: dict[str, dict] = {}
+        for t in self.tensors:
+            row = out.setdefault(t.component, {"params": 0, "bytes": 0, "resident_bytes": 0, "mapped_bytes": 0})
+            row["params"] += t.numel
+            row["bytes"] += t.nbytes
+            row["mapped_bytes" if t.mapped else "resident_bytes"] += t.nbytes
+        for row in out.values():
+            row["bits_per_weight"] = round(8 * row["bytes"] / row["params"], 4) if row["params"] else 0.0
+        return out
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors if not t.mapped)
+
+    @property
+    def mapped_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors if t.mapped)
+
+
+def scheme_name(cfg) -> str:
+    if cfg is None:
+        return "float32"
+    if isinstance(cfg, DictionaryConfig):
+        return f"dict{cfg.index_bits}x{cfg.codebook_size}/r{cfg.rows_per_codebook}"
+    if cfg.granularity is Granularity.BLOCK:
+        return f"int{cfg.bits}/b{cfg.block_size}"
+    return f"int{cfg.bits}"
+
+
+def tensor_bytes(shape: tuple[int, ...], cfg) -> tuple[int, int]:
+    """(data bytes, overhead bytes) of one tensor under ``cfg`` as LiteRT stores it."""
+    numel = math.prod(shape)
+    rows = shape[0] if shape else 1
+    if cfg is None:
+        return numel * 4, 0
+    if isinstance(cfg, DictionaryConfig):
+        groups = -(-rows // cfg.rows_per_codebook)
+        return packed_nbytes(numel, cfg.index_bits), groups * cfg.codebook_size * 4
+    data = packed_nbytes(numel, cfg.bits)
+    if cfg.granularity is Granularity.BLOCK:
+        cols = numel // rows
+        if cols % cfg.block_size:
+            raise RecipeError(f"{cols} inputs per row is not a multiple of block_size {cfg.block_size}")
+        return data, rows * (cols // cfg.block_size) * 2
+    return data, rows * (4 + 8)  # float32 scale + int64 zero point per channel
+
+
+def _check_kind(t: TensorSpec, cfg) -> None:
+    if cfg is None:
+        return
+    if t.kind in ("norm", "scalar"):
+        raise RecipeError(f"recipe quantizes '{t.role}', a {t.kind}; norms and scalars stay float",
+                          tensor=t.name, fix="add a rule mapping it to null, or narrow the pattern")
+    if t.kind == "experts":
+        raise RecipeError("MoE expert tensors cannot be converted yet", tensor=t.name)
+    if isinstance(cfg, DictionaryConfig) and t.kind != "embedding":
+        raise RecipeError(f"dictionary coding is for embedding tables (GATHER); '{t.role}' is a {t.kind}",
+                          tensor=t.name, fix="use an affine config for linear layers")
+
+
+def make_plan(spec: ModelSpec, recipe: Recipe, *,
+              scale_sources: Mapping[str, str] | None = None) -> QuantPlan:
+    """Resolve ``recipe`` for every text tensor of ``spec``.
+
+    ``scale_sources`` maps roles to a key of ``SCALE_SOURCES`` where the checkpoint carries
+    precomputed scales; other quantized tensors are planned as ``ptq`` (affine) or ``kmeans``.
+    """
+    scale_sources = dict(scale_sources or {})
+    text = spec.text
+    plans = []
+    for t in text.tensors():
+        roles = ("embed_tokens", "lm_head") if t.role == "embed_tokens" and text.tie_word_embeddings else (t.role,)
+        cfg = resolve_shared(recipe, roles) if len(roles) > 1 else resolve(recipe, t.role)
+        _check_kind(t, cfg)
+        data, over = tensor_bytes(t.shape, cfg)
+        if cfg is None:
+            src = "none"
+        elif isinstance(cfg, DictionaryConfig):
+            src = "kmeans"
+        else:
+            src = scale_sources.get(t.role, "ptq")
+        if t.role == "embed_tokens":
+            model, mapped = "embedder", True
+        elif t.role == "embed_tokens_per_layer":
+            model, mapped = "per_layer_embedder", True
+        else:
+            model, mapped = "prefill_decode", False
+        plans.append(TensorPlan(t.name, t.role, t.component, t.shape, scheme_name(cfg), cfg, src,
+                                mapped, data, over, model))
+        if t.role == "embed_tokens":  # the tied LM head: same codes, resident in prefill_decode
+            plans.append(TensorPlan("lm_head", "lm_head", "lm_head", t.shape, scheme_name(cfg), cfg, src,
+                                    False, data, over, "prefill_decode"))
+    return QuantPlan(recipe=recipe, spec=spec, tensors=tuple(plans))
