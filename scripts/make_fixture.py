@@ -15,8 +15,10 @@ Two variants, both seeded and deterministic:
 
 transformers initialises norms to ones and ``layer_scalar`` to one; every float tensor of the text
 decoder is re-drawn here (norm weights U(0.8, 1.2), ``layer_scalar`` U(0.5, 1.5), linears
-N(0, 1/fan_in), embeddings N(0, 0.5), PLE table N(0, 0.25)) so each feature changes the logits and
-the logits are not degenerate (std of a few units before the softcap). Towers keep their seeded init.
+N(0, 1/fan_in), embeddings N(0, 0.1), PLE table N(0, 0.25), final norm U(2.5, 3.5)) so each feature
+changes the logits and the logits are not degenerate: std ~2.4, max ~10 (inside the softcap's curved
+range), top-1/top-2 gaps >= 4e-3, and greedy decoding wanders over many tokens instead of repeating
+one large-norm token (which a wide embedding, std 0.5, does). Towers keep their seeded init.
 
 ``config_form="hub"`` rewrites config.json the way Google publishes it (``global_head_dim``,
 ``num_global_key_value_heads`` instead of ``per_layer_config``); ``prefix`` renames the text-decoder
@@ -105,10 +107,12 @@ def _perturb_text(model, seed: int) -> None:
                 continue
             if name.endswith("layer_scalar"):
                 new = uniform(t.shape, 0.5, 1.5)
+            elif name == "norm.weight":
+                new = uniform(t.shape, 2.5, 3.5)
             elif name.endswith("norm.weight"):
                 new = uniform(t.shape, 0.8, 1.2)
             elif name == "embed_tokens.weight":
-                new = normal(t.shape, 0.5)
+                new = normal(t.shape, 0.1)
             elif name == "embed_tokens_per_layer.weight":
                 new = normal(t.shape, 0.25)
             elif t.dim() == 2:

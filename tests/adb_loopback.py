@@ -164,8 +164,10 @@ class _Connection:
                 return
             try:
                 self.sock.sendall(pkt)
+                return
             except OSError:
-                self.abort()
+                pass
+        self.abort()  # outside the send lock: abort takes stream locks whose holders may send
 
     def abort(self) -> None:
         """Drop the TCP connection with no goodbye (a cable pulled)."""

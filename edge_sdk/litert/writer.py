@@ -407,6 +407,9 @@ class LiteRTWriter:
 
     @staticmethod
     def _chunks(b: _Buf) -> Iterable[memoryview]:
+        if b.data is not None:
+            yield memoryview(b.data)
+            return
         got = b.producer()
         if isinstance(got, (bytes, bytearray, memoryview, np.ndarray)):
             yield _as_bytes_view(got)
@@ -460,9 +463,6 @@ class LiteRTWriter:
             for b in self._bufs:
                 if b.written:
                     continue
-                if b.producer is None:
-                    raise WriterStateError(f"buffer {b.ref.index} ({b.ref.name}) has no producer "
-                                           "and was not written with write_buffer")
                 self._write_one(b, self._chunks(b))
         except BaseException:
             self.abort()

@@ -9,12 +9,12 @@ Affine (``edge_sdk.quant.kernels``; a ``w`` row or block shares one scale ``s``)
 ``torch.round`` and ``np.rint`` both round half to even and every step is one IEEE float32
 operation, so ``w_hat`` equals ``quant.dequantize(quant.quantize(w, cfg, scales=s))`` exactly.
 
-Scales are learnable (LSQ-style) and kept as ``log_scale`` so that Adam's steps are relative
-(the same learning rate suits a 2-bit MLP row and an 8-bit PLE gate). They are initialised from
-the PTQ scales ``quant.compute_scales`` (max|w| / qmax; 1 for all-zero rows), so QAT starts
-exactly at the PTQ model. The scale a forward uses, ``effective_scale()``, is
-``exp(log_scale)`` clamped to a positive float32 — for block granularity also clamped to the
-float16 range and rounded to float16 (LiteRT stores FLOAT16 block scales; the rounding passes
+Scales are learnable (LSQ-style): ``scale = base_scale * exp(log_gain)`` with ``base_scale`` the
+PTQ scale ``quant.compute_scales(w0)`` (max|w| / qmax; 1 for all-zero rows) and ``log_gain`` a
+parameter starting at 0, so QAT starts exactly at the PTQ model and Adam's steps on the scale are
+relative (one learning rate suits a 2-bit MLP row and an 8-bit PLE gate). The scale a forward
+uses, ``effective_scale()``, is clamped to a positive float32 — for block granularity clamped to
+the float16 range and rounded to float16 (LiteRT stores FLOAT16 block scales; the rounding passes
 the gradient straight through). ``export_qat`` writes exactly these values.
 
 Dictionary (``edge_sdk.quant.kernels_dict``): groups of ``rows_per_codebook`` rows share a
@@ -108,7 +108,12 @@ def fake_quant_affine(w: torch.Tensor, scale: torch.Tensor, cfg: AffineConfig) -
 
 
 class AffineQuantizer(nn.Module):
-    """Parametrization ``weight -> w_hat`` for one ``AffineConfig`` with learnable scales."""
+    """Parametrization ``weight -> w_hat`` for one ``AffineConfig`` with learnable scales.
+
+    ``scale = base_scale * exp(log_gain)``: ``base_scale`` (buffer) is the PTQ scale
+    ``compute_scales(w0)``, ``log_gain`` (parameter, zeros at init) is what trains. At init
+    ``exp(0) = 1`` exactly, so the first forward is exactly the PTQ model.
+    """
 
     def __init__(self, weight: torch.Tensor, cfg: AffineConfig, learn_scale: bool = True):
         super().__init__()
@@ -116,24 +121,22 @@ class AffineQuantizer(nn.Module):
             raise ValueError(f"affine fake-quant needs a 2-D weight, got {tuple(weight.shape)}")
         self.cfg = cfg
         s0 = compute_scales(weight.detach().float().cpu().numpy(), cfg).astype(np.float32)
-        log_s = torch.from_numpy(np.log(s0.astype(np.float64))).to(torch.float32)
-        self.log_scale = nn.Parameter(log_s.to(weight.device), requires_grad=learn_scale)
-        # Until log_scale is trained, use the PTQ scales exactly (exp(log(s)) may differ by an ulp).
-        self.register_buffer("init_scale", torch.from_numpy(s0).to(weight.device), persistent=False)
-        self._at_init = True
+        self.register_buffer("base_scale", torch.from_numpy(s0).to(weight.device))
+        self.log_gain = nn.Parameter(torch.zeros(s0.shape, device=weight.device),
+                                     requires_grad=learn_scale)
 
     def effective_scale(self) -> torch.Tensor:
         """The float32 scales the forward uses ([out] or [out, in/block]): what gets exported."""
-        if self._at_init and not (self.training and self.log_scale.requires_grad):
-            return self.init_scale
-        self._at_init = False
-        s = torch.exp(self.log_scale)
+        s = self.base_scale * torch.exp(self.log_gain)
         if self.cfg.granularity is Granularity.BLOCK:
             return _RoundF16.apply(torch.clamp(s, F16_TINY, F16_MAX))
         return torch.clamp(s, min=F32_TINY)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return fake_quant_affine(weight.to(torch.float32), self.effective_scale(), self.cfg).to(weight.dtype)
+        if weight.dtype != torch.float32:
+            raise TypeError(f"QAT needs float32 weights (got {weight.dtype}): the grid "
+                            "w_hat = code * scale is only exact in float32")
+        return fake_quant_affine(weight, self.effective_scale(), self.cfg)
 
     def extra_repr(self) -> str:
         c = self.cfg
@@ -177,13 +180,15 @@ class DictionaryFakeQuantizer(nn.Module):
         return full, head, tail
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        w = weight.to(torch.float32)
+        if weight.dtype != torch.float32:
+            raise TypeError(f"QAT needs float32 weights (got {weight.dtype})")
+        w = weight
         full, head, tail = self._grouped(w)
         out = _DictFQ.apply(head, self.thresholds[:full], self.codebooks[:full]).reshape(-1, w.shape[1])
         if tail is not None:
             t = _DictFQ.apply(tail, self.thresholds[full:], self.codebooks[full:])
             out = torch.cat([out, t.reshape(-1, w.shape[1])])
-        return out.to(weight.dtype)
+        return out
 
     def codes_numpy(self, w: np.ndarray) -> np.ndarray:
         """Codes of ``w`` under the current codebooks by the NumPy kernel's assignment."""

@@ -86,8 +86,9 @@ def kmeans_groups(x: np.ndarray, k: int, iterations: int):
     uint8, max |x - codebook[code]|, sum of squared errors), the errors from the sorted rows."""
     g, n = x.shape
     xs = np.sort(x, axis=1)
-    s = np.zeros((g, n + 1), np.float64)
-    np.cumsum(xs, axis=1, dtype=np.float64, out=s[:, 1:])
+    s = np.empty((g, n + 1), np.float64)
+    s[:, 0], s[:, 1:] = 0.0, xs
+    np.cumsum(s[:, 1:], axis=1, out=s[:, 1:])
     c = xs[:, (np.arange(k) * 2 + 1) * n // (2 * k)]
     rows = np.arange(g)[:, None]
 

@@ -269,14 +269,17 @@ class AdbSession:
             raise DeviceError(f"adb timed out while {doing}: {e}",
                               fix="check the cable/connection; raise the timeout") from e
         except (adbutils.AdbError, OSError, EOFError) as e:
-            if isinstance(e, adbutils.AdbConnectionError) or not self.server_running():
+            if isinstance(e, adbutils.errors.AdbConnectionError) or not self.server_running():
                 raise DeviceError(f"the adb server on port {self.port} is not answering "
                                   f"while {doing}: {e}", fix="restart it: adb kill-server") from e
-            gone = serial is not None and serial not in {
-                d.serial for d in self._quiet_list() if d.state == "device"}
-            what = f"device {serial} disconnected" if gone else "adb failed"
-            raise DeviceError(f"{what} while {doing}: {e or type(e).__name__}",
-                              fix="reconnect the device and retry" if gone else None) from e
+            detail = "the connection closed" if isinstance(e, EOFError) else (
+                str(e) or type(e).__name__)
+            state = {d.serial: d.state for d in self._quiet_list()}.get(serial, "absent")
+            if serial is None or state == "device":
+                raise DeviceError(f"adb failed while {doing}: {detail}") from e
+            what = "is not connected" if state == "absent" else f"went {state}"
+            raise DeviceError(f"device {serial} {what} while {doing}: {detail}",
+                              fix=_STATE_HINTS.get(state, "reconnect the device and retry")) from e
 
     def _quiet_list(self) -> list[ListedDevice]:
         try:

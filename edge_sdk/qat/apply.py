@@ -1,0 +1,157 @@
+"""``apply_qat(model, recipe)``: put fake-quantizers on a transformers Gemma 4 model's text decoder.
+
+Each ``nn.Linear`` / ``nn.Embedding`` of the text decoder whose canonical role (its name relative
+to the decoder, e.g. ``layers.3.mlp.gate_proj``, ``embed_tokens``) resolves to a config gets a
+``torch.nn.utils.parametrize`` parametrization on ``weight``: the module's ``weight`` becomes
+``quantizer(weight.original)`` on every access. The latent float weight stays a plain
+``nn.Parameter`` (``<module>.parametrizations.weight.original``) and the learnable scale gain
+(``...parametrizations.weight.0.log_gain``) is another one, so DDP and FSDP see ordinary
+parameters and need no changes. The tied embedding (``embed_tokens`` = LM head) gets ONE
+quantizer, registered on both modules (the config is ``resolve_shared`` over ``embed_tokens``
+and ``lm_head``). Vision/audio towers and everything the recipe keeps float are untouched.
+
+QAT runs in float32 (the grid ``code * scale`` is exact only there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..errors import RecipeError
+from ..quant import AffineConfig, DictionaryConfig, Recipe, resolve, resolve_shared
+from .fake_quant import AffineQuantizer, DictionaryFakeQuantizer
+
+TEXT_MODEL_CLASSES = ("Gemma4TextModel",)
+
+
+def find_text_model(model: nn.Module) -> nn.Module:
+    """The Gemma 4 text decoder inside ``model`` (ForConditionalGeneration, ForCausalLM, or itself)."""
+    for m in model.modules():
+        if type(m).__name__ in TEXT_MODEL_CLASSES:
+            return m
+    raise TypeError(f"{type(model).__name__} contains no Gemma4TextModel")
+
+
+def _lm_head(model: nn.Module) -> nn.Module | None:
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    return head if isinstance(head, nn.Module) and hasattr(head, "weight") else None
+
+
+def _quantizer_for(weight: torch.Tensor, cfg, role: str, learn_scales: bool) -> nn.Module:
+    if weight.dtype != torch.float32:
+        raise RecipeError(f"'{role}' is {weight.dtype}; QAT needs a float32 model",
+                          fix="model.float() before apply_qat")
+    if isinstance(cfg, AffineConfig):
+        return AffineQuantizer(weight, cfg, learn_scale=learn_scales)
+    if isinstance(cfg, DictionaryConfig):
+        return DictionaryFakeQuantizer(weight, cfg)
+    raise RecipeError(f"'{role}': no fake-quantizer for {type(cfg).__name__}")
+
+
+def _underlying(module: nn.Module) -> torch.Tensor:
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations.weight.original
+    return module.weight
+
+
+def apply_qat(model: nn.Module, recipe: Recipe, *, learn_scales: bool = True) -> nn.Module:
+    """Fake-quantize ``model``'s text decoder in place per ``recipe``; returns ``model``.
+
+    Scales start at the PTQ scales (max|w| / qmax) and are learnable unless ``learn_scales`` is
+    False; dictionary codebooks start at the NumPy k-means of the current weights (refit them
+    with ``refresh_codebooks``). Raises ``RecipeError`` for a recipe that quantizes a tensor this
+    toolkit cannot fake-quantize (3-D MoE experts) or a non-float32 model.
+    """
+    if is_qat(model):
+        raise RecipeError("model already has QAT fake-quantizers", fix="apply_qat once")
+    text = find_text_model(model)
+    head = _lm_head(model)
+    embed = text.get_input_embeddings()
+    tied = head is not None and _underlying(head) is _underlying(embed)
+
+    for name, module in text.named_modules():
+        if not isinstance(module, (nn.Linear, nn.Embedding)) or module is head:
+            continue
+        role = name
+        if module is embed and tied:
+            cfg = resolve_shared(recipe, ["embed_tokens", "lm_head"])
+        else:
+            cfg = resolve(recipe, role)
+        if cfg is None:
+            continue
+        q = _quantizer_for(module.weight, cfg, role, learn_scales)
+        parametrize.register_parametrization(module, "weight", q, unsafe=True)
+        if module is embed and tied:
+            # Same Parameter, same quantizer: lookup and LM head see one w_hat.
+            parametrize.register_parametrization(head, "weight", q, unsafe=True)
+    if head is not None and not tied:
+        cfg = resolve(recipe, "lm_head")
+        if cfg is not None:
+            q = _quantizer_for(head.weight, cfg, "lm_head", learn_scales)
+            parametrize.register_parametrization(head, "weight", q, unsafe=True)
+
+    for pname, p in text.named_parameters():
+        if p.dim() >= 3 and resolve(recipe, pname.removesuffix(".weight")) is not None:
+            raise RecipeError(f"'{pname}' is a {p.dim()}-D tensor (MoE experts); the QAT toolkit "
+                              "fake-quantizes 2-D Linear/Embedding weights only")
+    model._edge_sdk_qat_recipe = recipe
+    return model
+
+
+def is_qat(model: nn.Module) -> bool:
+    return any(isinstance(m, (AffineQuantizer, DictionaryFakeQuantizer)) for m in model.modules())
+
+
+def quantized_roles(model: nn.Module) -> dict[str, tuple[nn.Module, nn.Module]]:
+    """``role -> (module, quantizer)`` for every fake-quantized tensor (tied head not repeated)."""
+    text = find_text_model(model)
+    out = {}
+    for name, module in text.named_modules():
+        if parametrize.is_parametrized(module, "weight"):
+            out[name] = (module, module.parametrizations.weight[0])
+    head = _lm_head(model)
+    if head is not None and parametrize.is_parametrized(head, "weight"):
+        q = head.parametrizations.weight[0]
+        if not any(q is v[1] for v in out.values()):
+            out["lm_head"] = (head, q)
+    return out
+
+
+def qat_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(scale gains, every other trainable parameter), each once — for two optimizer groups
+    (scales usually without weight decay)."""
+    seen, scales, rest = set(), [], []
+    for m in model.modules():
+        if isinstance(m, AffineQuantizer) and m.log_gain.requires_grad and id(m.log_gain) not in seen:
+            seen.add(id(m.log_gain))
+            scales.append(m.log_gain)
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            rest.append(p)
+    return scales, rest
+
+
+@torch.no_grad()
+def refresh_codebooks(model: nn.Module) -> int:
+    """Refit every dictionary codebook with the NumPy k-means on the current latent weights.
+
+    Deterministic, so every data-parallel rank computes the same codebooks from the same
+    (replicated) weights; under FSDP call it where the full weight is available (summon / unshard).
+    Returns the number of tables refitted."""
+    n = 0
+    for _, (module, q) in quantized_roles(model).items():
+        if isinstance(q, DictionaryFakeQuantizer):
+            q.refresh(module.parametrizations.weight.original)
+            n += 1
+    return n
+
+
+def iter_quantizers(model: nn.Module) -> Iterator[nn.Module]:
+    for _, (_, q) in quantized_roles(model).items():
+        yield q

@@ -1,0 +1,100 @@
+"""make_plan and the memory planner (`edge-sdk plan`)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_sdk.cli import main
+from edge_sdk.errors import RecipeError
+from edge_sdk.quant.config import AffineConfig, DictionaryConfig, KVCacheConfig
+from edge_sdk.quant.memory import estimate_memory
+from edge_sdk.quant.plan import make_plan, tensor_bytes
+from edge_sdk.quant.presets import PRESETS
+from edge_sdk.quant.recipe import Recipe, Rule
+from edge_sdk.spec import spec_from_path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "models" / "configs"
+E2B = CONFIGS / "gemma-4-e2b.json"
+
+
+def run_json(capsys, *argv):
+    code = main([str(a) for a in argv] + ["--json"])
+    out, err = capsys.readouterr()
+    return code, (json.loads(out) if out.strip() else None), err
+
+
+def test_e2b_mobile_text_only_fits_084gb(capsys):
+    code, r, err = run_json(capsys, "plan", E2B, "--recipe", "mobile", "--text-only", "--context", "4096",
+                            "--budget", "0.84GB")
+    assert code == 0, err
+    assert r["params"]["total"] == 5_104_298_467
+    assert r["params"]["kept"] == 4_628_569_379
+    b = r["bytes"]
+    assert b["peak_estimate"] <= 0.84e9
+    assert b["peak_estimate"] == b["resident"] + b["mapped_touched"] + b["kv_cache"] + b["activations"]
+    ple = [t for t in r["tensors"] if t["role"] == "embed_tokens_per_layer"][0]
+    assert ple["mapped"] and ple["scheme"] == "dict4x16/r64"
+    assert b["mapped"] >= ple["data_bytes"] + ple["overhead_bytes"]
+    assert r["budget"] == {"limit": 840_000_000, "fits": True}
+
+
+def test_over_budget_exits_1(capsys):
+    code, r, _ = run_json(capsys, "plan", E2B, "--recipe", "int4", "--text-only", "--budget", "1GB")
+    assert code == 1 and r["budget"]["fits"] is False
+
+
+def test_every_size_and_preset_plans():
+    for cfg in sorted(CONFIGS.glob("*.json")):
+        spec = spec_from_path(cfg)
+        if spec.text.enable_moe:  # no preset rule matches expert tensors: they plan as float
+            experts = [t for t in make_plan(spec, PRESETS["mobile"]).tensors if t.role.endswith("_proj")
+                       and ".experts." in t.role]
+            assert experts and all(t.scheme == "float32" for t in experts)
+        sizes = {name: make_plan(spec, r).resident_bytes for name, r in PRESETS.items()}
+        assert sizes["float"] > sizes["int8"] > sizes["int4"] > sizes["mobile"]
+
+
+def test_exact_bytes_per_scheme():
+    assert tensor_bytes((6, 10), None) == (240, 0)
+    assert tensor_bytes((6, 10), AffineConfig(bits=8)) == (60, 6 * 12)
+    assert tensor_bytes((6, 10), AffineConfig(bits=4)) == (30, 6 * 12)
+    assert tensor_bytes((6, 10), AffineConfig(bits=2)) == (15, 6 * 12)
+    assert tensor_bytes((4, 64), AffineConfig(bits=4, granularity="block", block_size=32)) == (128, 4 * 2 * 2)
+    dc = DictionaryConfig(index_bits=4, codebook_size=16, rows_per_codebook=3)
+    assert tensor_bytes((7, 10), dc) == (35, 3 * 16 * 4)
+
+
+def test_kv_cache_sliding_window_and_sharing():
+    spec = spec_from_path(E2B)
+    plan = make_plan(spec, PRESETS["mobile"])
+    mem = estimate_memory(plan, 4096)
+    layers = dict(mem.kv_by_layer)
+    assert sorted(layers) == list(range(15))  # KV-shared layers 15..34 add nothing
+    # sliding (window 512, 1 KV head, head_dim 256): int8 K+V plus a float32 scale per token and head
+    assert layers[0] == 2 * 512 * 256 + 2 * 512 * 4
+    assert layers[4] == 2 * 4096 * 512 + 2 * 4096 * 4  # full layer, head_dim 512
+    assert estimate_memory(plan, 256).kv_by_layer[0][1] == 2 * 256 * 256 + 2 * 256 * 4
+
+
+def test_int2_blockwise_is_refused_with_reason():
+    with pytest.raises(RecipeError, match="zeros"):
+        Recipe("bad", (Rule(r"layers\.\d+\.mlp\..*", AffineConfig(bits=2, granularity="block", block_size=32)),),
+               KVCacheConfig())
+
+
+def test_norms_cannot_be_quantized():
+    spec = spec_from_path(E2B)
+    with pytest.raises(RecipeError, match="norm"):
+        make_plan(spec, Recipe("bad", (Rule(r".*", AffineConfig(bits=8)),)))
+
+
+def test_recipe_file_typo_is_exit_2(tmp_path, capsys):
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps({"format": "edge_sdk.recipe", "version": 1, "name": "x",
+                             "kv_cache": {"type": "kv_cache", "bits": 32},
+                             "rules": [{"pattern": ".*proj", "config": {"type": "affine", "bitz": 4}}]}))
+    code = main(["plan", str(E2B), "--recipe", str(p)])
+    err = capsys.readouterr().err
+    assert code == 2 and "bitz" in err
