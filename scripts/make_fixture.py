@@ -108,7 +108,9 @@ def _perturb_text(model, seed: int) -> None:
             if name.endswith("layer_scalar"):
                 new = uniform(t.shape, 0.5, 1.5)
             elif name == "norm.weight":
-                new = uniform(t.shape, 2.5, 3.5)
+                new = uniform(t.shape, 1.2, 1.8)
+            elif name.endswith(("q_norm.weight", "k_norm.weight")):
+                new = uniform(t.shape, 0.5, 0.8)
             elif name.endswith("norm.weight"):
                 new = uniform(t.shape, 0.8, 1.2)
             elif name == "embed_tokens.weight":

@@ -9,25 +9,29 @@ What it speaks
                an AUTH packet is answered with CNXN too), OPEN / OKAY / WRTE / CLSE streams with the
                classic one-WRTE-in-flight flow control (no ``delayed_ack``), version 0x01000000 with
                payload checksums on everything it sends, max payload 256 KiB.
-    services   ``shell,v2[,raw|,pty][,TERM=..]:CMD`` (shell protocol v2: stdin 0, stdout 1, stderr 2,
-               exit 3, close-stdin 4, window-size 5), ``shell:CMD`` / ``exec:CMD`` (raw, merged output),
-               ``sync:`` (STAT, STA2, LST2, LIST, LIS2, SEND, RECV, QUIT; SEND makes parent dirs).
+    services   ``shell,v2[,raw|,pty][,TERM=..]:CMD`` (shell protocol v2: stdin 0, stdout 1,
+               stderr 2, exit 3, close-stdin 4, window-size 5), ``shell:CMD`` / ``exec:CMD``
+               (raw, merged output), ``sync:`` (STAT, STA2, LST2, LIST, LIS2, SEND, RECV, QUIT;
+               SEND makes parent dirs).
                Anything else is refused with CLSE and recorded in ``refused_services``.
 
 Paths
     The device path ``/data/local/tmp`` is a real directory given at construction (``root``). Sync
     requests are translated (``/data/local/tmp/x`` -> ``root/x``); other absolute paths mean this
-    machine's own paths, read-only (a SEND outside ``/data/local/tmp`` fails with "Permission denied").
+    machine's own paths, read-only (a SEND outside ``/data/local/tmp`` fails "Permission denied").
     Shell commands run ``/bin/sh -c CMD`` on this machine with cwd = ``root``, ``TMPDIR`` and
     ``ADB_LOOPBACK_ROOT`` = ``root``, after every occurrence of ``/data/local/tmp`` in the command
     string is replaced by ``root``. That textual rewrite is why ``root`` may only contain
-    ``[A-Za-z0-9_./+-]``: then it means the same quoted or unquoted. It is a test device, not a sandbox.
+    ``[A-Za-z0-9_./+-]``: then it means the same quoted or unquoted. A test device, not a sandbox.
 
 Faults
     ``disconnect_after_bytes=N``  drop the TCP connection once N bytes of file data have arrived by
                                   SEND (one shot; the listener stays up, so the host can reconnect).
     ``fail_space_after_bytes=N``  a SEND whose file passes N bytes fails "No space left on device".
+    ``keep_failed_sends=True``    leave the half-written file of a failed or cut SEND behind (adbd
+                                  removes it; this lets a test see the host clean up by itself).
     ``kill()``                    vanish: listener and connections closed, every command killed.
+    ``lifetime`` seconds          after which the device kills itself, should a test forget it.
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ import posixpath
 import re
 import signal
 import socket
-import stat
 import struct
 import subprocess
 import threading
@@ -256,7 +259,8 @@ class LoopbackAdbDevice:
                  features: tuple[str, ...] = DEFAULT_FEATURES,
                  disconnect_after_bytes: int | None = None,
                  fail_space_after_bytes: int | None = None,
-                 stop_timeout: float = 5.0):
+                 keep_failed_sends: bool = False,
+                 lifetime: float = 600.0, stop_timeout: float = 5.0):
         self.root = os.path.realpath(os.fspath(root))
         if not _SAFE_ROOT.match(self.root):
             raise ValueError(f"loopback root must match {_SAFE_ROOT.pattern}: {self.root}")
@@ -265,7 +269,8 @@ class LoopbackAdbDevice:
                        "ro.product.device=loopback;features=" + ",".join(features))
         self.disconnect_after_bytes = disconnect_after_bytes
         self.fail_space_after_bytes = fail_space_after_bytes
-        self.stop_timeout = stop_timeout
+        self.keep_failed_sends = keep_failed_sends
+        self.lifetime, self.stop_timeout = lifetime, stop_timeout
         self.refused_services: list[str] = []
         self.commands: list[str] = []      # every shell command run (after the path rewrite)
         self._requested_port = port
@@ -308,8 +313,11 @@ class LoopbackAdbDevice:
         return t
 
     def _accept_loop(self) -> None:
-        lst = self._listener
+        lst, deadline = self._listener, time.monotonic() + self.lifetime
         while not self._stop.is_set():
+            if time.monotonic() > deadline:
+                self.kill()
+                break
             try:
                 sock, _ = lst.accept()
             except socket.timeout:
@@ -538,8 +546,8 @@ class LoopbackAdbDevice:
                 if rid == b"DONE":
                     f.close()
                     os.utime(real, (n, n))
-                    stream.write(b"OKAY" + bytes(4))
                     ok = True
+                    stream.write(b"OKAY" + bytes(4))
                     return True
                 if rid != b"DATA" or n > SYNC_DATA_MAX:
                     _fail(stream, "invalid data message")
@@ -547,12 +555,13 @@ class LoopbackAdbDevice:
                 data = stream.read_exact(n)
                 written += n
                 self._count_send_bytes(stream, n)
-                if self.fail_space_after_bytes is not None and written > self.fail_space_after_bytes:
+                full = self.fail_space_after_bytes
+                if full is not None and written > full:
                     return _fail_and_drain(stream, f"write failed: {os.strerror(errno.ENOSPC)}")
                 f.write(data)
         finally:
-            if not ok:  # like adbd: a failed or cut transfer leaves no half file behind
-                f.close()
+            f.close()
+            if not ok and not self.keep_failed_sends:  # adbd leaves no half file behind
                 try:
                     os.unlink(real)
                 except OSError:

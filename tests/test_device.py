@@ -1,4 +1,4 @@
-"""edge_sdk.validate.device against the real adb server and a loopback device (tests/adb_loopback.py).
+"""edge_sdk.validate.device against the real adb server and tests/adb_loopback.py's device.
 
 A private adb server (its own port via ANDROID_ADB_SERVER_PORT, its own HOME, no USB / emulator
 scan / mDNS) is started for this module and killed at the end; devices are reached with
@@ -157,10 +157,12 @@ def test_push_progress_reuse_and_pull(adb, device, tmp_path):
     assert on_device.read_bytes() == src.read_bytes()
     assert _partials(device.root) == []
 
+    Path(device.root, "models", "model.bin.partial").write_bytes(b"left by a failed push")
     again: list[tuple[int, int]] = []
     r2 = adb.push(device.serial, src, f"{TMP}/models/model.bin",
                   progress=lambda d, t: again.append((d, t)))
     assert r2.status == "reused" and again == [(size, size)]
+    assert _partials(device.root) == []  # the stale leftover went too
 
     back = tmp_path / "back.bin"
     assert adb.pull(device.serial, f"{TMP}/models/model.bin", back) == size
@@ -198,18 +200,22 @@ def test_paths_with_shell_metacharacters_are_never_interpreted(adb, device, tmp_
         quote_argv("rm -rf /")  # a string is refused: it would be split by the device shell
 
 
-def test_device_disappears_mid_push(adb, tmp_path):
+@pytest.mark.parametrize("keep_failed_sends", [False, True], ids=["adbd-like", "keeps-half-file"])
+def test_device_disappears_mid_push(adb, tmp_path, keep_failed_sends):
     root = tmp_path / "dev"
     old = root / "model.bin"
     root.mkdir()
     old.write_bytes(b"old version")
     src = _random_file(tmp_path / "model.bin", 5 * 1024 * 1024)
-    with _ExtraDevice(adb, root, disconnect_after_bytes=1_500_000) as dev:
+    with _ExtraDevice(adb, root, disconnect_after_bytes=1_500_000,
+                      keep_failed_sends=keep_failed_sends) as dev:
         with pytest.raises(DeviceError, match="went offline|is not connected") as e:
             adb.push(dev.serial, src, f"{TMP}/model.bin")
         assert e.value.exit_code == 2 and dev.serial in str(e.value)
         adb.connect(dev.serial)  # the listener is still up: reconnect (or find it reconnected)
-        assert _partials(root) == []
+        # a device that cleans up (adbd) has no half file; one that does not still has it, since
+        # nobody can remove a file from a device that is gone: the next push replaces it
+        assert len(_partials(root)) == int(keep_failed_sends)
         assert old.read_bytes() == b"old version"  # atomic: the old file was never touched
         assert adb.push(dev.serial, src, f"{TMP}/model.bin").status == "pushed"
         assert old.read_bytes() == src.read_bytes() and _partials(root) == []
@@ -217,7 +223,9 @@ def test_device_disappears_mid_push(adb, tmp_path):
 
 def test_no_space_left_on_device(adb, tmp_path):
     src = _random_file(tmp_path / "big.bin", 5 * 1024 * 1024)
-    with _ExtraDevice(adb, tmp_path / "dev", fail_space_after_bytes=1_000_000) as dev:
+    # keep_failed_sends: the device leaves its half file; the SDK must remove it by itself
+    with _ExtraDevice(adb, tmp_path / "dev", fail_space_after_bytes=1_000_000,
+                      keep_failed_sends=True) as dev:
         with pytest.raises(DeviceError, match="No space left on device") as e:
             adb.push(dev.serial, src, f"{TMP}/big.bin")
         assert "free space" in str(e.value)
@@ -281,6 +289,8 @@ def test_real_adb_cli_against_the_loopback_device(adb, device, tmp_path):
 
     r = cli("shell", "echo hi; echo oops >&2; exit 5")  # shell v2: exit status and stderr
     assert (r.returncode, r.stdout, r.stderr) == (5, "hi\n", "oops\n")
+    r = cli("shell", "-x", "echo v1; echo e1 >&2; exit 4")  # -x: the v1 raw shell, merged output
+    assert (r.returncode, sorted(r.stdout.split())) == (0, ["e1", "v1"])
     src = _random_file(tmp_path / "cli.bin", 300_000)
     assert cli("push", str(src), f"{TMP}/cli/dir/cli.bin").returncode == 0  # STA2 + mkdir
     assert Path(device.root, "cli", "dir", "cli.bin").read_bytes() == src.read_bytes()

@@ -16,10 +16,7 @@ Constants whose bytes are equal share one buffer (content-keyed) within the writ
 :meth:`GraphBuilder.share` lets a second subgraph point at another subgraph's weight
 buffer, so prefill and decode signatures never duplicate weights.
 
-Sub-byte packing (LiteRT INT4 / INT2 tensors): the whole flattened tensor (row-major) is
-packed contiguously, low bits first: INT4 holds element 2i in bits 0-3 and 2i+1 in bits
-4-7 of byte i; INT2 holds elements 4i..4i+3 in bits 0-1, 2-3, 4-5, 6-7 of byte i. Rows are
-NOT padded to a byte boundary. (Verified against the runtime in tests/test_litert_writer.py.)
+Sub-byte packing and the kernel facts behind the code-range checks: see :mod:`.dtypes`.
 """
 
 from __future__ import annotations
@@ -30,9 +27,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, RecipeError
+from .dtypes import INT_DTYPE_FOR_BITS, Quantization, check_code_range, dtype_name, to_bytes
 from .ops import OpsMixin
-from .writer import BITS, BufferRef, LiteRTWriter, Quantization, dtype_name, tensor_nbytes
+from .writer import BufferRef, LiteRTWriter
 
 
 @dataclass(frozen=True)
@@ -51,42 +49,6 @@ class Tensor:
     @property
     def rank(self) -> int:
         return len(self.shape)
-
-
-def pack_subbyte(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Pack signed integer codes in [-2^(bits-1), 2^(bits-1)) into uint8, low bits first,
-    over the flattened tensor (the last byte is zero-padded)."""
-    if bits not in (2, 4):
-        raise InputError(f"can only pack 2- or 4-bit codes, not {bits}")
-    flat = np.asarray(codes).reshape(-1)
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    if flat.size and (flat.min() < lo or flat.max() > hi):
-        raise InputError(f"int{bits} codes out of range [{lo}, {hi}]")
-    per = 8 // bits
-    u = (flat.astype(np.int16) & ((1 << bits) - 1)).astype(np.uint8)
-    u = np.concatenate([u, np.zeros((-u.size) % per, np.uint8)]).reshape(-1, per)
-    out = np.zeros(u.shape[0], np.uint8)
-    for j in range(per):
-        out |= u[:, j] << np.uint8(j * bits)
-    return out
-
-
-def unpack_subbyte(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
-    """Inverse of :func:`pack_subbyte`: ``count`` signed codes as int8."""
-    per = 8 // bits
-    p = np.asarray(packed, np.uint8).reshape(-1, 1)
-    shifts = (np.arange(per, dtype=np.uint8) * bits).reshape(1, -1)
-    u = ((p >> shifts) & ((1 << bits) - 1)).astype(np.int8).reshape(-1)[:count]
-    return np.where(u >= (1 << (bits - 1)), u - (1 << bits), u).astype(np.int8)
-
-
-def _raw_bytes(value: np.ndarray, dtype: str) -> bytes:
-    if dtype in ("int4", "int2"):
-        return pack_subbyte(value, BITS[dtype]).tobytes()
-    if dtype == "bfloat16":
-        import ml_dtypes
-        return np.ascontiguousarray(value, dtype=ml_dtypes.bfloat16).tobytes()
-    return np.ascontiguousarray(value, dtype=np.dtype(dtype)).tobytes()
 
 
 class GraphBuilder(OpsMixin):
@@ -166,7 +128,7 @@ class GraphBuilder(OpsMixin):
             if int(np.prod(shape, dtype=np.int64)) != arr.size:
                 raise InputError(f"value has {arr.size} elements, shape {list(shape)} "
                                  f"needs {int(np.prod(shape))}", tensor=name)
-            raw = _raw_bytes(arr, dt)
+            raw = to_bytes(arr, dt)
             if key is None:
                 key = f"sha256:{hashlib.sha256(raw).hexdigest()}:{len(raw)}"
             ref = self.writer.add_buffer(data=raw, key=key, external=external,
@@ -181,29 +143,36 @@ class GraphBuilder(OpsMixin):
         return self.const(None, arr)
 
     def quantized_weight(self, name: str, codes: np.ndarray, scale: np.ndarray, bits: int, *,
-                         axis: int = 0, key: str | None = None,
-                         external: bool | None = None) -> Tensor:
+                         axis: int = 0, key: str | None = None, external: bool | None = None,
+                         allow_full_range: bool = False) -> Tensor:
         """Integer weight codes (int8 / int4 / int2, symmetric, zero point 0) with one float
-        scale per slice along ``axis`` (per output channel for FULLY_CONNECTED: axis 0).
-        The dequantized weight is codes * scale."""
-        dt = {8: "int8", 4: "int4", 2: "int2"}.get(bits)
+        scale per slice along ``axis`` (per output channel for FULLY_CONNECTED: axis 0);
+        the weight means codes * scale. Codes must lie in ``SAFE_CODE_RANGE`` (the builtin
+        FC kernels miscompute -128 / -8) unless ``allow_full_range``."""
+        dt = INT_DTYPE_FOR_BITS.get(bits)
         if dt is None:
             raise InputError(f"unsupported weight bit width {bits}", tensor=name)
         codes = np.asarray(codes)
+        if not allow_full_range:
+            check_code_range(codes, bits, tensor=name)
         scale = np.asarray(scale, dtype=np.float32).reshape(-1)
         if scale.size != codes.shape[axis]:
             raise InputError(f"{scale.size} scales for {codes.shape[axis]} channels on axis "
                              f"{axis}", tensor=name)
         q = Quantization(scale=tuple(scale.tolist()), zero_point=(0,) * scale.size,
                          quantized_dimension=axis)
-        if dt == "int8":
-            codes = codes.astype(np.int8)
         return self.const(name, codes, dtype=dt, quantization=q, key=key, external=external)
 
     def blockwise_weight(self, name: str, codes: np.ndarray, scales: np.ndarray,
-                         block_size: int, *, bits: int = 4, key: str | None = None) -> Tensor:
-        """[N, K] integer codes with FLOAT16 scales [N, K / block_size] (BlockwiseQuantization).
-        Dequantized weight[n, k] = codes[n, k] * scales[n, k // block_size]."""
+                         block_size: int, *, bits: int = 4, key: str | None = None,
+                         external: bool | None = None) -> Tensor:
+        """[N, K] INT4 codes with FLOAT16 scales [N, K / block_size] (BlockwiseQuantization):
+        weight[n, k] = codes[n, k] * scales[n, k // block_size]. Only 4 bits: blockwise
+        INT8 / INT2 FC is refused by XNNPACK and returns all zeros in the builtin kernels."""
+        if bits != 4:
+            raise RecipeError(f"blockwise int{bits} weights: XNNPACK refuses them and the "
+                              "builtin kernels silently return zeros", tensor=name,
+                              fix="use per-channel scales, or 4-bit blockwise")
         codes = np.asarray(codes)
         n, k = codes.shape
         if k % block_size or np.shape(scales) != (n, k // block_size):
@@ -211,9 +180,8 @@ class GraphBuilder(OpsMixin):
                              f"{block_size} must divide {k}", tensor=name)
         st = self.const(f"{name}_scales", np.asarray(scales, dtype=np.float16))
         q = Quantization(block_scales=st.index, block_size=block_size)
-        dt = {8: "int8", 4: "int4", 2: "int2"}[bits]
-        return self.const(name, codes.astype(np.int8) if bits == 8 else codes, dtype=dt,
-                          quantization=q, key=key, block_scales=st)
+        return self.const(name, codes, dtype="int4", quantization=q, key=key,
+                          external=external, block_scales=st)
 
     def share(self, tensor: Tensor, name: str | None = None) -> Tensor:
         """This subgraph's view of another subgraph's constant: same buffer, no copy."""
@@ -261,14 +229,3 @@ class GraphBuilder(OpsMixin):
             self.writer.add_signature(signature_key, self.index,
                                       {k: t.index for k, t in self._inputs.items()},
                                       {k: t.index for k, t in self._outputs.items()})
-
-
-def dequantize_reference(t_codes: np.ndarray, scale: np.ndarray, axis: int = 0) -> np.ndarray:
-    """codes * scale broadcast along ``axis`` (NumPy reference for tests and validators)."""
-    shp = [1] * np.ndim(t_codes)
-    shp[axis] = -1
-    return np.asarray(t_codes, np.float32) * np.asarray(scale, np.float32).reshape(shp)
-
-
-__all__ = ["GraphBuilder", "Tensor", "pack_subbyte", "unpack_subbyte", "dequantize_reference",
-           "tensor_nbytes"]

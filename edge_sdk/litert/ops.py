@@ -14,6 +14,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from ..errors import InputError
+from .dtypes import BITS, DTYPES, dtype_name
 
 OP = schema.BuiltinOperator
 _FLOATS = ("float32", "float16", "bfloat16")
@@ -30,6 +31,15 @@ def _axis(axis: int, rank: int) -> int:
     if not -rank <= axis < max(rank, 1):
         raise InputError(f"axis {axis} out of range for rank {rank}")
     return axis % max(rank, 1)
+
+
+def _whole_byte_slices(params, axis: int, op: str) -> None:
+    """GATHER / EMBEDDING_LOOKUP on sub-byte tensors address slices in whole bytes."""
+    bits = BITS[params.dtype] * int(np.prod(params.shape[axis + 1:], dtype=np.int64))
+    if BITS[params.dtype] < 8 and (bits % 8 or axis != 0):
+        raise InputError(f"{op} on {params.dtype} {list(params.shape)} needs axis 0 and rows "
+                         f"of whole bytes (LiteRT gives wrong rows otherwise)",
+                         tensor=params.name)
 
 
 class OpsMixin:
@@ -154,8 +164,12 @@ class OpsMixin:
                            name=name, hint="softmax")
 
     def cast(self, x, dtype: str, name=None):
-        from .writer import DTYPES, dtype_name
+        """Convert element type. INT4 input converts only to float32 (the kernel refuses
+        INT4 -> int8/int16/int32)."""
         dt = dtype_name(dtype)
+        if x.dtype == "int4" and dt != "float32":
+            raise InputError(f"CAST int4 -> {dt} is not supported by LiteRT",
+                             fix="cast int4 -> float32 -> int32")
         opts = schema.CastOptionsT(inDataType=DTYPES[x.dtype], outDataType=DTYPES[dt])
         return self._unary(OP.CAST, x, opts, name=name, hint="cast", dtype=dt)
 
@@ -255,8 +269,12 @@ class OpsMixin:
     def gather(self, params, indices, axis: int = 0, batch_dims: int = 0, name=None):
         """params.shape[:axis] + indices.shape[batch_dims:] + params.shape[axis+1:]."""
         ax = _axis(axis, params.rank)
-        if indices.dtype not in ("int32", "int64", "int16", "int8", "int4"):
-            raise InputError(f"gather: indices must be integers, not {indices.dtype}")
+        if indices.dtype not in ("int32", "int64", "int16"):
+            raise InputError(f"gather: indices must be int16/32/64, not {indices.dtype}")
+        if params.dtype == "int2":
+            raise InputError("GATHER does not support INT2 params",
+                             fix="use embedding_lookup on a quantized INT2 table")
+        _whole_byte_slices(params, ax, "gather")
         shape = params.shape[:ax] + indices.shape[batch_dims:] + params.shape[ax + 1:]
         return self._op(OP.GATHER, [params, indices], shape, params.dtype,
                         schema.GatherOptionsT(axis=ax, batchDims=batch_dims),
@@ -267,9 +285,26 @@ class OpsMixin:
         rows (row-wise dequantization by the kernel) unless ``dtype`` says otherwise."""
         if ids.rank != 1 or ids.dtype != "int32":
             raise InputError("embedding_lookup needs 1-D int32 ids (reshape first)")
+        _whole_byte_slices(table, 0, "embedding_lookup")
         out = dtype or ("float32" if table.quantization is not None else table.dtype)
         return self._op(OP.EMBEDDING_LOOKUP, [ids, table], ids.shape + table.shape[1:], out,
                         name=name, hint="embedding")
+
+    def codebook_lookup(self, codes, ids, codebook, name=None):
+        """Dictionary-coded rows: codebook[codes[ids] + offset] as float, where ``codes`` is an
+        [V, D] int4 / int8 / uint8 constant, ``codebook`` a 1-D float table of 2^bits entries
+        and offset 2^(bits-1) for signed codes. Only the looked-up rows are read.
+        GATHER(codes) -> CAST (int4 goes via float32) -> [ADD offset] -> GATHER(codebook)."""
+        bits = BITS[codes.dtype]
+        if codes.dtype not in ("int4", "int8", "uint8") or codebook.shape != (1 << bits,):
+            raise InputError(f"codebook_lookup needs int4/int8/uint8 codes and a [{1 << bits}] "
+                             f"codebook, got {codes.dtype} and {list(codebook.shape)}")
+        rows = self.gather(codes, ids, axis=0)
+        idx = self.cast(self.cast(rows, "float32"), "int32") if codes.dtype == "int4" \
+            else self.cast(rows, "int32")
+        if codes.dtype != "uint8":
+            idx = self.add(idx, np.int32(1 << (bits - 1)))
+        return self.gather(codebook, idx, axis=0, name=name)
 
     def dynamic_update_slice(self, operand, update, start, name=None):
         """operand with ``update`` written at ``start`` (int32 tensor [rank] or ints)."""

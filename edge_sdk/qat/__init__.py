@@ -1,0 +1,36 @@
+"""Floor 5: quantization-aware training for Gemma 4 (torch; the optional ``[qat]`` extra).
+
+    from edge_sdk.qat import apply_qat, export_qat, refresh_codebooks, qat_parameters
+    model = Gemma4ForConditionalGeneration(...).float()
+    apply_qat(model, PRESETS["mobile"])         # parametrize the text decoder's weights
+    scales, rest = qat_parameters(model)        # two optimizer groups
+    ... train (plain, DDP or FSDP) ...; refresh_codebooks(model) every K steps
+    export_qat(model, "out/", tokenizer=tok)    # HF checkpoint on the grid + scale sidecar
+
+The forward uses the NumPy kernels' formulas bit for bit (see ``fake_quant``); the exported
+weights re-quantize with the exported scales/codebooks with error exactly 0 (``verify_export``).
+This is the only package of edge_sdk that imports torch; torch is imported lazily here so that
+``edge_sdk.qat.sidecar`` (the codebook file reader) stays torch-free.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+_LAZY = {
+    "apply_qat": "apply", "is_qat": "apply", "qat_parameters": "apply", "quantized_roles": "apply",
+    "refresh_codebooks": "apply", "find_text_model": "apply",
+    "AffineQuantizer": "fake_quant", "DictionaryFakeQuantizer": "fake_quant",
+    "fake_quant_affine": "fake_quant", "dictionary_codes": "sidecar",
+    "export_qat": "export", "verify_export": "export", "qat_state_dict": "export",
+    "qat_scales": "export",
+    "CODEBOOKS_NAME": "sidecar", "read_qat_codebooks": "sidecar", "write_qat_codebooks": "sidecar",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from ..quant import AffineConfig, DictionaryConfig, DictionaryQuantizer, Granularity, compute_scales
-from ..quant.kernels_dict import _assign, _thresholds32  # no public "codes for given codebooks" yet
+from ..quant.kernels_dict import _thresholds32  # no public "codes for given codebooks" yet
 
 F32_TINY = torch.finfo(torch.float32).tiny
 F16_TINY = 2.0 ** -24   # smallest float16 subnormal, as quant.kernels.F16_TINY
@@ -175,7 +175,7 @@ class DictionaryFakeQuantizer(nn.Module):
         """[groups, n] views; a shorter last group is handled separately (returned as tail)."""
         r = self.cfg.rows_per_codebook
         full = w.shape[0] // r
-        head = w[:full * r].reshape(full, -1)
+        head = w[:full * r].reshape(full, r * w.shape[1])
         tail = w[full * r:].reshape(1, -1) if full * r < w.shape[0] else None
         return full, head, tail
 
@@ -185,21 +185,14 @@ class DictionaryFakeQuantizer(nn.Module):
         w = weight
         full, head, tail = self._grouped(w)
         out = _DictFQ.apply(head, self.thresholds[:full], self.codebooks[:full]).reshape(-1, w.shape[1])
+        if tail is not None and full == 0:
+            return _DictFQ.apply(tail, self.thresholds, self.codebooks).reshape(w.shape)
         if tail is not None:
             t = _DictFQ.apply(tail, self.thresholds[full:], self.codebooks[full:])
             out = torch.cat([out, t.reshape(-1, w.shape[1])])
         return out
 
-    def codes_numpy(self, w: np.ndarray) -> np.ndarray:
-        """Codes of ``w`` under the current codebooks by the NumPy kernel's assignment."""
-        r = self.cfg.rows_per_codebook
-        books = self.codebooks.cpu().numpy()
-        out = np.empty(w.shape, np.uint8)
-        for g in range(self.groups):
-            x = w[g * r:(g + 1) * r].astype(np.float32).reshape(1, -1)
-            out[g * r:(g + 1) * r] = _assign(x, _thresholds32(books[g:g + 1])).reshape(-1, w.shape[1])
-        return out
-
     def extra_repr(self) -> str:
         c = self.cfg
         return f"dict {c.index_bits}-bit x{c.codebook_size} / {c.rows_per_codebook} rows"
+

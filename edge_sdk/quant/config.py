@@ -129,7 +129,10 @@ class DictionaryConfig:
     over all of the group's values, and every element stores an unsigned ``index_bits`` code.
 
     index_bits: 2, 4 or 8.  codebook_size: 2 .. 2**index_bits.  rows_per_codebook: >= 1.
-    iterations: Lloyd iterations (fixed count, deterministic; quantile init, no RNG).
+    iterations: Lloyd iterations (fixed count, deterministic; quantile init, no RNG). On sorted
+      values an iteration costs O(codebook_size · log n) per group, so 100 is cheap; it
+      reaches the Lloyd-Max optimum on Gaussian data (quantile init converges slowly: 10
+      iterations leave ~15 % more error).
     mapped: the table stays memory-mapped; only looked-up rows become resident.
 
     Example — 4-bit codes, 16-entry codebooks, one codebook per 64 rows, on the E2B
@@ -140,7 +143,7 @@ class DictionaryConfig:
     index_bits: int = 4
     codebook_size: int = 16
     rows_per_codebook: int = 64
-    iterations: int = 10
+    iterations: int = 100
     mapped: bool = True
 
     def __post_init__(self):
@@ -153,8 +156,8 @@ class DictionaryConfig:
                               fix=f"use 2..{1 << self.index_bits}")
         if _int(self.rows_per_codebook, "rows_per_codebook") < 1:
             raise RecipeError("rows_per_codebook must be >= 1")
-        if not 1 <= _int(self.iterations, "iterations") <= 100:
-            raise RecipeError(f"iterations {self.iterations} out of range", fix="use 1..100")
+        if not 1 <= _int(self.iterations, "iterations") <= 1000:
+            raise RecipeError(f"iterations {self.iterations} out of range", fix="use 1..1000")
         _bool(self.mapped, "mapped")
 
 

@@ -13,7 +13,8 @@ bfloat16 storage: c·s was rounded to 8 significant bits, so the true float32 sc
 recoverable; codes are (for 2/4 bits: |c|·2^-8 << 1/2) and the scale is the best fit, leaving
 ``max_error`` at the bf16 rounding level (~2^-8·|w|). For 8-bit codes in bf16 the tolerance
 reaches s/2, so the check cannot tell grid from noise: ``conclusive`` is False.
-Rows that fit no grid fall back to ``max|w| / qmax`` and are counted in ``off_grid_fraction``.
+Rows that fit no grid keep the candidate that fit most of their elements (codes clipped) and
+count in ``off_grid_rows``; their misfit elements in ``off_grid_fraction``.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def _unit(dtype) -> float:
 
 
 def _fit(x, m, k, qmin, qmax, u, refine: bool):
-    """For rows x [r, n] with max|x| = m: (ok [r], s [r], codes [r, n]) for code magnitude k."""
+    """For rows x [r, n] with max|x| = m and code magnitude k: (ok [r], s [r], codes [r, n],
+    fraction of each row's elements that are on the grid and in range [r])."""
     s0 = (m / np.float32(k)).astype(np.float32)
     c = np.rint(x / s0[:, None])
     in_range = ((c >= qmin) & (c <= qmax)).all(axis=1)
@@ -89,8 +91,8 @@ def _fit(x, m, k, qmin, qmax, u, refine: bool):
     best = np.argmin(errs, axis=0)  # first minimum: s0 preferred on ties
     s = np.stack(cands)[best, np.arange(len(s0))]
     tol = np.float32(2 * u) * np.abs(c) * s[:, None] + np.float32(2.0 ** -149)
-    ok = in_range & (np.abs(x - c * s[:, None]) <= tol).all(axis=1)
-    return ok, s, c
+    good = (np.abs(x - c * s[:, None]) <= tol) & (c >= qmin) & (c <= qmax)
+    return good.all(axis=1), s, c, good.mean(axis=1)
 
 
 def recover_grid_scales(w: np.ndarray, bits: int, granularity: str = "channel",
@@ -115,24 +117,32 @@ def recover_grid_scales(w: np.ndarray, bits: int, granularity: str = "channel",
     scales = np.ones(r, np.float32)
     codes = np.zeros((r, n), np.float32)
     done = m == 0
+    best_k, best_frac = np.full(r, qmax), np.full(r, -1.0)  # for the diagnostics of misfits
+
+    def note(idx, k, frac):
+        better = frac > best_frac[idx]
+        best_k[idx[better]], best_frac[idx[better]] = k, frac[better]
+
     ks = [qmax, -qmin] + [k for k in range(max(qmax, -qmin), 0, -1) if k not in (qmax, -qmin)]
     for k in dict.fromkeys(ks):
         idx = np.flatnonzero(~done)
         if idx.size == 0:
             break
         if n > SAMPLE:  # cheap rejection on a few columns (tolerance doubled: unrefined scale)
-            ok, _, _ = _fit(rows[idx, :SAMPLE], m[idx], k, qmin, qmax, 2 * u, refine=False)
+            ok, _, _, frac = _fit(rows[idx, :SAMPLE], m[idx], k, qmin, qmax, 2 * u, False)
+            note(idx, k, frac)
             idx = idx[ok]
         if idx.size == 0:
             continue
-        ok, s, c = _fit(rows[idx], m[idx], k, qmin, qmax, u, refine=True)
+        ok, s, c, frac = _fit(rows[idx], m[idx], k, qmin, qmax, u, refine=True)
+        note(idx, k, frac)
         idx, s, c = idx[ok], s[ok], c[ok]
         scales[idx], codes[idx], done[idx] = s, c, True
     off = np.flatnonzero(~done)
-    if off.size:  # fallback: the natural PTQ scale, so the numbers below mean something
-        s = (m[off] / np.float32(qmax)).astype(np.float32)
-        scales[off] = s
-        codes[off] = np.clip(np.rint(rows[off] / s[:, None]), qmin, qmax)
+    for k in np.unique(best_k[off]):  # misfits: their best-fitting grid, codes clipped
+        sub = off[best_k[off] == k]
+        _, s, c, _ = _fit(rows[sub], m[sub], int(k), qmin, qmax, u, refine=True)
+        scales[sub], codes[sub] = s, np.clip(c, qmin, qmax)
     err = np.abs(rows - codes * scales[:, None])
     tol = np.float32(2 * u) * np.abs(codes) * scales[:, None] + np.float32(2.0 ** -149)
     off_frac = float((err > tol).mean()) if err.size else 0.0

@@ -3,13 +3,13 @@
 Built on ``adbutils`` (a client of the adb *server*; its wheel ships Google's ``adb`` binary). An
 ``AdbSession`` talks to one adb server on 127.0.0.1 at a port of its own choosing: ``server_port``,
 else ``$ANDROID_ADB_SERVER_PORT``, else 5037. The session starts that server when it is not running
-(``adb -P PORT start-server``, with mDNS off unless ``server_env`` says otherwise) and never falls
-back to another port: adbutils on its own would run a bare ``adb start-server`` (default port) when a
-connection fails; the session's client does not.
+(``adb -P PORT start-server``, with mDNS off unless ``server_env`` says otherwise) and never
+falls back to another port: adbutils on its own would run a bare ``adb start-server`` (default
+port) when a connection fails; the session's client does not.
 
 Devices are named by serial (a ``str``). Commands are argv lists: every argument is quoted with
-``shlex.quote`` before it reaches the device shell, so paths with spaces, ``;``, ``$(..)``, backticks
-or quotes stay one argument. Exit statuses come from the shell v2 protocol. Every failure (no or
+``shlex.quote`` before it reaches the device shell, so paths with spaces, ``;``, ``$(..)``,
+backticks or quotes stay one argument. Exit statuses come from the shell v2 protocol. Every failure (no or
 ambiguous device, device gone mid-transfer or mid-run, device full, non-zero exit in ``run``) is a
 ``DeviceError`` (CLI exit code 2) whose message says what happened and, where there is one, the fix.
 """
@@ -271,7 +271,8 @@ class AdbSession:
         except (adbutils.AdbError, OSError, EOFError) as e:
             if isinstance(e, adbutils.errors.AdbConnectionError) or not self.server_running():
                 raise DeviceError(f"the adb server on port {self.port} is not answering "
-                                  f"while {doing}: {e}", fix="restart it: adb kill-server") from e
+                                  f"while {doing}: {e}",
+                                  fix=f"start it: adb -P {self.port} start-server") from e
             detail = "the connection closed" if isinstance(e, EOFError) else (
                 str(e) or type(e).__name__)
             state = {d.serial: d.state for d in self._quiet_list()}.get(serial, "absent")

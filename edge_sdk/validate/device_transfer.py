@@ -82,11 +82,13 @@ def push(session: "AdbSession", serial: str, local_path: str | os.PathLike, remo
         digest = sha256_file(local)
     except OSError as e:
         raise InputError(f"cannot read the file to push: {e.strerror}", path=local) from e
+    partial = remote + PARTIAL_SUFFIX
     if remote_sha256(session, serial, remote) == digest:
+        if _remote_mode(session, serial, partial):  # a leftover of an earlier, failed push
+            _best_effort_rm(session, serial, partial)
         if progress:
             progress(size, size)
         return PushResult(str(local), remote, size, digest, "reused")
-    partial = remote + PARTIAL_SUFFIX
     try:
         _send_file(session, serial, local, partial, size, mode, progress)
         session.run(serial, ["mv", "-f", partial, remote])

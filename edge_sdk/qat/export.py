@@ -1,0 +1,204 @@
+"""``export_qat(model, out_dir, recipe)``: an HF-layout checkpoint whose weights sit exactly on the QAT grid.
+
+Writes into ``out_dir``:
+- ``config.json`` (the model's config, ``dtype: float32``) and ``generation_config.json`` if the
+  model has one;
+- ``model.safetensors``: every tensor ``save_pretrained`` would write (same names; the tied LM
+  head is not stored), all float32; fake-quantized ones hold ``w_hat`` — affine ``code * scale``,
+  dictionary ``codebook[code]`` — bit for bit what the last forward used. float32 because
+  ``code * scale`` is generally not representable in bfloat16 (a 4-bit code times an 8-bit
+  mantissa needs up to 11 bits);
+- ``qat_scales.safetensors`` (``quant.write_qat_sidecar``): the float32 scale of every affine
+  role (``[out]`` channel, ``[out, in/block]`` block, the latter float16-exact), and the recipe;
+- ``qat_codebooks.safetensors`` (``write_qat_codebooks``): ``<role>.codebooks``
+  ``[groups, codebook_size]`` float32 of every dictionary role (the quant sidecar has no slot
+  for codebooks yet);
+- the tokenizer files, when ``tokenizer`` is given (an object with ``save_pretrained`` or a
+  directory whose tokenizer/generation files are copied).
+
+``verify_export(out_dir)`` re-reads the files and re-quantizes every stored weight with the
+NumPy kernels and the exported scales/codebooks: the re-rounding error must be exactly 0.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..errors import CheckpointError
+from ..quant import (AffineConfig, DictionaryConfig, Recipe, quantize, read_qat_sidecar,
+                     write_qat_sidecar)
+from ..quant.scales import SIDECAR_NAME
+from .apply import find_text_model, quantized_roles
+from .fake_quant import AffineQuantizer, DictionaryFakeQuantizer
+from .sidecar import CODEBOOKS_NAME, dictionary_codes, read_qat_codebooks, write_qat_codebooks
+
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "tokenizer.model", "chat_template.jinja", "generation_config.json")
+
+
+def _hf_name(key: str) -> str | None:
+    """state_dict key of a parametrized model → the plain model's key (None: not a weight)."""
+    if ".parametrizations." not in key:
+        return key
+    head, tail = key.split(".parametrizations.", 1)
+    param, rest = tail.split(".", 1)
+    return f"{head}.{param}" if rest == "original" else None
+
+
+@torch.no_grad()
+def qat_state_dict(model: nn.Module) -> dict[str, np.ndarray]:
+    """The plain (un-parametrized) state dict of ``model`` as float32 NumPy arrays, with every
+    fake-quantized weight replaced by its ``w_hat``; tied weights stored once, like
+    ``save_pretrained``."""
+    sd = model.state_dict()
+    out: dict[str, np.ndarray] = {}
+    owners = dict(model.named_modules())
+    for key in sd:
+        name = _hf_name(key)
+        if name is None:
+            continue
+        mod_name, _, attr = name.rpartition(".")
+        module = owners[mod_name] if mod_name else model
+        if parametrize.is_parametrized(module, attr):
+            t = getattr(module, attr)          # runs the quantizer: w_hat
+        else:
+            t = sd[key]
+        out[name] = t.detach().to(torch.float32).cpu().numpy().copy()
+    tied = getattr(model, "_tied_weights_keys", None) or {}
+    keys = tied.keys() if isinstance(tied, dict) else tied
+    if getattr(model.config, "tie_word_embeddings", False):
+        for k in keys:
+            out.pop(k, None)
+    return out
+
+
+def qat_scales(model: nn.Module) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(``role -> float32 scales``, ``role -> float32 codebooks``) exactly as the forward uses them."""
+    scales, books = {}, {}
+    with torch.no_grad():
+        for role, (_, q) in quantized_roles(model).items():
+            if isinstance(q, AffineQuantizer):
+                scales[role] = q.effective_scale().detach().cpu().numpy().astype(np.float32)
+            elif isinstance(q, DictionaryFakeQuantizer):
+                books[role] = q.codebooks.detach().cpu().numpy().astype(np.float32).copy()
+    return scales, books
+
+
+def _copy_tokenizer(tokenizer, out: Path) -> None:
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(str(out))
+        return
+    src = Path(tokenizer)
+    if not src.is_dir():
+        raise CheckpointError("tokenizer must be a tokenizer object or a directory", path=src)
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, out / name)
+
+
+def export_qat(model: nn.Module, out_dir: str | PathLike, recipe: Recipe | None = None, *,
+               tokenizer=None, verify: bool = True) -> Path:
+    """Write the QAT checkpoint (see module docstring); returns ``out_dir``.
+
+    ``recipe`` defaults to the one ``apply_qat`` used. Call it on the unwrapped model on one rank
+    (under FSDP, gather a full state first). With ``verify`` (default) the written files are
+    re-read and checked to re-quantize with error exactly 0 (raises ``CheckpointError`` if not).
+    """
+    from safetensors.numpy import save_file
+
+    recipe = recipe or getattr(model, "_edge_sdk_qat_recipe", None)
+    if recipe is None:
+        raise CheckpointError("export_qat needs the recipe (model was not prepared by apply_qat)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = qat_state_dict(model)
+    scales, books = qat_scales(model)
+    save_file({k: np.ascontiguousarray(v) for k, v in sorted(sd.items())}, str(out / WEIGHTS_NAME),
+              metadata={"format": "pt"})
+    write_qat_sidecar(out / SIDECAR_NAME, scales, recipe)
+    if books:
+        write_qat_codebooks(out / CODEBOOKS_NAME, books)
+    cfg = model.config.to_dict()
+    cfg["dtype"] = "float32"
+    cfg.pop("torch_dtype", None)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    gen = getattr(model, "generation_config", None)
+    if gen is not None:
+        gen.save_pretrained(str(out))
+    if tokenizer is not None:
+        _copy_tokenizer(tokenizer, out)
+    if verify:
+        errs = verify_export(out, model=model)
+        bad = {r: e for r, e in errs.items() if e != 0.0}
+        if bad:
+            raise CheckpointError(f"exported weights are off their QAT grid: {bad}", path=out)
+    return out
+
+
+def _prefix_of(model: nn.Module) -> str:
+    text = find_text_model(model)
+    for name, m in model.named_modules():
+        if m is text:
+            return f"{name}." if name else ""
+    raise AssertionError
+
+
+def verify_export(out_dir: str | PathLike, model: nn.Module | None = None,
+                  prefix: str | None = None) -> dict[str, float]:
+    """Re-quantize every exported weight with the NumPy kernels and the exported scales or
+    codebooks; ``role -> max re-rounding error`` (0.0 for a true QAT export).
+
+    ``prefix``: where the text decoder's names start (``model.language_model.`` for
+    ``Gemma4ForConditionalGeneration``); taken from ``model`` when given, else guessed."""
+    from safetensors import safe_open
+
+    out = Path(out_dir)
+    side = read_qat_sidecar(out / SIDECAR_NAME)
+    books = read_qat_codebooks(out / CODEBOOKS_NAME) if (out / CODEBOOKS_NAME).is_file() else {}
+    errors: dict[str, float] = {}
+    with safe_open(str(out / WEIGHTS_NAME), framework="numpy") as f:
+        keys = set(f.keys())
+        if prefix is None:
+            prefix = _prefix_of(model) if model is not None else next(
+                (p for p in ("model.language_model.", "model.", "")
+                 if f"{p}embed_tokens.weight" in keys), "")
+        for role, s in side.scales.items():
+            name = f"{prefix}{role}.weight" if role != "lm_head" else "lm_head.weight"
+            if name not in keys:
+                raise CheckpointError("sidecar scale for a tensor not in the checkpoint", path=out,
+                                      tensor=name)
+            cfg = _config(side.recipe, role)
+            if not isinstance(cfg, AffineConfig):
+                raise CheckpointError(f"recipe does not give '{role}' an affine config", path=out)
+            w = f.get_tensor(name)
+            errors[role] = quantize(w, cfg, scales=s).error
+        for role, b in books.items():
+            name = f"{prefix}{role}.weight"
+            cfg = _config(side.recipe, role)
+            if not isinstance(cfg, DictionaryConfig):
+                raise CheckpointError(f"recipe does not give '{role}' a dictionary config", path=out)
+            w = f.get_tensor(name)
+            errors[role] = dictionary_error(w, b, cfg)
+    return errors
+
+
+def _config(recipe: Recipe, role: str):
+    from ..quant import resolve
+    return resolve(recipe, role)
+
+
+def dictionary_error(w: np.ndarray, codebooks: np.ndarray, cfg: DictionaryConfig) -> float:
+    """max |w - codebook[code(w)]| with the NumPy kernel's code assignment for given codebooks."""
+    codes = dictionary_codes(w, codebooks, cfg)
+    group = np.arange(w.shape[0]) // cfg.rows_per_codebook
+    w_hat = codebooks[group[:, None], codes]
+    return float(np.max(np.abs(w.astype(np.float32) - w_hat))) if w.size else 0.0

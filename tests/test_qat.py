@@ -1,0 +1,367 @@
+"""edge_sdk.qat: torch fake-quant == NumPy kernels bit for bit, STE gradients, apply/export round
+trip with re-rounding error 0, and data-parallel QAT (DDP, FSDP2 on CPU/gloo) == one process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from edge_sdk.quant import (PRESETS, AffineConfig, DictionaryConfig, DictionaryQuantizer,  # noqa: E402
+                            Granularity, compute_scales, dequantize, quantize, read_qat_sidecar)
+from edge_sdk.qat import (AffineQuantizer, DictionaryFakeQuantizer, apply_qat,  # noqa: E402
+                          export_qat, fake_quant_affine, qat_parameters, quantized_roles,
+                          read_qat_codebooks, refresh_codebooks, verify_export)
+
+torch.set_num_threads(2)
+
+
+def _preset_configs(kind):
+    seen = []
+    for recipe in PRESETS.values():
+        for rule in recipe.rules:
+            if isinstance(rule.config, kind) and rule.config not in seen:
+                seen.append(rule.config)
+    return seen
+
+
+AFFINE = _preset_configs(AffineConfig)
+DICT = _preset_configs(DictionaryConfig) + [
+    DictionaryConfig(index_bits=2, codebook_size=4, rows_per_codebook=3),
+    DictionaryConfig(index_bits=8, codebook_size=200, rows_per_codebook=16)]
+
+
+def _cfg_id(c):
+    if isinstance(c, AffineConfig):
+        return f"int{c.bits}-{c.granularity.value}{c.block_size or ''}"
+    return f"dict{c.index_bits}x{c.codebook_size}r{c.rows_per_codebook}"
+
+
+def test_presets_cover_the_schemes():
+    ids = {_cfg_id(c) for c in AFFINE}
+    assert {"int8-channel", "int4-channel", "int2-channel", "int4-block32"} <= ids
+    assert any(c == PRESETS["mobile"].rules[-2].config for c in DICT)
+
+
+def _weights(rng, shape, cfg):
+    """Random rows incl. an all-zero row, a constant row, tiny and huge magnitudes."""
+    w = rng.standard_normal(shape).astype(np.float32) * rng.choice([1e-3, 0.02, 1.0, 30.0],
+                                                                   size=(shape[0], 1)).astype(np.float32)
+    w[0] = 0.0
+    if shape[0] > 2:
+        w[1] = np.float32(0.37)
+        w[2, ::3] = -w[2, ::3].max()
+    return w
+
+
+def _edge_scales_and_weights(rng, shape, cfg):
+    """Given (QAT) scales and weights sitting exactly at the clamp edges, at half-way points
+    (round-half-to-even) and beyond the range."""
+    rows, cols = shape
+    nb = 0 if cfg.granularity is Granularity.CHANNEL else cols // cfg.block_size
+    sshape = (rows,) if nb == 0 else (rows, nb)
+    s = (rng.uniform(0.5, 2.0, sshape) * rng.choice([1e-3, 0.05, 1.0], size=(rows,) + (1,) * (len(sshape) - 1)))
+    s = s.astype(np.float16 if nb else np.float32).astype(np.float32)
+    se = s[:, None] if nb == 0 else np.repeat(s, cfg.block_size, axis=1)
+    k = rng.integers(cfg.qmin - 3, cfg.qmax + 4, size=shape).astype(np.float32)
+    frac = rng.choice(np.array([0.0, 0.5, -0.5, 0.25, 0.499], np.float32), size=shape)
+    w = ((k + frac) * se).astype(np.float32)
+    w[0] = 0.0
+    return w, s
+
+
+SHAPES = [(5, 64), (17, 96), (64, 32), (3, 256)]
+
+
+@pytest.mark.parametrize("cfg", AFFINE, ids=_cfg_id)
+def test_affine_fake_quant_equals_numpy_bit_for_bit(cfg):
+    rng = np.random.default_rng(0)
+    for shape in SHAPES:
+        w = _weights(rng, shape, cfg)
+        # PTQ scales (what the quantizer starts from)
+        qt = quantize(w, cfg)
+        got = fake_quant_affine(torch.from_numpy(w), torch.from_numpy(qt.scales.astype(np.float32)), cfg)
+        assert got.dtype == torch.float32
+        assert np.array_equal(got.numpy(), dequantize(qt)), shape
+        # given scales, values on clamp edges, exact ties and out of range
+        w2, s2 = _edge_scales_and_weights(rng, shape, cfg)
+        qt2 = quantize(w2, cfg, scales=s2)
+        got2 = fake_quant_affine(torch.from_numpy(w2), torch.from_numpy(s2), cfg)
+        assert np.array_equal(got2.numpy(), dequantize(qt2)), shape
+        assert (qt2.codes == cfg.qmin).any() and (qt2.codes == cfg.qmax).any()
+
+
+@pytest.mark.parametrize("cfg", AFFINE, ids=_cfg_id)
+def test_affine_quantizer_module_matches_numpy_after_training_scales(cfg):
+    rng = np.random.default_rng(1)
+    w = _weights(rng, (33, 128), cfg)
+    q = AffineQuantizer(torch.from_numpy(w), cfg)
+    assert np.array_equal(q.effective_scale().detach().numpy(), compute_scales(w, cfg).astype(np.float32))
+    with torch.no_grad():
+        q.log_gain.uniform_(-0.7, 0.7)   # as if trained
+    s = q.effective_scale().detach().numpy()
+    assert s.dtype == np.float32
+    got = q(torch.from_numpy(w)).detach().numpy()
+    qt = quantize(w, cfg, scales=s)    # NumPy accepts them as they are (block: float16-exact)
+    assert np.array_equal(got, dequantize(qt))
+    # the fake-quantized weight re-quantizes with its own scales with error exactly 0
+    assert quantize(got, cfg, scales=s).error == 0.0
+
+
+@pytest.mark.parametrize("cfg", AFFINE, ids=_cfg_id)
+def test_affine_ste_gradients(cfg):
+    rng = np.random.default_rng(2)
+    w, s = _edge_scales_and_weights(rng, (8, 64), cfg)
+    wt = torch.from_numpy(w).requires_grad_(True)
+    st = torch.from_numpy(s).requires_grad_(True)
+    up = torch.from_numpy(rng.standard_normal(w.shape).astype(np.float32))
+    fake_quant_affine(wt, st, cfg).backward(up)
+    se = s[:, None] if cfg.granularity is Granularity.CHANNEL else np.repeat(s, cfg.block_size, axis=1)
+    x = w / se
+    inside = (x >= cfg.qmin) & (x <= cfg.qmax)
+    assert inside.any() and (~inside).any()
+    assert np.array_equal(wt.grad.numpy(), np.where(inside, up.numpy(), 0.0).astype(np.float32))
+    assert st.grad is not None and np.abs(st.grad.numpy()).sum() > 0
+    # through the module: the learnable log-gain gets a gradient too
+    q = AffineQuantizer(torch.from_numpy(w), cfg)
+    wt2 = torch.from_numpy(w).requires_grad_(True)
+    (q(wt2) * up).sum().backward()
+    assert q.log_gain.grad is not None and q.log_gain.grad.abs().sum() > 0
+    assert wt2.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cfg", DICT, ids=_cfg_id)
+def test_dictionary_fake_quant_equals_numpy_bit_for_bit(cfg):
+    rng = np.random.default_rng(3)
+    for shape in [(130, 48), (64, 16), (7, 40)]:
+        w = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+        w[0] = 0.0
+        w[3, :8] = 0.0123
+        dq = DictionaryQuantizer(cfg)
+        dt = dq.quantize(w)
+        q = DictionaryFakeQuantizer(torch.from_numpy(w), cfg)
+        assert np.array_equal(q.codebooks.numpy(), dt.codebooks)
+        wt = torch.from_numpy(w).requires_grad_(True)
+        got = q(wt)
+        assert np.array_equal(got.detach().numpy(), dq.dequantize(dt)), shape
+        # ties: values exactly half-way between two entries go to the lower one, as in NumPy
+        b = q.codebooks.numpy()
+        mid = ((b[:, :-1].astype(np.float64) + b[:, 1:]) / 2).astype(np.float32)
+        w2 = w.copy()
+        r = cfg.rows_per_codebook
+        for g in range(b.shape[0]):
+            w2[g * r, :min(mid.shape[1], w.shape[1])] = mid[g, :w.shape[1]]
+        from edge_sdk.qat import dictionary_codes
+        want = DictionaryQuantizer.dequantize(type(dt)(dictionary_codes(w2, b, cfg), b, cfg))
+        assert np.array_equal(q(torch.from_numpy(w2)).numpy(), want)
+        # STE: the gradient passes straight through
+        up = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+        got.backward(up)
+        assert torch.equal(wt.grad, up)
+
+
+def test_dictionary_refresh_refits_codebooks():
+    cfg = PRESETS["mobile"].rules[-2].config
+    w = torch.randn(128, 32)
+    q = DictionaryFakeQuantizer(w, cfg)
+    w2 = w * 3
+    q.refresh(w2)
+    assert np.array_equal(q.codebooks.numpy(), DictionaryQuantizer(cfg).quantize(w2.numpy()).codebooks)
+
+
+# ------------------------------------------------------------------ tiny Gemma 4
+
+def tiny_config(causal: bool = False):
+    from transformers import Gemma4Config, Gemma4TextConfig
+    text = dict(vocab_size=192, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                num_attention_heads=2, num_key_value_heads=1, head_dim=32, global_head_dim=64,
+                max_position_embeddings=128, sliding_window=8,
+                layer_types=["sliding_attention", "full_attention", "sliding_attention",
+                             "full_attention"],
+                final_logit_softcapping=30.0, vocab_size_per_layer_input=192,
+                hidden_size_per_layer_input=32, num_kv_shared_layers=2, use_double_wide_mlp=True)
+    if causal:
+        return Gemma4TextConfig(**text)
+    return Gemma4Config(text_config=text, vision_config=None, audio_config=None)
+
+
+def tiny_model(causal: bool = False, seed: int = 0):
+    from transformers import Gemma4ForCausalLM, Gemma4ForConditionalGeneration
+    torch.manual_seed(seed)
+    cls = Gemma4ForCausalLM if causal else Gemma4ForConditionalGeneration
+    return cls(tiny_config(causal)).float().eval()
+
+
+def _ids(seed=0, shape=(2, 24)):
+    return torch.randint(3, 192, shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["conditional", "causal"])
+@pytest.mark.parametrize("preset", ["mobile", "int4"])
+def test_apply_train_export_roundtrip(tmp_path, causal, preset):
+    from transformers import AutoModelForCausalLM, Gemma4ForConditionalGeneration
+    recipe = PRESETS[preset]
+    model = tiny_model(causal)
+    ids = _ids()
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    apply_qat(model, recipe)
+    roles = quantized_roles(model)
+    assert "embed_tokens" in roles and "lm_head" not in roles  # tied: one quantizer for both
+    head_q = model.lm_head.parametrizations.weight[0]
+    assert head_q is roles["embed_tokens"][1]
+    assert "embed_tokens_per_layer" in roles
+    with torch.no_grad():
+        fq = model(input_ids=ids).logits
+    assert not torch.allclose(fq, ref)
+    # a few QAT steps so the scales move off their PTQ init
+    model.train()
+    scales, rest = qat_parameters(model)
+    opt = torch.optim.Adam([{"params": scales, "lr": 2e-2}, {"params": rest, "lr": 1e-3}])
+    for _ in range(3):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    refresh_codebooks(model)
+    model.eval()
+    moved = [q for _, (_, q) in roles.items() if isinstance(q, AffineQuantizer)
+             and q.log_gain.abs().max() > 0]
+    assert moved
+    with torch.no_grad():
+        trained = model(input_ids=ids).logits
+    out = export_qat(model, tmp_path / "qat")
+    errs = verify_export(out)
+    assert errs and all(e == 0.0 for e in errs.values())
+    assert set(errs) == set(roles)
+    side = read_qat_sidecar(out / "qat_scales.safetensors")
+    assert side.recipe == recipe
+    for role, (_, q) in roles.items():
+        if isinstance(q, AffineQuantizer):
+            assert np.array_equal(side.scales[role], q.effective_scale().detach().numpy())
+    if preset == "mobile":
+        books = read_qat_codebooks(out / "qat_codebooks.safetensors")
+        assert set(books) == {"embed_tokens_per_layer"}
+    # NumPy re-quantization of a stored tensor reproduces codes with error 0
+    from safetensors.numpy import load_file
+    sd = load_file(str(out / "model.safetensors"))
+    assert all(v.dtype == np.float32 for v in sd.values())
+    assert "lm_head.weight" not in sd
+    prefix = "model." if causal else "model.language_model."
+    cfg = roles["layers.0.mlp.down_proj"][1].cfg
+    qt = quantize(sd[f"{prefix}layers.0.mlp.down_proj.weight"], cfg,
+                  scales=side.scales["layers.0.mlp.down_proj"])
+    assert qt.error == 0.0
+    # the export loads in plain transformers and computes exactly the QAT model's logits
+    cls = AutoModelForCausalLM if causal else Gemma4ForConditionalGeneration
+    plain = cls.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        again = plain(input_ids=ids).logits
+    assert torch.equal(again, trained)
+
+
+def test_apply_refuses_bf16_and_double_apply():
+    from edge_sdk.errors import RecipeError
+    model = tiny_model().to(torch.bfloat16)
+    with pytest.raises(RecipeError, match="float32"):
+        apply_qat(model, PRESETS["mobile"])
+    model = tiny_model()
+    apply_qat(model, PRESETS["int8"])
+    with pytest.raises(RecipeError, match="already"):
+        apply_qat(model, PRESETS["int8"])
+
+
+# ------------------------------------------------------------------ data parallel
+
+STEPS, LR, GLOBAL_BATCH = 3, 3e-3, 4
+
+
+def _train(model, batches, world: int = 1, rank: int = 0):
+    scales, rest = qat_parameters(model)
+    opt = torch.optim.AdamW([{"params": scales, "lr": LR, "weight_decay": 0.0},
+                             {"params": rest, "lr": LR}])
+    per = GLOBAL_BATCH // world
+    for ids in batches:
+        x = ids[rank * per:(rank + 1) * per]
+        model(input_ids=x, labels=x).loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def _batches():
+    return [_ids(100 + i, (GLOBAL_BATCH, 16)) for i in range(STEPS)]
+
+
+def _full_state(model) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, p in model.named_parameters():
+        t = p.full_tensor() if hasattr(p, "full_tensor") else p
+        out[name.removeprefix("module.")] = t.detach().clone()
+    return out
+
+
+def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        recipe = PRESETS["mobile"]
+        model = apply_qat(tiny_model().train(), recipe)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        _train(ddp, _batches(), world, rank)
+        if rank == 0:
+            torch.save(_full_state(model), os.path.join(out_dir, "ddp.pt"))
+
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+        model = apply_qat(tiny_model().train(), recipe)
+        mesh = init_device_mesh("cpu", (world,))
+        for layer in model.model.language_model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        _train(model, _batches(), world, rank)
+        state = _full_state(model)   # all-gathers DTensors: every rank takes part
+        if rank == 0:
+            torch.save(state, os.path.join(out_dir, "fsdp.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# float32 data parallelism changes the order of gradient sums (all-reduce of per-rank means vs
+# one mean); after 3 AdamW steps at lr 3e-3 the weights agree to ~1e-6. Adam can amplify such
+# a difference where the quantizer's rounding flips, so the tolerance is 1e-4 absolute.
+ATOL = 1e-4
+
+
+def test_ddp_and_fsdp_match_single_process(tmp_path):
+    import torch.multiprocessing as mp
+    import torch.distributed as dist
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available in this torch build")
+    ref = apply_qat(tiny_model().train(), PRESETS["mobile"])
+    _train(ref, _batches())
+    want = _full_state(ref)
+    mp.spawn(_dist_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    for kind in ("ddp", "fsdp"):
+        got = torch.load(tmp_path / f"{kind}.pt")
+        assert set(got) == set(want), kind
+        worst = max((got[k] - want[k]).abs().max().item() for k in want)
+        assert worst <= ATOL, f"{kind}: max |Δw| {worst}"
+        # and the scales really trained
+        gains = [k for k in want if k.endswith("log_gain")]
+        assert gains and any(want[k].abs().max() > 0 for k in gains)
