@@ -361,6 +361,7 @@ def test_ddp_and_fsdp_match_single_process(tmp_path):
         got = torch.load(tmp_path / f"{kind}.pt")
         assert set(got) == set(want), kind
         worst = max((got[k] - want[k]).abs().max().item() for k in want)
+        print(f"{kind}: max |Δw| {worst:.3g}")
         assert worst <= ATOL, f"{kind}: max |Δw| {worst}"
         # and the scales really trained
         gains = [k for k in want if k.endswith("log_gain")]

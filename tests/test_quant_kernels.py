@@ -226,6 +226,24 @@ def test_dictionary_is_deterministic_and_handles_empty_clusters():
     assert np.all(np.isfinite(d.codebooks)) and d.error == 0.0
 
 
+def test_dictionary_given_codebooks_are_used_as_is():
+    w = (RNG.standard_normal((40, 50)) * 0.1).astype(np.float32)
+    cfg = DictionaryConfig(4, 16, 16)
+    fitted = DictionaryQuantizer(cfg).quantize(w)
+    again = DictionaryQuantizer(cfg, chunk_values=900).quantize(w, codebooks=fitted.codebooks)
+    assert np.array_equal(again.codes, fitted.codes)
+    assert again.codebooks.tobytes() == fitted.codebooks.tobytes()
+    assert again.error == fitted.error and again.rmse == pytest.approx(fitted.rmse, rel=1e-9)
+    books = np.tile(np.linspace(-0.3, 0.3, 16, dtype=np.float32), (3, 1))
+    q = DictionaryQuantizer(cfg).quantize(w, codebooks=books)
+    nearest = np.abs(w[..., None] - books[0]).argmin(axis=-1)      # first minimum: ties lower
+    assert np.array_equal(q.codes, nearest)
+    with pytest.raises(RecipeError, match="sorted"):
+        DictionaryQuantizer(cfg).quantize(w, codebooks=books[:, ::-1])
+    with pytest.raises(RecipeError, match="shape"):
+        DictionaryQuantizer(cfg).quantize(w, codebooks=books[:2])
+
+
 def test_dictionary_beats_uniform_on_a_gaussian_table():
     w = (RNG.standard_normal((256, 512)) * 0.02).astype(np.float32)
     d = DictionaryQuantizer(DictionaryConfig(4, 16, 64)).quantize(w)

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from ..errors import InputError, RecipeError
-from .dtypes import INT_DTYPE_FOR_BITS, Quantization, check_code_range, dtype_name, to_bytes
+from .dtypes import (INT_DTYPE_FOR_BITS, Quantization, check_code_range, dtype_name,
+                     tensor_nbytes, to_bytes)
 from .ops import OpsMixin
 from .writer import BufferRef, LiteRTWriter
 
@@ -51,6 +52,17 @@ class Tensor:
         return len(self.shape)
 
 
+def _produce(fn: Callable[[], Any], shape: tuple, dtype: str,
+             check: Callable[[np.ndarray], None] | None, name: str | None) -> bytes:
+    arr = np.asarray(fn())
+    if arr.shape != shape:
+        raise InputError(f"lazy constant produced shape {list(arr.shape)}, declared "
+                         f"{list(shape)}", tensor=name)
+    if check is not None:
+        check(arr)
+    return to_bytes(arr, dtype)
+
+
 class GraphBuilder(OpsMixin):
     """Builds one subgraph of a writer; :meth:`finish` sets its I/O and signature."""
 
@@ -62,7 +74,7 @@ class GraphBuilder(OpsMixin):
         self._outputs: dict[str, Tensor] = {}
         self._names: set[str] = set()
         self._counter = 0
-        self._shared: dict[int, Tensor] = {}
+        self._shared: dict[tuple[int, int], Tensor] = {}
         self._finished = False
 
     # ---- tensors -------------------------------------------------------------------
@@ -110,19 +122,28 @@ class GraphBuilder(OpsMixin):
         self._outputs[name] = tensor
         return tensor
 
-    def const(self, name: str | None, value: np.ndarray | BufferRef | Any, *,
+    def const(self, name: str | None, value: np.ndarray | BufferRef | Callable[[], Any], *,
               dtype: Any = None, shape: Sequence[int] | None = None,
               quantization: Quantization | None = None, key: str | None = None,
-              external: bool | None = None, block_scales: Tensor | None = None) -> Tensor:
-        """A constant. ``value`` is an array (its bytes are copied now; int4/int2 ``dtype``
-        packs integer codes) or a :class:`BufferRef` (``shape`` and ``dtype`` required).
-        Array constants are deduplicated by content unless ``key`` says otherwise."""
-        if isinstance(value, BufferRef):
+              external: bool | None = None, block_scales: Tensor | None = None,
+              check: Callable[[np.ndarray], None] | None = None) -> Tensor:
+        """A constant. ``value`` is an array (bytes copied now, deduplicated by content
+        unless ``key`` is given; int4/int2 ``dtype`` packs integer codes), a :class:`BufferRef`,
+        or a callable returning the array when the writer streams data (lazy: nothing is held
+        in memory; dedup only by ``key``; ``check`` runs on the array then). The last two
+        need ``shape`` and ``dtype``."""
+        if isinstance(value, BufferRef) or callable(value):
             if shape is None or dtype is None:
-                raise InputError("a BufferRef constant needs shape= and dtype=", tensor=name)
-            ref = value
+                raise InputError("a lazy or BufferRef constant needs shape= and dtype=",
+                                 tensor=name)
+            shape, dtype = tuple(shape), dtype_name(dtype)
+            ref = value if isinstance(value, BufferRef) else self.writer.add_buffer(
+                tensor_nbytes(shape, dtype), key=key, external=external, name=name or "",
+                producer=lambda: _produce(value, shape, dtype, check, name))
         else:
             arr = np.asarray(value)
+            if check is not None:
+                check(arr)
             dt = dtype_name(dtype if dtype is not None else arr.dtype)
             shape = tuple(arr.shape) if shape is None else tuple(shape)
             if int(np.prod(shape, dtype=np.int64)) != arr.size:
@@ -142,45 +163,52 @@ class GraphBuilder(OpsMixin):
         arr = np.asarray(values, dtype=np.int32)
         return self.const(None, arr)
 
-    def quantized_weight(self, name: str, codes: np.ndarray, scale: np.ndarray, bits: int, *,
-                         axis: int = 0, key: str | None = None, external: bool | None = None,
-                         allow_full_range: bool = False) -> Tensor:
+    def quantized_weight(self, name: str, codes: np.ndarray | Callable[[], np.ndarray],
+                         scale: np.ndarray, bits: int, *, axis: int = 0,
+                         shape: Sequence[int] | None = None, key: str | None = None,
+                         external: bool | None = None, allow_full_range: bool = False) -> Tensor:
         """Integer weight codes (int8 / int4 / int2, symmetric, zero point 0) with one float
         scale per slice along ``axis`` (per output channel for FULLY_CONNECTED: axis 0);
-        the weight means codes * scale. Codes must lie in ``SAFE_CODE_RANGE`` (the builtin
-        FC kernels miscompute -128 / -8) unless ``allow_full_range``."""
+        the weight means codes * scale. ``codes`` may be a callable (streamed; give ``shape``).
+        Codes must lie in ``SAFE_CODE_RANGE`` (the builtin FC kernels miscompute -128 / -8)
+        unless ``allow_full_range``."""
         dt = INT_DTYPE_FOR_BITS.get(bits)
         if dt is None:
             raise InputError(f"unsupported weight bit width {bits}", tensor=name)
-        codes = np.asarray(codes)
-        if not allow_full_range:
-            check_code_range(codes, bits, tensor=name)
+        if not callable(codes):
+            codes, shape = np.asarray(codes), np.shape(codes)
         scale = np.asarray(scale, dtype=np.float32).reshape(-1)
-        if scale.size != codes.shape[axis]:
-            raise InputError(f"{scale.size} scales for {codes.shape[axis]} channels on axis "
-                             f"{axis}", tensor=name)
+        if shape is None or scale.size != shape[axis]:
+            raise InputError(f"{scale.size} scales for shape {shape}, axis {axis}", tensor=name)
         q = Quantization(scale=tuple(scale.tolist()), zero_point=(0,) * scale.size,
                          quantized_dimension=axis)
-        return self.const(name, codes, dtype=dt, quantization=q, key=key, external=external)
+        check = None if allow_full_range else (lambda c: check_code_range(c, bits, tensor=name))
+        return self.const(name, codes, dtype=dt, shape=shape, quantization=q, key=key,
+                          external=external, check=check)
 
-    def blockwise_weight(self, name: str, codes: np.ndarray, scales: np.ndarray,
-                         block_size: int, *, bits: int = 4, key: str | None = None,
-                         external: bool | None = None) -> Tensor:
-        """[N, K] INT4 codes with FLOAT16 scales [N, K / block_size] (BlockwiseQuantization):
-        weight[n, k] = codes[n, k] * scales[n, k // block_size]. Only 4 bits: blockwise
-        INT8 / INT2 FC is refused by XNNPACK and returns all zeros in the builtin kernels."""
+    def blockwise_weight(self, name: str, codes: np.ndarray | Callable[[], np.ndarray],
+                         scales: np.ndarray, block_size: int, *, bits: int = 4,
+                         key: str | None = None, external: bool | None = None) -> Tensor:
+        """[N, K] INT4 codes (array or callable) with FLOAT16 scales [N, K / block_size]
+        (BlockwiseQuantization): weight[n, k] = codes[n, k] * scales[n, k // block_size].
+        Only 4 bits: blockwise INT8 / INT2 FC is refused by XNNPACK and silently returns all
+        zeros in the builtin kernels. The full int4 range [-8, 7] is fine here."""
         if bits != 4:
             raise RecipeError(f"blockwise int{bits} weights: XNNPACK refuses them and the "
                               "builtin kernels silently return zeros", tensor=name,
                               fix="use per-channel scales, or 4-bit blockwise")
-        codes = np.asarray(codes)
-        n, k = codes.shape
-        if k % block_size or np.shape(scales) != (n, k // block_size):
-            raise InputError(f"blockwise scales must be [{n}, {k}//{block_size}] and "
-                             f"{block_size} must divide {k}", tensor=name)
+        if np.ndim(scales) != 2:
+            raise InputError("blockwise scales must be [N, K / block_size]", tensor=name)
+        n, k = np.shape(scales)[0], np.shape(scales)[1] * block_size
+        if not callable(codes):
+            codes = np.asarray(codes)
+            if codes.shape != (n, k):
+                raise InputError(f"codes {list(codes.shape)} do not match scales "
+                                 f"{list(np.shape(scales))} with blocks of {block_size}",
+                                 tensor=name)
         st = self.const(f"{name}_scales", np.asarray(scales, dtype=np.float16))
         q = Quantization(block_scales=st.index, block_size=block_size)
-        return self.const(name, codes, dtype="int4", quantization=q, key=key,
+        return self.const(name, codes, dtype="int4", shape=(n, k), quantization=q, key=key,
                           external=external, block_scales=st)
 
     def share(self, tensor: Tensor, name: str | None = None) -> Tensor:
@@ -189,7 +217,7 @@ class GraphBuilder(OpsMixin):
             return tensor
         if tensor.buffer is None:
             raise InputError("only constants can be shared across subgraphs", tensor=tensor.name)
-        cache_key = id(tensor)
+        cache_key = (tensor.subgraph, tensor.index)
         if cache_key in self._shared:
             return self._shared[cache_key]
         q, bs = tensor.quantization, None

@@ -42,18 +42,23 @@ def _whole_byte_slices(params, axis: int, op: str) -> None:
                          tensor=params.name)
 
 
+def _is_tensor(v: Any) -> bool:
+    return hasattr(v, "subgraph") and hasattr(v, "index") and hasattr(v, "dtype")
+
+
 class OpsMixin:
     """Mixed into GraphBuilder, which provides ``_op``, ``const``, ``const_i32``, ``_check``."""
 
     # ---- helpers -------------------------------------------------------------------
     def _t(self, v: Any, like: Any) -> Any:
-        if hasattr(v, "index") and hasattr(v, "shape") and hasattr(v, "subgraph"):
+        """``v`` itself if it is a tensor, else a constant of ``like``'s dtype."""
+        if _is_tensor(v):
             return v
         return self.const(None, np.asarray(v, dtype=like.dtype))
 
     def _binary(self, builtin: int, a: Any, b: Any, options: Any, name: str | None,
                 hint: str, out_dtype: str | None = None):
-        a = self._t(a, b) if not hasattr(a, "subgraph") else a
+        a = a if _is_tensor(a) else self._t(a, b)
         b = self._t(b, a)
         if a.dtype != b.dtype:
             raise InputError(f"{hint}: dtypes differ ({a.dtype} vs {b.dtype})")
@@ -131,7 +136,7 @@ class OpsMixin:
 
     def select_v2(self, cond, x, y, name=None):
         """where(cond, x, y) with three-way broadcasting."""
-        x = self._t(x, y) if not hasattr(x, "subgraph") else x
+        x = x if _is_tensor(x) else self._t(x, y)
         y = self._t(y, x)
         if cond.dtype != "bool" or x.dtype != y.dtype:
             raise InputError("select_v2 needs a bool condition and equal value dtypes")
@@ -153,6 +158,13 @@ class OpsMixin:
 
     def square(self, x, name=None):
         return self._unary(OP.SQUARE, x, name=name, hint="square")
+
+    def abs(self, x, name=None):
+        return self._unary(OP.ABS, x, name=name, hint="abs")
+
+    def round(self, x, name=None):
+        """Round half to even (as np.round)."""
+        return self._unary(OP.ROUND, x, name=name, hint="round")
 
     def gelu(self, x, approximate: bool = True, name=None):
         return self._unary(OP.GELU, x, schema.GeluOptionsT(approximate=approximate),
@@ -192,6 +204,9 @@ class OpsMixin:
 
     def mean(self, x, axes, keep_dims: bool = True, name=None):
         return self._reduce(OP.MEAN, x, axes, keep_dims, name, "mean")
+
+    def reduce_max(self, x, axes, keep_dims: bool = True, name=None):
+        return self._reduce(OP.REDUCE_MAX, x, axes, keep_dims, name, "max")
 
     def sum(self, x, axes, keep_dims: bool = True, name=None):
         return self._reduce(OP.SUM, x, axes, keep_dims, name, "sum")
@@ -310,7 +325,7 @@ class OpsMixin:
         """operand with ``update`` written at ``start`` (int32 tensor [rank] or ints)."""
         if update.rank != operand.rank or update.dtype != operand.dtype:
             raise InputError("dynamic_update_slice: update must match operand rank and dtype")
-        if not hasattr(start, "subgraph"):
+        if not _is_tensor(start):
             start = self.const_i32(list(start))
         if start.shape != (operand.rank,):
             raise InputError(f"dynamic_update_slice: start must be [{operand.rank}]")

@@ -118,9 +118,8 @@ class LiteRTWriter:
         self._subgraphs: list[schema.SubGraphT] = []
         self._opcodes: dict[tuple, int] = {}
         self._signatures: list[schema.SignatureDefT] = []
-        self._metadata: list[tuple[str, int]] = []
-        self._tmp: str | None = None
-        self._file = None
+        self._metadata: list[tuple[str, int]] = []  # (name, buffer index)
+        self._tmp, self._file = None, None  # temp path and its open file, after write_header
         self.flatbuffer_size = self.file_size = 0
 
     # ---- state machine -------------------------------------------------------------
@@ -176,8 +175,7 @@ class LiteRTWriter:
 
     def buffer_offset(self, ref: BufferRef) -> int:
         """Absolute file offset of an external buffer (known after write_header)."""
-        self._require(WriterState.HEADER_WRITTEN, WriterState.DATA_WRITTEN,
-                      WriterState.CLOSED, action="ask for a buffer offset")
+        self._require(*list(WriterState)[2:], action="ask for a buffer offset")
         return self._bufs[ref.index].offset
 
     # ---- graph ---------------------------------------------------------------------
@@ -250,8 +248,7 @@ class LiteRTWriter:
             signatureKey=key, subgraphIndex=subgraph))
 
     def add_metadata(self, name: str, value: bytes | str) -> None:
-        """Model metadata entry (inline buffer). 'min_runtime_version' is NUL-padded to 16
-        bytes: the runtime reads it as a NUL-terminated string."""
+        """Metadata entry (inline); 'min_runtime_version' is NUL-padded to 16 bytes (C string)."""
         raw = value.encode() if isinstance(value, str) else bytes(value)
         if name == "min_runtime_version":
             raw += b"\0" * max(1, 16 - len(raw))
@@ -301,6 +298,7 @@ class LiteRTWriter:
             fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             self._file = os.fdopen(fd, "wb")
             self._file.write(header)
+            self._file.flush()
         ext = [b for b in self._bufs if b.ref.external]
         self.flatbuffer_size = size
         self.file_size = (ext[-1].offset + ext[-1].ref.nbytes) if ext else size
@@ -318,8 +316,7 @@ class LiteRTWriter:
     @staticmethod
     def _chunks(b: _Buf) -> Iterable[memoryview]:
         got = b.data if b.data is not None else b.producer()
-        for chunk in ([got] if isinstance(got, _BYTES) else got):
-            yield _view(chunk)
+        return map(_view, [got] if isinstance(got, _BYTES) else got)
 
     def _write_one(self, b: _Buf, chunks: Iterable[memoryview]) -> None:
         f = self._file

@@ -6,7 +6,7 @@ from .config import (AffineConfig, DictionaryConfig, Granularity, KVCacheConfig,
 from .grid import GridRecovery, recover_grid_scales
 from .kernels import (QuantizedTensor, compute_scales, dequantize, from_codes, pack, qrange,
                       quantize, unpack)
-from .kernels_dict import DictionaryQuantizer, DictionaryTensor
+from .kernels_dict import DictionaryQuantizer, DictionaryTensor, codebook_thresholds
 from .presets import PRESETS, load_recipe
 from .recipe import (Recipe, Rule, canonical_roles, recipe_from_json, recipe_to_json, resolve,
                      resolve_shared)
@@ -17,7 +17,7 @@ __all__ = [
     "AffineConfig", "DictionaryConfig", "Granularity", "KVCacheConfig", "KVGranularity",
     "ScaleDType", "GridRecovery", "recover_grid_scales", "QuantizedTensor", "compute_scales",
     "dequantize", "from_codes", "pack", "qrange", "quantize", "unpack", "DictionaryQuantizer",
-    "DictionaryTensor", "PRESETS", "load_recipe", "Recipe", "Rule", "canonical_roles",
-    "recipe_from_json", "recipe_to_json", "resolve", "resolve_shared", "CTConfig", "CTWeight",
+    "DictionaryTensor", "codebook_thresholds", "PRESETS", "load_recipe", "Recipe", "Rule",
+    "canonical_roles", "recipe_from_json", "recipe_to_json", "resolve", "resolve_shared", "CTConfig", "CTWeight",
     "QatSidecar", "parse_ct_config", "read_ct_weight", "read_qat_sidecar", "write_qat_sidecar",
 ]

@@ -8,7 +8,8 @@ within the storage dtype's rounding:  |w - c·s| <= 2·u·|c|·s  (u: 2^-24 floa
 float16, 2^-8 bfloat16).
 
 float32 storage: w = fl32(c·s) exactly, the true s is within 2 ulps of s0, so recovery is
-exact and ``max_error`` is exactly 0.0.
+exact and ``max_error`` is exactly 0.0 (candidates are ranked by how many elements they
+reproduce exactly, so one corrupted element cannot pull the scale off by an ulp).
 bfloat16 storage: c·s was rounded to 8 significant bits, so the true float32 scale is not
 recoverable; codes are (for 2/4 bits: |c|·2^-8 << 1/2) and the scale is the best fit, leaving
 ``max_error`` at the bf16 rounding level (~2^-8·|w|). For 8-bit codes in bf16 the tolerance
@@ -74,25 +75,40 @@ def _unit(dtype) -> float:
         raise CheckpointError(f"grid recovery needs float weights, got {dtype}") from None
 
 
+def _score(x, c, s):
+    """(exactly reproduced elements, max |x - c·s|) per row."""
+    y = c * s[:, None]
+    return (x == y).sum(axis=1), np.abs(x - y).max(axis=1)
+
+
 def _fit(x, m, k, qmin, qmax, u, refine: bool):
-    """For rows x [r, n] with max|x| = m and code magnitude k: (ok [r], s [r], codes [r, n],
-    fraction of each row's elements that are on the grid and in range [r])."""
-    s0 = (m / np.float32(k)).astype(np.float32)
-    c = np.rint(x / s0[:, None])
-    in_range = ((c >= qmin) & (c <= qmax)).all(axis=1)
-    cands = [s0]
+    """Rows x [r, n] with max|x| = m, code magnitude k → (s [r], codes [r, n] float) + _check.
+    ``refine``: where s0 = m/k does not reproduce every element exactly, also try s0 ± 1, 2
+    float32 ulps; the best has the most exact elements, then the smallest max error."""
+    s = (m / np.float32(k)).astype(np.float32)
+    c = np.rint(x / s[:, None])
     if refine:
-        lo, hi = s0, s0
-        for _ in range(2):
-            lo = np.nextafter(lo, np.float32(0))
-            hi = np.nextafter(hi, np.float32(np.inf))
-            cands += [lo, hi]
-    errs = np.stack([np.abs(x - c * s[:, None]).max(axis=1) for s in cands])
-    best = np.argmin(errs, axis=0)  # first minimum: s0 preferred on ties
-    s = np.stack(cands)[best, np.arange(len(s0))]
+        exact, err = _score(x, c, s)
+        todo = np.flatnonzero(exact < x.shape[1])
+        xt, ct, lo, hi = x[todo], c[todo], s[todo], s[todo]
+        ex, er = exact[todo], err[todo]
+        for _ in range(2 if todo.size else 0):
+            lo, hi = np.nextafter(lo, np.float32(0)), np.nextafter(hi, np.float32(np.inf))
+            for cand in (lo, hi):
+                e_x, e_r = _score(xt, ct, cand)
+                better = (e_x > ex) | ((e_x == ex) & (e_r < er))
+                ex, er = np.where(better, e_x, ex), np.where(better, e_r, er)
+                s[todo[better]] = cand[better]
+    return (s, c) + _check(x, c, s, qmin, qmax, u)
+
+
+def _check(x, c, s, qmin, qmax, u):
+    """(all on grid [r], on-grid fraction [r], off-grid count [r], max |x - c·s| [r])."""
+    d = np.abs(x - c * s[:, None])
     tol = np.float32(2 * u) * np.abs(c) * s[:, None] + np.float32(2.0 ** -149)
-    good = (np.abs(x - c * s[:, None]) <= tol) & (c >= qmin) & (c <= qmax)
-    return good.all(axis=1), s, c, good.mean(axis=1)
+    n_good = ((d <= tol) & (c >= qmin) & (c <= qmax)).sum(axis=1)
+    n = x.shape[1]
+    return n_good == n, n_good / max(n, 1), n - n_good, d.max(axis=1) if n else d.sum(axis=1)
 
 
 def recover_grid_scales(w: np.ndarray, bits: int, granularity: str = "channel",
@@ -115,7 +131,8 @@ def recover_grid_scales(w: np.ndarray, bits: int, granularity: str = "channel",
     qmin, qmax = cfg.qmin, cfg.qmax
     m = np.abs(rows).max(axis=1) if n else np.zeros(r, np.float32)
     scales = np.ones(r, np.float32)
-    codes = np.zeros((r, n), np.float32)
+    codes = np.zeros((r, n), np.int8)
+    row_err = np.zeros(r, np.float32)
     done = m == 0
     best_k, best_frac = np.full(r, qmax), np.full(r, -1.0)  # for the diagnostics of misfits
 
@@ -129,28 +146,30 @@ def recover_grid_scales(w: np.ndarray, bits: int, granularity: str = "channel",
         if idx.size == 0:
             break
         if n > SAMPLE:  # cheap rejection on a few columns (tolerance doubled: unrefined scale)
-            ok, _, _, frac = _fit(rows[idx, :SAMPLE], m[idx], k, qmin, qmax, 2 * u, False)
+            _, _, ok, frac, _, _ = _fit(rows[idx, :SAMPLE], m[idx], k, qmin, qmax, 2 * u,
+                                        refine=False)
             note(idx, k, frac)
             idx = idx[ok]
         if idx.size == 0:
             continue
-        ok, s, c, frac = _fit(rows[idx], m[idx], k, qmin, qmax, u, refine=True)
+        s, c, ok, frac, _, e = _fit(rows[idx], m[idx], k, qmin, qmax, u, refine=True)
         note(idx, k, frac)
-        idx, s, c = idx[ok], s[ok], c[ok]
-        scales[idx], codes[idx], done[idx] = s, c, True
+        idx = idx[ok]
+        scales[idx], codes[idx], row_err[idx], done[idx] = s[ok], c[ok], e[ok], True
     off = np.flatnonzero(~done)
+    n_off = 0
     for k in np.unique(best_k[off]):  # misfits: their best-fitting grid, codes clipped
         sub = off[best_k[off] == k]
-        _, s, c, _ = _fit(rows[sub], m[sub], int(k), qmin, qmax, u, refine=True)
-        scales[sub], codes[sub] = s, np.clip(c, qmin, qmax)
-    err = np.abs(rows - codes * scales[:, None])
-    tol = np.float32(2 * u) * np.abs(codes) * scales[:, None] + np.float32(2.0 ** -149)
-    off_frac = float((err > tol).mean()) if err.size else 0.0
+        s, c, _, _, _, _ = _fit(rows[sub], m[sub], int(k), qmin, qmax, u, refine=True)
+        c = np.clip(c, qmin, qmax)
+        _, _, bad, e = _check(rows[sub], c, s, qmin, qmax, u)
+        scales[sub], codes[sub], row_err[sub], n_off = s, c, e, n_off + int(bad.sum())
     result = GridRecovery(
         scales=scales.reshape(out, -1) if block else scales,
-        codes=codes.astype(np.int8).reshape(out, n_in),
-        max_error=float(err.max()) if err.size else 0.0,
-        off_grid_fraction=off_frac, off_grid_rows=int(off.size), config=cfg,
+        codes=codes.reshape(out, n_in),
+        max_error=float(row_err.max()) if r else 0.0,
+        off_grid_fraction=n_off / rows.size if rows.size else 0.0,
+        off_grid_rows=int(off.size), config=cfg,
         storage_dtype=str(w.dtype), conclusive=2 * u * max(qmax, -qmin) < 0.25)
     if require and result.warning:
         raise CheckpointError(result.warning, fix="supply QAT scales (compressed-tensors "

@@ -33,7 +33,7 @@ F16_MAX = np.float16(65504.0)
 
 
 def qrange(bits: int) -> tuple[int, int]:
-    """(qmin, qmax) of symmetric ``bits``-bit codes: 8 → (-127, 127), 4 → (-8, 7), 2 → (-2, 1)."""
+    """(qmin, qmax) of symmetric codes: 8 → (-127, 127), 4 → (-8, 7), 2 → (-2, 1)."""
     return (-127, 127) if bits == 8 else (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
 
 

@@ -56,6 +56,12 @@ def _thresholds32(c: np.ndarray) -> np.ndarray:
     return np.where(above, np.nextafter(t, np.float32(-np.inf)), t)
 
 
+def codebook_thresholds(codebooks: np.ndarray) -> np.ndarray:
+    """Per-group float32 decision thresholds [G, K-1] of ascending codebooks [G, K]:
+    ``code(x) = #{j : x > t_j}`` is the nearest entry, ties to the lower one."""
+    return _thresholds32(np.asarray(codebooks, dtype=np.float32))
+
+
 def _count_le(xs: np.ndarray, t: np.ndarray) -> np.ndarray:
     """Batched searchsorted(side='right'): #{xs[g] <= t[g, j]} for sorted rows xs [G, n]."""
     g, n = xs.shape
@@ -121,7 +127,9 @@ class DictionaryQuantizer:
         self.config = config
         self.chunk_values = chunk_values
 
-    def quantize(self, w: np.ndarray) -> DictionaryTensor:
+    def quantize(self, w: np.ndarray, codebooks: np.ndarray | None = None) -> DictionaryTensor:
+        """Fit codebooks by k-means, or use GIVEN codebooks [n_groups, codebook_size] (QAT;
+        float32, ascending per row) as they are and only assign codes."""
         w = np.asarray(w)
         if w.ndim != 2 or w.size == 0:
             raise RecipeError(f"dictionary coding needs a non-empty 2-D table, got {w.shape}")
@@ -132,6 +140,8 @@ class DictionaryQuantizer:
         codes = np.empty((rows, cols), np.uint8)
         books = np.empty((n_groups, cfg.codebook_size), np.float32)
         err, sq = 0.0, 0.0
+        if codebooks is not None:
+            books = self._check_books(codebooks, n_groups)
         per_chunk = max(1, self.chunk_values // (r * cols))
         full = rows // r
         spans = [(g0, min(g0 + per_chunk, full)) for g0 in range(0, full, per_chunk)]
@@ -140,11 +150,30 @@ class DictionaryQuantizer:
         for g0, g1 in spans:
             r0, r1 = g0 * r, min(g1 * r, rows)
             x = w[r0:r1].astype(np.float32).reshape(g1 - g0, -1)
-            c, q, e, se = kmeans_groups(x, cfg.codebook_size, cfg.iterations)
-            books[g0:g1] = c
+            if codebooks is None:
+                c, q, e, se = kmeans_groups(x, cfg.codebook_size, cfg.iterations)
+                books[g0:g1] = c
+            else:
+                c = books[g0:g1]
+                q = _assign(x, _thresholds32(c))
+                d = np.take_along_axis(c, q.astype(np.intp), axis=1) - x
+                e, se = float(np.abs(d).max()), float(np.square(d, dtype=np.float64).sum())
             codes[r0:r1] = q.reshape(r1 - r0, cols)
             err, sq = max(err, e), sq + se
         return DictionaryTensor(codes, books, cfg, err, float(np.sqrt(sq / w.size)))
+
+    def _check_books(self, codebooks, n_groups: int) -> np.ndarray:
+        b = np.asarray(codebooks)
+        want = (n_groups, self.config.codebook_size)
+        if b.shape != want:
+            raise RecipeError(f"codebooks have shape {b.shape}, expected {want}")
+        b32 = b.astype(np.float32)
+        if not np.array_equal(b32, b) or not np.all(np.isfinite(b32)):
+            raise RecipeError("given codebooks must be finite float32 values")
+        if np.any(np.diff(b32, axis=1) < 0):
+            raise RecipeError("given codebooks are not sorted ascending per group",
+                              fix="sort each codebook (codes index the sorted entries)")
+        return np.ascontiguousarray(b32)
 
     @staticmethod
     def dequantize(dt: DictionaryTensor) -> np.ndarray:

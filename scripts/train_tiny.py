@@ -1,0 +1,333 @@
+#!/usr/bin/env python
+"""Train the embedded tiny Gemma 4 from scratch, then QAT-finetune it under the ``mobile`` recipe.
+
+    python scripts/train_tiny.py [--out models/tiny-gemma4] [--seed 0]
+
+Everything comes from the seed and CPython's ``pydoc_data.topics`` (79 topics of English prose):
+
+1. split: topic names sorted; every 10th (index % 10 == 0) is held out → ``split.json``;
+2. tokenizer: byte-level BPE trained with ``tokenizers`` on the TRAIN topics only, vocab 2048,
+   Gemma-style special tokens ``<pad>``=0 ``<eos>``=1 ``<bos>``=2 ``<unk>``=3 ``<|turn>``=4
+   ``<turn|>``=5 (Gemma 4's turn markers), a small chat template; BOS is prepended on encode;
+3. model: ``Gemma4ForConditionalGeneration`` (see ``model_config``): 8 layers (6 sliding
+   window 32 + 2 full), PLE, the last 2 layers KV-shared with double-wide MLPs, final logit
+   softcapping 30, tied embeddings; tiny vision and audio towers, left untrained;
+4. float training: AdamW, random windows of 128 tokens, warmup + cosine; saved bfloat16 to
+   ``float/`` (HF layout + tokenizer);
+5. QAT: the bfloat16 float weights (as float32) under ``edge_sdk.qat.apply_qat(mobile)``:
+   learnable per-channel scales starting at the PTQ scales, the PLE table dictionary-coded with
+   codebooks refitted every ``--refresh`` steps (not during the last 20 %), loss = next-token
+   cross-entropy + KL(float teacher || student); saved float32 on the grid to ``qat/`` with the
+   scale and codebook sidecars (``export_qat`` verifies re-rounding error 0).
+
+Bit-reproducible for the same seed, torch version and thread count (``--threads``, default 2).
+``scripts/eval_tiny.py`` measures float / PTQ / QAT on the held-out topics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "models" / "tiny-gemma4"
+
+SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<|turn>", "<turn|>"]
+PAD, EOS, BOS, UNK, TURN_OPEN, TURN_CLOSE = range(6)
+VOCAB = 2048
+CTX = 128
+SPLIT_RULE = "topic names of pydoc_data.topics sorted; index % 10 == 0 held out, the rest train"
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|turn>{{ m['role'] }}\n{{ m['content'] | trim }}<turn|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|turn>model\n{% endif %}")
+
+
+# ---------------------------------------------------------------- data
+
+def split_topics() -> dict:
+    """The deterministic train / held-out split (names, sizes, sha256 of the texts)."""
+    from pydoc_data.topics import topics
+    names = sorted(topics)
+    held = [n for i, n in enumerate(names) if i % 10 == 0]
+    train = [n for i, n in enumerate(names) if i % 10 != 0]
+
+    def digest(ns):
+        h = hashlib.sha256()
+        for n in ns:
+            h.update(n.encode() + b"\0" + topics[n].encode() + b"\0")
+        return h.hexdigest()
+
+    return {"source": "pydoc_data.topics (CPython)", "python": sys.version.split()[0],
+            "rule": SPLIT_RULE, "train": train, "heldout": held,
+            "chars": {"train": sum(len(topics[n]) for n in train),
+                      "heldout": sum(len(topics[n]) for n in held)},
+            "sha256": {"train": digest(train), "heldout": digest(held)}}
+
+
+def topic_texts(names) -> list[str]:
+    from pydoc_data.topics import topics
+    return [topics[n] for n in names]
+
+
+def train_tokenizer(texts: list[str], vocab: int = VOCAB):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    assert [tok.token_to_id(s) for s in SPECIALS] == list(range(len(SPECIALS)))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", BOS)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+        unk_token="<unk>", additional_special_tokens=["<|turn>", "<turn|>"],
+        chat_template=CHAT_TEMPLATE, model_max_length=512, padding_side="left")
+
+
+def token_stream(tok, texts: list[str]) -> np.ndarray:
+    """Each document as ``<bos> text <eos>``, concatenated (int64)."""
+    out = []
+    for t in texts:
+        out += [BOS] + tok.encode(t, add_special_tokens=False) + [EOS]
+    return np.asarray(out, dtype=np.int64)
+
+
+def eval_windows(stream: np.ndarray, ctx: int = CTX) -> np.ndarray:
+    """Non-overlapping windows [n, ctx] of the held-out stream (the tail shorter than ctx dropped);
+    every position but the first of a window is scored."""
+    n = len(stream) // ctx
+    return stream[:n * ctx].reshape(n, ctx)
+
+
+# ---------------------------------------------------------------- model
+
+def model_config(vocab: int = VOCAB):
+    from transformers import Gemma4Config
+    layer_types = ["sliding_attention"] * 3 + ["full_attention"] + ["sliding_attention"] * 3 + [
+        "full_attention"]
+    text = dict(
+        vocab_size=vocab, vocab_size_per_layer_input=vocab, hidden_size=128,
+        intermediate_size=256, num_hidden_layers=8, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=32, global_head_dim=64, num_global_key_value_heads=1,
+        hidden_activation="gelu_pytorch_tanh", max_position_embeddings=512, sliding_window=32,
+        layer_types=layer_types, final_logit_softcapping=30.0, hidden_size_per_layer_input=32,
+        num_kv_shared_layers=2, use_double_wide_mlp=True, tie_word_embeddings=True,
+        rope_parameters={
+            "full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1e6,
+                               "rope_type": "proportional"},
+            "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"}},
+        pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS, rms_norm_eps=1e-6)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=2, head_dim=16, global_head_dim=16, patch_size=4,
+                  pooling_kernel_size=2, position_embedding_size=64, max_position_embeddings=256)
+    audio = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                 subsampling_conv_channels=[8, 4], output_proj_dims=32, conv_kernel_size=3)
+    return Gemma4Config(text_config=text, vision_config=vision, audio_config=audio,
+                        tie_word_embeddings=True, pad_token_id=PAD, eos_token_id=[EOS, TURN_CLOSE],
+                        bos_token_id=BOS)
+
+
+def generation_config():
+    from transformers import GenerationConfig
+    return GenerationConfig(bos_token_id=BOS, eos_token_id=[EOS, TURN_CLOSE], pad_token_id=PAD,
+                            do_sample=False, max_new_tokens=64)
+
+
+# ---------------------------------------------------------------- training
+
+def lr_at(step: int, total: int, peak: float, warmup: int, floor: float = 0.1) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def sample_batch(stream: np.ndarray, rng: np.random.Generator, batch: int, ctx: int = CTX):
+    import torch
+    starts = rng.integers(0, len(stream) - ctx, size=batch)
+    return torch.from_numpy(np.stack([stream[s:s + ctx] for s in starts]))
+
+
+def heldout_nll(model, windows: np.ndarray, batch: int = 16) -> float:
+    """Mean next-token NLL (nats) over every scored position of the held-out windows."""
+    import torch
+    was = model.training
+    model.eval()
+    tot, n = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(windows), batch):
+            x = torch.from_numpy(windows[i:i + batch])
+            logits = model(input_ids=x).logits[:, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                                    x[:, 1:].reshape(-1), reduction="sum")
+            tot += nll.item()
+            n += x[:, 1:].numel()
+    model.train(was)
+    return tot / n
+
+
+def train_float(model, stream, windows, args, log):
+    import torch
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    other = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.wd},
+                             {"params": other, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95))
+    rng = np.random.default_rng(args.seed)
+    model.train()
+    t0 = time.time()
+    for step in range(args.float_steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.float_steps, args.lr, args.warmup)
+        x = sample_batch(stream, rng, args.batch)
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % args.log_every == 0 or step == args.float_steps - 1:
+            msg = f"float step {step:5d} loss {loss.item():.3f} lr {opt.param_groups[0]['lr']:.2e}"
+            if step % args.eval_every == 0 or step == args.float_steps - 1:
+                msg += f" heldout ppl {math.exp(heldout_nll(model, windows)):.2f}"
+            log(f"{msg}  [{time.time() - t0:.0f}s]")
+
+
+def train_qat(model, teacher, stream, windows, args, log):
+    import torch
+    import torch.nn.functional as F
+    from edge_sdk.qat import qat_parameters, refresh_codebooks
+
+    scales, rest = qat_parameters(model)
+    opt = torch.optim.AdamW([{"params": scales, "weight_decay": 0.0, "peak": args.qat_scale_lr},
+                             {"params": rest, "weight_decay": 0.0, "peak": args.qat_lr}],
+                            betas=(0.9, 0.95))
+    rng = np.random.default_rng(args.seed + 1)
+    stop_refresh = int(0.8 * args.qat_steps)
+    model.train()
+    teacher.eval()
+    t0 = time.time()
+    for step in range(args.qat_steps):
+        if step and step % args.refresh == 0 and step < stop_refresh:
+            refresh_codebooks(model)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.qat_steps, g["peak"], args.qat_warmup, floor=0.05)
+        x = sample_batch(stream, rng, args.batch)
+        out = model(input_ids=x, labels=x)
+        loss = out.loss
+        if args.distill > 0:
+            with torch.no_grad():
+                t_logp = F.log_softmax(teacher(input_ids=x).logits.float(), -1)
+            s_logp = F.log_softmax(out.logits.float(), -1)
+            kl = F.kl_div(s_logp, t_logp, log_target=True, reduction="none").sum(-1).mean()
+            loss = loss + args.distill * kl
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % args.log_every == 0 or step == args.qat_steps - 1:
+            msg = f"qat   step {step:5d} ce {out.loss.item():.3f} loss {loss.item():.3f}"
+            if step % args.eval_every == 0 or step == args.qat_steps - 1:
+                msg += f" heldout ppl {math.exp(heldout_nll(model, windows)):.2f}"
+            log(f"{msg}  [{time.time() - t0:.0f}s]")
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--float-steps", type=int, default=1500)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--wd", type=float, default=0.1)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--qat-steps", type=int, default=800)
+    ap.add_argument("--qat-lr", type=float, default=5e-4)
+    ap.add_argument("--qat-scale-lr", type=float, default=5e-3)
+    ap.add_argument("--qat-warmup", type=int, default=50)
+    ap.add_argument("--distill", type=float, default=1.0,
+                    help="weight of KL(float teacher || student) added to the QAT loss")
+    ap.add_argument("--refresh", type=int, default=50, help="refit PLE codebooks every N QAT steps")
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--skip-float", action="store_true",
+                    help="reuse an existing float/ checkpoint (QAT only)")
+    args = ap.parse_args(argv)
+
+    import torch
+    from transformers import AutoTokenizer, Gemma4ForConditionalGeneration
+
+    from edge_sdk.qat import apply_qat, export_qat
+    from edge_sdk.quant import PRESETS
+
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+
+    def log(msg):
+        print(msg, flush=True)
+
+    out = args.out
+    float_dir, qat_dir = out / "float", out / "qat"
+    out.mkdir(parents=True, exist_ok=True)
+    split = split_topics()
+    (out / "split.json").write_text(json.dumps(split, indent=2) + "\n")
+    log(f"split: {len(split['train'])} train topics ({split['chars']['train']} chars), "
+        f"{len(split['heldout'])} held out ({split['chars']['heldout']} chars)")
+
+    if args.skip_float:
+        tok = AutoTokenizer.from_pretrained(str(float_dir))
+    else:
+        tok = train_tokenizer(topic_texts(split["train"]))
+    train_ids = token_stream(tok, topic_texts(split["train"]))
+    windows = eval_windows(token_stream(tok, topic_texts(split["heldout"])))
+    log(f"tokenizer: vocab {len(tok)}; train {len(train_ids)} tokens, held-out "
+        f"{windows.size} tokens in {len(windows)} windows of {CTX}")
+
+    if not args.skip_float:
+        torch.manual_seed(args.seed)
+        model = Gemma4ForConditionalGeneration(model_config(len(tok))).float()
+        model.generation_config = generation_config()
+        n_text = sum(p.numel() for n, p in model.named_parameters() if "language_model" in n)
+        n_all = sum(p.numel() for p in model.parameters())
+        log(f"model: {n_text} text-decoder parameters, {n_all} in all")
+        train_float(model, train_ids, windows, args, log)
+        model.to(torch.bfloat16).save_pretrained(str(float_dir))
+        tok.save_pretrained(str(float_dir))
+        log(f"float checkpoint (bfloat16) → {float_dir}  [{time.time() - t_start:.0f}s]")
+        del model
+
+    # QAT from the stored bf16 weights, so that PTQ and QAT start from the very same numbers.
+    teacher = Gemma4ForConditionalGeneration.from_pretrained(str(float_dir), dtype=torch.float32)
+    student = Gemma4ForConditionalGeneration.from_pretrained(str(float_dir), dtype=torch.float32)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    log(f"float (bf16 stored) held-out ppl {math.exp(heldout_nll(teacher, windows)):.2f}")
+    apply_qat(student, PRESETS["mobile"])
+    log(f"PTQ start (mobile, max-abs scales) held-out ppl {math.exp(heldout_nll(student, windows)):.2f}")
+    train_qat(student, teacher, train_ids, windows, args, log)
+    student.eval()
+    student.generation_config = generation_config()
+    export_qat(student, qat_dir, tokenizer=tok)
+    log(f"QAT checkpoint (float32 on the mobile grid, re-rounding error 0) → {qat_dir}")
+    for d in (float_dir, qat_dir):
+        size = sum(f.stat().st_size for f in d.iterdir())
+        log(f"  {d.name}/: {size / 1e6:.2f} MB")
+    log(f"wall time {time.time() - t_start:.0f} s ({(time.time() - t_start) / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
