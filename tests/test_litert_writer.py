@@ -380,7 +380,8 @@ def test_two_signatures_share_one_weight_buffer(tmp_path, blockwise):
         (t,) = [sg.Tensors(i) for i in range(sg.TensorsLength()) if sg.Tensors(i).Name() == b"w"]
         bufs.append(t.Buffer())
         if blockwise:   # each subgraph's weight names its own scales tensor (same buffer)
-            assert t.Quantization().DetailsType() == schema.QuantizationDetails.BlockwiseQuantization
+            details = t.Quantization().DetailsType()
+            assert details == schema.QuantizationDetails.BlockwiseQuantization
             bq = schema.BlockwiseQuantization()
             bq.Init(t.Quantization().Details().Bytes, t.Quantization().Details().Pos)
             assert bq.BlockSize() == 32
@@ -440,7 +441,8 @@ def test_ops_match_numpy(tmp_path):
         ref[name] = value
 
     ms = xv ** 2
-    rms = g.mul(g.mul(x, g.rsqrt(g.add(g.mean(g.square(x), -1), 1e-6))), g.add(g.const("g", gamma), 1.0))
+    inv = g.rsqrt(g.add(g.mean(g.square(x), -1), 1e-6))
+    rms = g.mul(g.mul(x, inv), g.add(g.const("g", gamma), 1.0))
     rms_ref = xv / np.sqrt(ms.mean(-1, keepdims=True) + 1e-6) * (gamma + 1)
     out("rms", rms, rms_ref)
     out("softcap", g.mul(g.tanh(g.div(x, 30.0)), 30.0), np.tanh(xv / 30) * 30)
@@ -464,7 +466,8 @@ def test_ops_match_numpy(tmp_path):
     out("pow", g.pow(g.add(g.square(x), 1.0), 0.5), np.sqrt(xv ** 2 + 1))
     out("sum", g.sum(x, [1], keep_dims=False), xv.sum(1))
     q = Quantization(scale=(0.05,), zero_point=(0,))
-    out("qdq", g.dequantize(g.quantize(x, "int8", q)), np.clip(np.round(xv / 0.05), -128, 127) * 0.05)
+    out("qdq", g.dequantize(g.quantize(x, "int8", q)),
+        np.clip(np.round(xv / 0.05), -128, 127) * 0.05)
     out("gather", g.gather(x, g.const_i32([2, 0]), axis=1), xv[:, [2, 0]])
     out("posf", g.cast(pos, "float32"), pv.astype(np.float32))
     # int8 per-token KV-cache quantization done in-graph: s = max|x| / 127, q = round(x / s)

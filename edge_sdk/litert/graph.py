@@ -12,9 +12,10 @@ shape, so graph code reads like NumPy::
     g.finish("decode")
     w.finish()
 
-Constants whose bytes are equal share one buffer (content-keyed) within the writer, and
-:meth:`GraphBuilder.share` lets a second subgraph point at another subgraph's weight
-buffer, so prefill and decode signatures never duplicate weights.
+Array constants whose bytes are equal share one buffer (content-keyed); big weights should
+be given as callables (streamed by the writer, never held); :meth:`GraphBuilder.share` lets a
+second subgraph point at another subgraph's constant, so prefill and decode signatures never
+duplicate weights.
 
 Sub-byte packing and the kernel facts behind the code-range checks: see :mod:`.dtypes`.
 """

@@ -88,7 +88,7 @@ class OpsMixin:
 
     def batch_matmul(self, a, b, *, adj_x: bool = False, adj_y: bool = False,
                      name: str | None = None):
-        """a [..., M, K] @ b [..., K, N] with broadcast batch dims (adj_* transpose the last two)."""
+        """a [..., M, K] @ b [..., K, N], batch dims broadcast (adj_* transpose the last two)."""
         if a.rank < 2 or b.rank < 2:
             raise InputError("batch_matmul needs rank >= 2 operands")
         m, ka = (a.shape[-1], a.shape[-2]) if adj_x else a.shape[-2:]
