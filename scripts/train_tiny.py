@@ -99,7 +99,7 @@ def token_stream(tok, texts: list[str]) -> np.ndarray:
     """Each document as ``<bos> text <eos>``, concatenated (int64)."""
     out = []
     for t in texts:
-        out += [BOS] + tok.encode(t, add_special_tokens=False) + [EOS]
+        out += [BOS] + tok.backend_tokenizer.encode(t, add_special_tokens=False).ids + [EOS]
     return np.asarray(out, dtype=np.int64)
 
 

@@ -22,7 +22,7 @@ NumPy kernels and the exported scales/codebooks: the re-rounding error must be e
 
 from __future__ import annotations
 
-import json
+import copy
 import shutil
 from os import PathLike
 from pathlib import Path
@@ -127,10 +127,11 @@ def export_qat(model: nn.Module, out_dir: str | PathLike, recipe: Recipe | None 
     write_qat_sidecar(out / SIDECAR_NAME, scales, recipe)
     if books:
         write_qat_codebooks(out / CODEBOOKS_NAME, books)
-    cfg = model.config.to_dict()
-    cfg["dtype"] = "float32"
-    cfg.pop("torch_dtype", None)
-    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    cfg = copy.deepcopy(model.config)
+    cfg.dtype = torch.float32
+    if not getattr(cfg, "architectures", None):
+        cfg.architectures = [type(model).__name__]
+    cfg.save_pretrained(str(out))
     gen = getattr(model, "generation_config", None)
     if gen is not None:
         gen.save_pretrained(str(out))

@@ -61,7 +61,7 @@ class _AffineFQ(torch.autograd.Function):
         x = w / s
         inside = (x >= qmin) & (x <= qmax)
         q = torch.clamp(torch.round(x), qmin, qmax)
-        gw = torch.where(inside, g, torch.zeros((), dtype=g.dtype)) if ctx.needs_input_grad[0] else None
+        gw = g.masked_fill(~inside, 0.0) if ctx.needs_input_grad[0] else None
         gs = None
         if ctx.needs_input_grad[1]:
             gs = (g * torch.where(inside, q - x, q)).sum(dim=1, keepdim=True)
@@ -85,7 +85,7 @@ class _DictFQ(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w, thresholds, codebooks):
-        codes = torch.zeros(w.shape, dtype=torch.int64)
+        codes = torch.zeros_like(w, dtype=torch.int64)
         for j in range(thresholds.shape[1]):
             codes += w > thresholds[:, j:j + 1]
         return torch.gather(codebooks, 1, codes)

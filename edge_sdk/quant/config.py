@@ -62,8 +62,8 @@ def _bool(value, what: str) -> bool:
 class AffineConfig:
     """Symmetric linear quantization ``w ≈ code * scale`` (zero point 0).
 
-    bits: 8, 4 or 2. Code ranges: int8 [-127, 127] (TFLite's symmetric int8), int4 [-8, 7],
-      int2 [-2, 1].
+    bits: 8, 4 or 2. Code ranges: int8 [-127, 127] (TFLite's symmetric int8), int4 [-7, 7] per
+      channel and [-8, 7] per block, int2 [-2, 1] (see ``qmin``).
     granularity: "channel" (a scale per output row, axis 0) or "block" (a scale per
       ``block_size`` consecutive inputs of a row; ``block_size`` in 32/64/128/256).
     scale_dtype: "float32" for channel; "float16" for block (LiteRT's BlockwiseQuantization
@@ -113,7 +113,14 @@ class AffineConfig:
 
     @property
     def qmin(self) -> int:
-        return -127 if self.bits == 8 else -(1 << (self.bits - 1))
+        """Narrow (symmetric) range for int8 and per-channel int4: LiteRT's builtin
+        FULLY_CONNECTED gives wrong output for any channel holding -128 / -8 (XNNPACK is right);
+        blockwise int4 runs correctly over the full range; int2 uses [-2, 1]."""
+        if self.bits == 8:
+            return -127
+        if self.bits == 4 and self.granularity is Granularity.CHANNEL:
+            return -7
+        return -(1 << (self.bits - 1))
 
     @property
     def qmax(self) -> int:

@@ -32,9 +32,14 @@ F16_TINY = np.float16(2.0 ** -24)
 F16_MAX = np.float16(65504.0)
 
 
-def qrange(bits: int) -> tuple[int, int]:
-    """(qmin, qmax) of symmetric codes: 8 → (-127, 127), 4 → (-8, 7), 2 → (-2, 1)."""
-    return (-127, 127) if bits == 8 else (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
+def qrange(bits: int, granularity: str = "channel") -> tuple[int, int]:
+    """(qmin, qmax) of symmetric codes, as ``AffineConfig.qmin/qmax``: 8 → (-127, 127),
+    4 → (-7, 7) per channel / (-8, 7) per block, 2 → (-2, 1)."""
+    if bits == 8:
+        return (-127, 127)
+    if bits == 4 and granularity == "channel":
+        return (-7, 7)
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
 
 
 def packed_nbytes(count: int, bits: int) -> int:
