@@ -81,5 +81,10 @@ def _report(p: Path, spec: ModelSpec, inv, prefix) -> InspectReport:
 
 
 def inspect_path(path: str | Path):
-    """Dispatch on what ``path`` is: a checkpoint/config, or (later) a converted model directory."""
+    """Dispatch on what ``path`` is: a converted model directory (has ``model.json``; see
+    ``edge_sdk.litert.reader``), or a checkpoint / config."""
+    if (Path(path) / "model.json").is_file():
+        from .litert.reader import inspect_converted
+
+        return inspect_converted(path)
     return inspect_checkpoint(path)

@@ -135,3 +135,95 @@ def plan_model(source: str | Path, *, recipe: str | Path = "mobile", text_only: 
     mem = estimate_memory(plan, context, prefill, distinct_tokens=distinct_tokens)
     limit = None if budget is None else parse_size(budget)
     return PlanReport(src, plan, mem, text_only, limit)
+
+
+def planned_memory(model_dir: str | Path, context: int, distinct_tokens: int) -> dict | None:
+    """The planner's figures for a converted model: its plan (source checkpoint's config + the recipe
+    ``conversion.json`` records) at the model's KV length (its caches are allocated full-length,
+    sliding layers included: ``model.json`` kv_cache) with ``distinct_tokens`` looked-up rows.
+    ``context`` is the evaluated context, recorded beside it. None when the source is not at hand."""
+    import json
+
+    from .quant.recipe import recipe_from_dict
+    try:
+        conv = json.loads((Path(model_dir) / "conversion.json").read_text())
+        meta = json.loads((Path(model_dir) / "model.json").read_text())
+        src = conv["source"]["path"] if isinstance(conv.get("source"), dict) else conv.get("source")
+        spec = spec_from_path(src)
+        recipe = recipe_from_dict(conv["recipe"]) if isinstance(conv.get("recipe"), dict) else load_recipe(conv["recipe"])
+    except (OSError, ValueError, KeyError, TypeError, InputError):
+        return None
+    plan = make_plan(spec, recipe)
+    full = "full-length" in str(meta.get("kv_cache", {}).get("sliding_layers", ""))
+    kv_len = int(meta.get("context") or context)
+    m = estimate_memory(plan, kv_len, int(meta.get("prefill") or 32), distinct_tokens=distinct_tokens,
+                        window_sized_sliding=not full)
+    return {"context": kv_len, "evaluated_context": context, "prefill": m.prefill,
+            "distinct_tokens": m.distinct_tokens, "resident_bytes": m.resident_bytes,
+            "mapped_bytes": m.mapped_bytes, "mapped_touched_bytes": m.mapped_touched_bytes,
+            "kv_cache_bytes": m.kv_cache_bytes, "activation_bytes": m.activation_bytes,
+            "peak_bytes": m.peak_bytes, "recipe": plan.recipe.name,
+            "kv_sliding": "full-length" if full else "window-sized"}
+
+
+def validate_model(model_dir: str | Path, *, reference: str | Path | None = None, text: str | Path | None = None,
+                   tokens: str | Path | None = None, budget: str | int | None = None, context: int | None = None,
+                   report: str | Path | None = None, threads: int | None = None, backend: str = "xnnpack",
+                   api: str = "interpreter", max_kld: float | None = None, min_top1: float | None = None,
+                   quality: bool = True, max_tokens: int | None = None, runs: int = 5,
+                   decode_tokens: int = 32, strict_backend: bool = False):
+    """Run a converted model on the host interpreter and judge memory, speed and quality
+    (``edge_sdk.validate.validator.validate``); returns its ``ValidationReport``."""
+    from .validate.validator import DEFAULT_MAX_KLD, DEFAULT_MIN_TOP1, validate
+
+    return validate(model_dir, reference=reference, text=text, tokens=tokens, budget=budget, context=context,
+                    report=report, threads=threads, backend=backend, api=api,
+                    max_kld=DEFAULT_MAX_KLD if max_kld is None else max_kld,
+                    min_top1=DEFAULT_MIN_TOP1 if min_top1 is None else min_top1, quality=quality,
+                    max_tokens=max_tokens, runs=runs, decode_tokens=decode_tokens, strict_backend=strict_backend,
+                    plan_memory=lambda ctx, distinct: planned_memory(model_dir, ctx, distinct))
+
+
+def convert(source: str | Path, out_dir: str | Path, *, recipe: str | Path = "mobile", text_only: bool = False,
+            context: int = 512, prefill: int = 32, score: bool = True, overwrite: bool = False,
+            progress: bool | None = None):
+    """Checkpoint → converted model directory (``edge_sdk.litert.export``); returns its
+    ``ConversionResult``. Towers (vision/audio) cannot be converted: ``text_only`` is required
+    for a checkpoint that has them."""
+    from .litert.export import export_model
+
+    src = open_source(source)
+    if src.binding is None:
+        raise InputError("no weights here: convert needs a checkpoint directory (config.json + *.safetensors)",
+                         path=src.path)
+    towers = [t.name for t in src.spec.towers] or [k for k, v in src.binding.towers.items() if v]
+    if towers and not text_only:
+        raise InputError(f"the checkpoint has {' and '.join(towers)} towers, which cannot be converted to LiteRT",
+                         path=src.path, fix="pass --text-only to convert the text decoder alone")
+    plan = make_plan(src.spec, load_recipe(recipe), scale_sources=src.scale_sources)
+    return export_model(open_checkpoint(src.path), src.spec, src.binding, plan, out_dir, text_only=text_only,
+                        context=context, prefill=prefill, score=score, overwrite=overwrite, progress=progress)
+
+
+def bundle_model(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path | None = None,
+                 max_tokens: int | None = None, android: str | Path | None = None):
+    """Converted model directory → ``.litertlm`` + ``<bundle>.manifest.json`` (``edge_sdk.bundle``),
+    with the planner's peak memory at the model's context when the source checkpoint is at hand;
+    returns the ``BundleReport``."""
+    import json
+
+    try:
+        from .bundle import bundle
+    except ImportError as e:
+        raise InputError(f"bundling needs LiteRT-LM's builder ({e.name or e} is not installed)",
+                         fix="pip install 'edge-sdk[bundle]'") from None
+
+    planned = None
+    try:
+        context = json.loads((Path(model_dir) / "model.json").read_text()).get("context")
+    except (OSError, ValueError):
+        context = None   # bundle() reports the missing or malformed model.json
+    if isinstance(context, int) and context > 0:
+        planned = planned_memory(model_dir, context, None)
+    return bundle(model_dir, out_file, tokenizer=tokenizer, max_tokens=max_tokens, android=android,
+                  planned=planned)

@@ -224,7 +224,7 @@ def train_qat(model, teacher, stream, windows, args, log):
             g["lr"] = lr_at(step, args.qat_steps, g["peak"], args.qat_warmup, floor=0.05)
         x = sample_batch(stream, rng, args.batch)
         out = model(input_ids=x, labels=x)
-        loss = out.loss
+        loss = args.qat_ce * out.loss
         if args.distill > 0:
             with torch.no_grad():
                 t_logp = F.log_softmax(teacher(input_ids=x).logits.float(), -1)
@@ -250,19 +250,22 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--float-steps", type=int, default=1500)
+    ap.add_argument("--float-steps", type=int, default=500)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--wd", type=float, default=0.1)
+    ap.add_argument("--wd", type=float, default=0.5)
     ap.add_argument("--warmup", type=int, default=100)
-    ap.add_argument("--qat-steps", type=int, default=800)
-    ap.add_argument("--qat-lr", type=float, default=5e-4)
+    ap.add_argument("--qat-steps", type=int, default=600)
+    ap.add_argument("--qat-lr", type=float, default=3e-4)
     ap.add_argument("--qat-scale-lr", type=float, default=5e-3)
     ap.add_argument("--qat-warmup", type=int, default=50)
+    ap.add_argument("--attn-dropout", type=float, default=0.1)
     ap.add_argument("--distill", type=float, default=1.0,
-                    help="weight of KL(float teacher || student) added to the QAT loss")
+                    help="QAT loss weight of KL(float teacher || student)")
+    ap.add_argument("--qat-ce", type=float, default=0.0,
+                    help="QAT loss weight of the next-token cross-entropy")
     ap.add_argument("--refresh", type=int, default=50, help="refit PLE codebooks every N QAT steps")
     ap.add_argument("--log-every", type=int, default=50)
-    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--skip-float", action="store_true",
                     help="reuse an existing float/ checkpoint (QAT only)")
     args = ap.parse_args(argv)
@@ -298,7 +301,9 @@ def main(argv=None) -> int:
 
     if not args.skip_float:
         torch.manual_seed(args.seed)
-        model = Gemma4ForConditionalGeneration(model_config(len(tok))).float()
+        cfg = model_config(len(tok))
+        cfg.text_config.attention_dropout = args.attn_dropout
+        model = Gemma4ForConditionalGeneration(cfg).float()
         model.generation_config = generation_config()
         n_text = sum(p.numel() for n, p in model.named_parameters() if "language_model" in n)
         n_all = sum(p.numel() for p in model.parameters())

@@ -107,11 +107,13 @@ class GraphBuilder(OpsMixin):
         return Tensor(idx, shape, dt, name, self.index, buffer, quantization, block_scales)
 
     def input(self, name: str, shape: Sequence[int], dtype: Any, *,
-              tensor_name: str | None = None) -> Tensor:
-        """A graph input, exposed under ``name`` in the signature."""
+              tensor_name: str | None = None,
+              quantization: Quantization | None = None) -> Tensor:
+        """A graph input, exposed under ``name`` in the signature (``quantization``: e.g. the
+        per-tensor scale of an int8 state input such as a KV cache)."""
         if name in self._inputs:
             raise InputError(f"input {name!r} declared twice in {self.name!r}")
-        t = self._tensor(tensor_name or name, shape, dtype)
+        t = self._tensor(tensor_name or name, shape, dtype, quantization=quantization)
         self._inputs[name] = t
         return t
 

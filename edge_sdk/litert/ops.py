@@ -322,7 +322,8 @@ class OpsMixin:
         return self.gather(codebook, idx, axis=0, name=name)
 
     def dynamic_update_slice(self, operand, update, start, name=None):
-        """operand with ``update`` written at ``start`` (int32 tensor [rank] or ints)."""
+        """operand with ``update`` written at ``start`` (int32 tensor [rank] or ints); the output
+        keeps the operand's quantization (an int8 cache)."""
         if update.rank != operand.rank or update.dtype != operand.dtype:
             raise InputError("dynamic_update_slice: update must match operand rank and dtype")
         if not _is_tensor(start):
@@ -330,4 +331,5 @@ class OpsMixin:
         if start.shape != (operand.rank,):
             raise InputError(f"dynamic_update_slice: start must be [{operand.rank}]")
         return self._op(OP.DYNAMIC_UPDATE_SLICE, [operand, update, start], operand.shape,
-                        operand.dtype, name=name, hint="dus")
+                        operand.dtype, name=name, hint="dus",
+                        quantization=operand.quantization)   # quantized state stays quantized

@@ -1,0 +1,153 @@
+"""``edge_sdk_manifest``: one JSON document, stored in the bundle's system metadata (the engine
+ignores entries it does not know) and, byte for byte the same, beside the bundle as
+``<bundle>.manifest.json`` so an app can decide before loading (``android_demo`` reads it).
+
+Keys (every byte figure in bytes; GB = 10^9):
+
+- ``format`` ("edge_sdk_manifest"), ``version`` (1), ``created_by`` (edge-sdk and builder versions);
+- ``bundle``: ``bytes`` (file size), ``container`` ("litertlm 1.7.0"); no file name, so the bytes
+  do not depend on what the bundle is called;
+- ``model``: ``llm_model_type`` ("gemma4"), ``vocab_size``, ``context`` (KV cache length),
+  ``max_num_tokens``, ``prefill_lengths``, ``kv_cache`` (``dtype``, ``layers``, ``buffers``, ``scales``
+  for int8), ``bos_token_id``, ``stop_token_ids``, ``stop_strings``, ``has_chat_template``,
+  ``text_only``;
+- ``recipe`` (name), ``conversion`` (recipe, the source checkpoint's directory name, the
+  converter's sha256 per file);
+- ``plan``: ``recipe``, ``weight_bytes`` (plan.json), and the planner at the model's context
+  (``context``, ``prefill``, ``distinct_tokens``, ``bytes`` {resident, mapped, mapped_touched,
+  kv_cache, activation, peak}) when the source checkpoint is at hand; or null;
+- ``memory``: ``planned_peak_bytes`` (what the app compares ``availMem`` with), ``planned_source``
+  ("planner", or "bundle_size" when no plan is at hand: the sum of the model sections, an
+  upper bound for mmapped weights), ``planned_context``, ``validated_budget_bytes``,
+  ``validated_model_peak_bytes``, ``validated_peak_rss_bytes``, ``validated_passed`` (from
+  ``report.json``; null when the model was not validated);
+- ``sections``: per section ``index``, ``type``, ``model_type``, ``source``, ``begin``, ``end``,
+  ``bytes``, ``sha256`` (of the section's bytes in the file);
+- ``adaptations``: where the bundled model departs from its recipe so that LiteRT-LM runs it
+  (``part``, ``requested``, ``bundled``, ``why``); today only the KV cache: int8 with one scale per
+  cache buffer where the mobile recipe asks per-(token, head) scales (the converter's choice,
+  recorded in model.json); ``warnings``.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+from ..errors import InputError
+
+MANIFEST_KEY = "edge_sdk_manifest"
+MANIFEST_VERSION = 1
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+def dumps(manifest: dict) -> str:
+    """The manifest's one serialization (header entry and side file are these exact bytes)."""
+    return json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def manifest_path_for(bundle: str | Path) -> Path:
+    b = Path(bundle)
+    return b.with_name(b.name + MANIFEST_SUFFIX)
+
+
+def versions() -> dict:
+    out = {}
+    for dist in ("edge-sdk", "litert-lm-builder", "ai-edge-litert"):
+        try:
+            out[dist] = importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def read_json(path: Path, *, required: bool = False) -> dict | None:
+    if not path.is_file():
+        if required:
+            raise InputError(f"{path.name} not found: not a converted model directory", path=path.parent,
+                             fix="pass the OUT_DIR written by `edge-sdk convert`")
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot parse JSON ({e})", path=path) from None
+    if not isinstance(data, dict):
+        raise InputError("expected a JSON object", path=path)
+    return data
+
+
+def _name(v) -> str | None:
+    if isinstance(v, dict):
+        return v.get("name")
+    return v if isinstance(v, str) else None
+
+
+def plan_summary(plan: dict | None, planned: dict | None) -> dict | None:
+    """The plan without its per-tensor table: ``planned`` (the planner at the model's context:
+    ``pipeline.planned_memory``) and the weight bytes plan.json records."""
+    if not plan and not planned:
+        return None
+    out = {"recipe": _name((planned or {}).get("recipe")) or _name((plan or {}).get("recipe"))}
+    if plan:
+        out["weight_bytes"] = {"data": plan.get("data_bytes"), "overhead": plan.get("overhead_bytes")}
+    if planned:
+        out.update({"context": planned.get("context"), "prefill": planned.get("prefill"),
+                    "distinct_tokens": planned.get("distinct_tokens"), "kv_sliding": planned.get("kv_sliding"),
+                    "bytes": {k[: -len("_bytes")]: v for k, v in planned.items() if k.endswith("_bytes")}})
+    return out
+
+
+def memory_block(planned: dict | None, report: dict | None, context: int, sections_bytes: int) -> dict:
+    """``planned``: the planner's figures at ``context`` (pipeline.planned_memory), or None when the
+    source checkpoint is not at hand (then the model sections' size stands in: an upper bound for
+    the weights, which are memory-mapped)."""
+    if planned and planned.get("peak_bytes"):
+        peak, source, pctx = int(planned["peak_bytes"]), "planner", planned.get("context", context)
+    else:
+        peak, source, pctx = int(sections_bytes), "bundle_size", context
+    mem = (report or {}).get("memory") or {}
+    budget = (report or {}).get("budget") or {}
+    return {"planned_peak_bytes": peak, "planned_source": source, "planned_context": pctx,
+            "validated_budget_bytes": budget.get("limit_bytes"),
+            "validated_model_peak_bytes": mem.get("model_peak_bytes"),
+            "validated_peak_rss_bytes": mem.get("peak_rss_bytes"),
+            "validated_passed": (report or {}).get("passed")}
+
+
+def conversion_block(conv: dict | None) -> dict | None:
+    if not conv:
+        return None
+    src = conv.get("source") or conv.get("checkpoint")
+    src = src.get("path") if isinstance(src, dict) else src
+    return {"recipe": _name(conv.get("recipe")),
+            "source": Path(src).name if isinstance(src, str) else None,   # no local paths in a shipped file
+            "text_only": conv.get("text_only"),
+            "sha256": file_hashes(conv)}
+
+
+def file_hashes(conv: dict | None) -> dict[str, str]:
+    """The converter's ``{file name: sha256}`` (under ``sha256`` or ``files``), or {}."""
+    if not conv:
+        return {}
+    for key in ("outputs", "sha256", "sha256s", "files"):
+        v = conv.get(key)
+        if isinstance(v, dict):
+            out = {}
+            for name, h in v.items():
+                h = h.get("sha256") if isinstance(h, dict) else h
+                if isinstance(h, str) and len(h) == 64:
+                    out[name] = h
+            if out:
+                return out
+    return {}
+
+
+def find_manifest_key(manifest: dict, dotted: str):
+    """``find_manifest_key(m, "memory.planned_peak_bytes")``; KeyError when absent."""
+    node = manifest
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node

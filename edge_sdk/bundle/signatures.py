@@ -1,0 +1,162 @@
+"""What a converted model's three .tflite files offer, read from their flatbuffers (mmapped, so a
+multi-GiB model costs a few pages): signature names, and each signature's inputs and outputs with
+shape and dtype.
+
+The bundler checks these against what LiteRT-LM needs (LITERTLM_GEMMA4.md §7-8) before packing:
+
+- ``prefill_decode``: a signature named exactly ``decode`` (anything else fails at engine creation)
+  and one whose name starts with ``prefill``; ``kv_cache_k_i`` [1, KVH, C, D] / ``kv_cache_v_i``
+  [1, KVH, D, C] as both inputs and outputs of both; ``logits`` out of ``decode``;
+- ``embedder`` / ``per_layer_embedder``: ``decode_*`` and ``prefill_*_<T>`` signatures.
+"""
+
+from __future__ import annotations
+
+import mmap
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ai_edge_litert import schema_py_generated as schema
+
+from ..errors import InputError
+
+_TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+_KV = re.compile(r"^kv_cache_([kv])_(\d+)$")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    scale: float | None = None     # per-tensor quantization scale (int8 KV caches)
+
+
+@dataclass(frozen=True)
+class Signature:
+    key: str
+    subgraph: int
+    inputs: dict[str, TensorInfo]
+    outputs: dict[str, TensorInfo]
+
+
+@dataclass(frozen=True)
+class TfliteInfo:
+    path: Path
+    signatures: dict[str, Signature]
+    metadata: dict[str, bytes]
+
+    def find(self, prefix: str) -> Signature | None:
+        """The first signature whose key starts with ``prefix`` (file order)."""
+        return next((s for k, s in self.signatures.items() if k.startswith(prefix)), None)
+
+
+def _tensor(sub, index: int, name: str) -> TensorInfo:
+    t = sub.Tensors(index)
+    shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
+    scale = None
+    q = t.Quantization()
+    if q is not None and q.ScaleLength() == 1:
+        scale = float(q.Scale(0))
+    return TensorInfo(name, shape, _TYPE_NAMES.get(t.Type(), str(t.Type())), scale)
+
+
+def read_tflite(path: str | Path) -> TfliteInfo:
+    p = Path(path)
+    try:
+        with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            if mm[4:8] != b"TFL3":
+                raise InputError("not a LiteRT flatbuffer (no TFL3 identifier)", path=p)
+            model = schema.Model.GetRootAs(mm, 0)
+            sigs: dict[str, Signature] = {}
+            for i in range(model.SignatureDefsLength()):
+                sd = model.SignatureDefs(i)
+                sub = model.Subgraphs(sd.SubgraphIndex())
+                ins = {}
+                for j in range(sd.InputsLength()):
+                    m = sd.Inputs(j)
+                    ins[m.Name().decode()] = _tensor(sub, m.TensorIndex(), m.Name().decode())
+                outs = {}
+                for j in range(sd.OutputsLength()):
+                    m = sd.Outputs(j)
+                    outs[m.Name().decode()] = _tensor(sub, m.TensorIndex(), m.Name().decode())
+                key = sd.SignatureKey().decode()
+                sigs[key] = Signature(key, sd.SubgraphIndex(), ins, outs)
+            meta = {}
+            for i in range(model.MetadataLength()):
+                md = model.Metadata(i)
+                buf = model.Buffers(md.Buffer())
+                data = bytes(buf.DataAsNumpy().tobytes()) if buf.DataLength() else b""
+                meta[md.Name().decode()] = data.rstrip(b"\0")
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", path=p) from None
+    except (IndexError, ValueError, TypeError) as e:
+        raise InputError(f"malformed LiteRT flatbuffer ({e})", path=p) from None
+    return TfliteInfo(p, sigs, meta)
+
+
+@dataclass(frozen=True)
+class KvBuffer:
+    """One KV state buffer as LiteRT-LM's executor metadata describes it."""
+    name: str
+    kind: str               # "k" or "v"
+    layer: int
+    shape: tuple[int, ...]
+    dtype: str
+    sequence_axis: int      # 2 for K [1, KVH, C, D], 3 for V [1, KVH, D, C]
+    max_length: int
+    scale: float | None
+
+
+def kv_buffers(decode: Signature) -> list[KvBuffer]:
+    """The KV caches of a decode signature, ordered k_i, v_i by layer (Google's order)."""
+    found = []
+    for name, t in decode.inputs.items():
+        m = _KV.match(name)
+        if not m:
+            continue
+        kind, layer = m.group(1), int(m.group(2))
+        axis = 2 if kind == "k" else 3
+        if len(t.shape) != 4:
+            raise InputError(f"KV cache '{name}' has shape {list(t.shape)}; LiteRT-LM needs rank 4 "
+                             f"(K [1, KVH, C, D], V [1, KVH, D, C])")
+        found.append(KvBuffer(name, kind, layer, t.shape, t.dtype, axis, t.shape[axis], t.scale))
+    return sorted(found, key=lambda b: (b.layer, b.kind))
+
+
+def check_llm_signatures(pd: TfliteInfo, emb: TfliteInfo | None, ple: TfliteInfo | None) -> list[str]:
+    """Problems that would stop LiteRT-LM from running these models (empty list: none found)."""
+    problems = []
+    decode, prefill = pd.signatures.get("decode"), pd.find("prefill")
+    if decode is None:
+        problems.append(f"{pd.path.name}: no signature named exactly 'decode' (has {sorted(pd.signatures)}); "
+                        "LiteRT-LM fails at engine creation without it")
+    if prefill is None:
+        problems.append(f"{pd.path.name}: no signature whose name starts with 'prefill'")
+    if decode is not None:
+        if "logits" not in decode.outputs:
+            problems.append(f"{pd.path.name}: 'decode' has no 'logits' output")
+        kv = kv_buffers(decode)
+        if not kv:
+            problems.append(f"{pd.path.name}: 'decode' has no kv_cache_k_i / kv_cache_v_i inputs")
+        lengths = {b.max_length for b in kv}
+        if len(lengths) > 1:
+            problems.append(f"{pd.path.name}: KV caches disagree on the sequence length {sorted(lengths)}")
+        for sig in (decode, prefill):
+            if sig is None:
+                continue
+            for b in kv:
+                if b.name not in sig.inputs or b.name not in sig.outputs:
+                    problems.append(f"{pd.path.name}: '{sig.key}' does not take and return '{b.name}'")
+        if "embeddings" in decode.inputs and emb is None:
+            problems.append("prefill_decode takes 'embeddings' but there is no embedder model")
+        if "per_layer_embeddings" in decode.inputs and ple is None:
+            problems.append("prefill_decode takes 'per_layer_embeddings' but there is no per-layer embedder")
+    for info, stem in ((emb, "embedder"), (ple, "per_layer_embedder")):
+        if info is None:
+            continue
+        if f"decode_{stem}" not in info.signatures or info.find(f"prefill_{stem}") is None:
+            problems.append(f"{info.path.name}: needs signatures 'decode_{stem}' and 'prefill_{stem}_<T>' "
+                            f"(has {sorted(info.signatures)})")
+    return problems

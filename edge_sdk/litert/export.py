@@ -1,0 +1,323 @@
+"""Write a converted model directory: three .tflite files, plan.json, conversion.json, model.json.
+
+Atomicity: everything is written into a staging directory beside OUT_DIR
+(``.<name>.convert-<pid>-<hex>.tmp`` in OUT_DIR's parent, same filesystem) and renamed onto
+OUT_DIR at the very end, so a conversion killed at any point leaves no model file in OUT_DIR
+(only a hidden staging directory, removed by the next conversion once its process is gone).
+An existing non-empty OUT_DIR is replaced only with ``overwrite`` (renamed aside, the new one
+renamed in, the old one deleted).
+
+Determinism: same checkpoint + recipe + geometry → byte-identical .tflite files, plan.json and
+model.json (no timestamps; conversion.json alone records wall time and peak RSS).
+
+``model.json`` is the contract other tools read (runtime, validator, bundler); see
+``model_json`` for its keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import secrets
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .. import __version__
+from ..checkpoint import Checkpoint
+from ..errors import InputError
+from ..quant.apply import Preparer
+from ..quant.kv import kv_scales as compute_kv_scales
+from ..quant.plan import QuantPlan
+from ..quant.recipe import recipe_to_dict
+from ..spec import Binding, ModelSpec
+from .gemma4 import Geometry, build_embedder, build_prefill_decode, cache_buffers
+from .gemma4_attention import MASKED
+from .gemma4_rows import RowSlicer
+from .gemma4_weights import WeightBank
+from .writer import LiteRTWriter
+
+MODEL_FORMAT = "edge_sdk.litert_model"
+MODEL_FORMAT_VERSION = 1
+SECTION_TYPES = {"prefill_decode": "tf_lite_prefill_decode", "embedder": "tf_lite_embedder",
+                 "per_layer_embedder": "tf_lite_per_layer_embedder"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                   "special_tokens_map.json", "generation_config.json", "chat_template.jinja")
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    out_dir: Path
+    files: dict[str, Path]          # model key → .tflite path
+    model: dict                     # model.json
+    conversion: dict                # conversion.json
+    wall_s: float
+
+
+class Progress:
+    """``tensor i/n, MB written, ETA`` on stderr when it is a TTY; silent otherwise."""
+
+    def __init__(self, total_tensors: int, total_bytes: int, stream=None, enabled: bool | None = None):
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.n, self.total, self.done, self.bytes = total_tensors, total_bytes, 0, 0
+        self.t0 = time.monotonic()
+        self._last = 0.0
+
+    def __call__(self, name: str, nbytes: int) -> None:
+        self.done += 1
+        self.bytes += nbytes
+        now = time.monotonic()
+        if not self.enabled or (now - self._last < 0.1 and self.done < self.n):
+            return
+        self._last = now
+        el = now - self.t0
+        frac = self.bytes / self.total if self.total else 1.0
+        eta = el * (1 - frac) / frac if frac > 0 else 0.0
+        self.stream.write(f"\r  converting: tensor {self.done}/{self.n}  {self.bytes / 1e6:8.1f}/"
+                          f"{self.total / 1e6:.1f} MB  ETA {eta:5.0f} s ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_stale_staging(parent: Path, name: str) -> None:
+    for d in parent.glob(f".{name}.convert-*.tmp"):
+        try:
+            pid = int(d.name[len(name) + 10:].split("-")[0])
+        except ValueError:
+            continue
+        if not _pid_alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError("output path exists and is not a directory", path=out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise InputError("output directory is not empty", path=out_dir,
+                             fix="choose a new directory, or pass --overwrite")
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+        os.rename(out_dir, old)
+        os.rename(staging, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    os.replace(staging, out_dir)   # onto a missing or empty directory
+
+
+def export_model(ckpt: Checkpoint, spec: ModelSpec, binding: Binding, plan: QuantPlan,
+                 out_dir: str | os.PathLike, *, text_only: bool, context: int, prefill: int,
+                 score: bool = True, overwrite: bool = False, progress: bool | None = None,
+                 fsync: bool = True) -> ConversionResult:
+    """Convert (see the module docstring). ``progress``: None = only on a TTY."""
+    t0 = time.monotonic()
+    text = spec.text
+    if prefill < 1 or context < 1:
+        raise InputError(f"context ({context}) and prefill ({prefill}) must be positive")
+    if prefill > context:
+        raise InputError(f"prefill length {prefill} exceeds the context {context}",
+                         fix="use --prefill <= --context")
+    out_dir = Path(out_dir).absolute()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise InputError("output directory is not empty", path=out_dir,
+                         fix="choose a new directory, or pass --overwrite")
+    _clean_stale_staging(out_dir.parent, out_dir.name)
+    staging = out_dir.parent / f".{out_dir.name}.convert-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    staging.mkdir()
+    try:
+        result = _convert_into(staging, ckpt, spec, binding, plan, text_only=text_only,
+                               context=context, prefill=prefill, score=score, progress=progress,
+                               fsync=fsync, t0=t0, out_dir=out_dir)
+        _publish(staging, out_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    files = {k: out_dir / v.name for k, v in result.files.items()}
+    return ConversionResult(out_dir, files, result.model, result.conversion, result.wall_s)
+
+
+def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Binding,
+                  plan: QuantPlan, *, text_only, context, prefill, score, progress, fsync, t0,
+                  out_dir) -> ConversionResult:
+    text = spec.text
+    prep = Preparer(ckpt, binding, plan)
+    kv = plan.kv_cache
+    scales = None
+    if kv.bits == 8:
+        scales = compute_kv_scales({i: prep.read_f32(f"layers.{i}.self_attn.k_norm.weight")
+                                    for i in text.kv_layers})
+    elif kv.bits == 16:
+        raise InputError("a float16 KV cache is not emitted: LiteRT-LM's CPU engine accepts it but "
+                         "its output was not faithful (LITERTLM_GEMMA4.md §7)",
+                         fix="use kv_cache bits 32 or 8 in the recipe")
+    geo = Geometry(context=context, prefill=prefill, kv_scales=scales, score=score)
+    models = ["embedder"] + (["per_layer_embedder"] if text.has_ple else []) + ["prefill_decode"]
+    tensors = [t for t in plan.tensors if t.model in models]
+    bar = Progress(len(tensors), sum(t.data_bytes for t in tensors),
+                   enabled=progress)
+    bank = WeightBank(plan, prep.prepare, on_data=bar, rows=RowSlicer(prep))
+    files: dict[str, Path] = {}
+    builders: dict[str, Callable[[LiteRTWriter], None]] = {
+        "embedder": lambda w: build_embedder(w, text, bank, geo, per_layer=False),
+        "per_layer_embedder": lambda w: build_embedder(w, text, bank, geo, per_layer=True),
+        "prefill_decode": lambda w: build_prefill_decode(w, text, bank, geo),
+    }
+    try:
+        for key in models:
+            path = staging / f"{key}.tflite"
+            w = LiteRTWriter(path, description=f"edge_sdk {__version__}: Gemma 4 {key}", fsync=fsync)
+            with w:
+                builders[key](w)
+                w.finish()
+            files[key] = path
+    finally:
+        bar.close()
+    missing = [t.name for t in tensors if t.name not in bank.records]
+    if missing:
+        raise InputError(f"planned tensors not written to any model: {missing[:5]}")
+
+    copied = []
+    for name in TOKENIZER_FILES:
+        src = Path(ckpt.path) / name
+        if src.is_file():
+            shutil.copyfile(src, staging / name)
+            copied.append(name)
+    outputs = {k: {"file": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size,
+                   "section_type": SECTION_TYPES[k]} for k, p in files.items()}
+    plan_doc = plan_json(plan, bank.records, models)
+    model_doc = model_json(spec, plan, geo, outputs, text_only, copied, _generation_eos(ckpt))
+    _write_json(staging / "plan.json", plan_doc)
+    inputs = {p.name: sha256_file(p) for p in sorted(Path(ckpt.path).iterdir())
+              if p.is_file() and not p.name.startswith(".")}
+    wall = time.monotonic() - t0
+    conv = {
+        "format": "edge_sdk.conversion", "version": 1, "edge_sdk_version": __version__,
+        "source": {"path": str(Path(ckpt.path).absolute()), "files": inputs},
+        "output_dir": str(out_dir),
+        "outputs": {**{v["file"]: v["sha256"] for v in outputs.values()}},
+        "recipe": recipe_to_dict(plan.recipe),
+        "text_only": text_only, "context": context, "prefill": prefill,
+        "kv_cache": model_doc["kv_cache"]["emitted"],
+        "wall_s": round(wall, 3),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rerounding_error": {k: v["error"] for k, v in sorted(bank.records.items())},
+        "scale_sources": {k: v["scale_source"] for k, v in sorted(bank.records.items())},
+    }
+    _write_json(staging / "conversion.json", conv)
+    _write_json(staging / "model.json", model_doc)   # last: the directory's "complete" marker
+    return ConversionResult(out_dir, files, model_doc, conv, wall)
+
+
+def _write_json(path: Path, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+        f.write("\n")
+
+
+def _generation_eos(ckpt: Checkpoint) -> list[int]:
+    p = Path(ckpt.path) / "generation_config.json"
+    try:
+        v = json.loads(p.read_text()).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [int(x) for x in (v if isinstance(v, list) else [] if v is None else [v])]
+
+
+def plan_json(plan: QuantPlan, records: dict, models: list[str]) -> dict:
+    rows = []
+    for t in plan.tensors:
+        if t.model not in models:
+            continue
+        d = t.to_json()
+        r = records.get(t.name, {})
+        d["planned_scale_source"] = d.pop("scale_source")
+        d["scale_source"] = r.get("scale_source", d["planned_scale_source"])
+        d["rerounding_error"] = r.get("error")
+        if r.get("note"):
+            d["note"] = r["note"]
+        d["file"] = f"{t.model}.tflite"
+        rows.append(d)
+    return {"format": "edge_sdk.plan", "version": 1, "recipe": plan.recipe.name,
+            "data_bytes": sum(r["data_bytes"] for r in rows),
+            "overhead_bytes": sum(r["overhead_bytes"] for r in rows), "tensors": rows}
+
+
+def model_json(spec: ModelSpec, plan: QuantPlan, geo: Geometry, outputs: dict, text_only: bool,
+               tokenizer_files: list[str], generation_eos: list[int]) -> dict:
+    """The contract: what the files are, how to drive them, and what the model is."""
+    t = spec.text
+    eos = list(dict.fromkeys(list(t.eos_token_ids) + generation_eos))
+    kvq = plan.kv_cache
+    emitted = ({"dtype": "float32"} if geo.kv_scales is None else
+               {"dtype": "int8", "quantization": "per_tensor", "zero_point": 0,
+                "rounding": "half away from zero (TFLite QUANTIZE)"})
+    return {
+        "format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION, "edge_sdk_version": __version__,
+        "model_type": spec.model_type, "recipe": plan.recipe.name, "text_only": text_only,
+        "context": geo.context, "prefill": geo.prefill,
+        "vocab_size": t.vocab_size, "hidden_size": t.hidden_size, "num_layers": t.num_layers,
+        "bos_token_id": t.bos_token_id, "eos_token_id": eos, "pad_token_id": t.pad_token_id,
+        "files": outputs,
+        "signatures": {k: geo.signatures(k) for k in outputs},
+        "spec": {
+            "vocab_size": t.vocab_size, "hidden_size": t.hidden_size, "num_heads": t.num_heads,
+            "num_layers": t.num_layers, "rms_norm_eps": t.rms_norm_eps,
+            "final_logit_softcapping": t.final_logit_softcapping, "softcap_in_graph": bool(t.final_logit_softcapping),
+            "sliding_window": t.sliding_window, "embed_scale": t.embed_scale,
+            "kv_layers": list(t.kv_layers), "num_kv_shared_layers": t.num_kv_shared_layers,
+            "layers": [{"index": ly.index, "attention": ly.attention, "head_dim": ly.head_dim,
+                        "num_kv_heads": ly.num_kv_heads, "kv_source": ly.kv_source, "window": ly.window,
+                        "intermediate_size": ly.intermediate_size, "k_eq_v": ly.k_eq_v}
+                       for ly in t.layers],
+            "ple": None if not t.has_ple else {
+                "num_layers": t.num_layers, "dim": t.hidden_size_per_layer_input,
+                "vocab_size": t.vocab_size_per_layer_input,
+                "scale": t.hidden_size_per_layer_input ** 0.5},
+        },
+        "kv_cache": {
+            **emitted, "emitted": emitted,
+            "requested": {"bits": kvq.bits,
+                          "granularity": None if kvq.granularity is None else str(kvq.granularity)},
+            "scales": dict(geo.kv_scales or {}),
+            "buffers": cache_buffers(t, geo),
+            "k_layout": "[1, num_kv_heads, context, head_dim] (sequence axis 2)",
+            "v_layout": "[1, num_kv_heads, head_dim, context] (sequence axis 3)",
+            "update": "DYNAMIC_UPDATE_SLICE at input_pos[0]",
+            "sliding_layers": "full-length caches; the window is applied in the graph from input_pos",
+        },
+        "mask": {"input": "mask", "shape": [1, 1, "T", geo.context], "attend": 0.0,
+                 "masked": float(MASKED), "causal_over_cache": True,
+                 "note": "any masked value <= -1e9 works; the graph masks sliding windows itself"},
+        "logits": {"decode": [1, 1, t.vocab_size], "score": [1, geo.prefill, t.vocab_size] if geo.score else None,
+                   "prefill": None, "softcapped": bool(t.final_logit_softcapping)},
+        "tokenizer": {"file": "tokenizer.json" if "tokenizer.json" in tokenizer_files else None,
+                      "files": tokenizer_files},
+    }

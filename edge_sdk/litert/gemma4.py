@@ -1,0 +1,206 @@
+"""The Gemma 4 text decoder as three LiteRT models, in Google's LiteRT-LM split (LITERTLM_GEMMA4.md §5).
+
+``embedder.tflite``
+    ``decode_embedder`` (token_ids int32 [1, 1]) and ``prefill_embedder_<T>`` ([1, T]) →
+    ``embeddings`` float32 [1, T, H] = embed_tokens[ids] · √H.
+``per_layer_embedder.tflite`` (only with per-layer embeddings)
+    ``decode_per_layer_embedder`` / ``prefill_per_layer_embedder_<T>`` → ``embeddings`` float32
+    [1, T, L, P] = embed_tokens_per_layer[ids] · √P.
+``prefill_decode.tflite``
+    ``prefill_<T>`` (subgraph 0), ``decode`` (1) and ``score_<T>`` (2), one set of weight buffers.
+    Inputs ``embeddings`` [1, T, H], ``per_layer_embeddings`` [1, T, L, P] (with PLE),
+    ``input_pos`` int32 [T], ``mask`` float32 [1, 1, T, C] (additive: 0 attend, large negative
+    masked; causal over the whole cache), ``kv_cache_k_i`` [1, KVH, C, D_i] and ``kv_cache_v_i``
+    [1, KVH, D_i, C] for the KV-producing layers i; outputs the updated caches under the same
+    names; ``decode`` also outputs ``logits`` [1, 1, V] and ``score_<T>`` ``logits`` [1, T, V]
+    (every position: what perplexity and KL divergence need; LiteRT-LM ignores it — its name does
+    not start with "prefill"). ``prefill_<T>`` emits no logits and, like Google's exporter, holds
+    only the ops whose results reach a cache. Tensor names ``<sig>_<name>`` / ``<sig>_<name>_output``.
+
+Every feature of ``edge_sdk.reference``: sliding / full layers (the window applied in the graph
+from ``input_pos``), KV sharing (shared layers read their source layer's updated cache), double-wide
+MLPs, the PLE combine inside prefill_decode (projection from ``embeddings``), proportional partial
+RoPE, q/k/v norms, layer scalars, k_eq_v, the tied LM head as FULLY_CONNECTED over the planned
+``lm_head`` weight, and final_logit_softcapping (TANH; unlike Google's exporter, so probabilities
+match transformers).
+
+KV cache dtype: float32, or with an int8 recipe (kv_cache bits 8) int8 with ONE per-tensor scale
+per cache buffer, QUANTIZE on write and DEQUANTIZE on read inside the graph. This is what
+LiteRT-LM's engine runs (LITERTLM_GEMMA4.md §7: int8 state buffers with a per-tensor scale are
+carried correctly); a per-(token, head) granularity would need extra scale state buffers the
+engine does not know, so a recipe's ``token_head`` request is emitted per tensor and
+``model.json`` says so. Scales: ``edge_sdk.quant.kv`` (V 1/32, K max|k_norm|/32, from the
+RMS-normalized range of K/V); ``KvFakeQuant`` reproduces it in the NumPy reference.
+
+Weights stream through ``WeightBank`` (``gemma4_weights``): sizes from the plan when the graph is
+built, data from the Preparer when the writer writes each buffer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..spec.model import TextSpec
+from .dtypes import Quantization
+from .gemma4_attention import Step, attention, rms_norm, write_kv_only
+from .gemma4_weights import WeightBank
+from .graph import GraphBuilder, Tensor
+from .writer import LiteRTWriter
+
+MIN_RUNTIME = {"prefill_decode": "2.17.0", "embedder": "1.14.0", "per_layer_embedder": "1.13.0"}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What the signatures are built for."""
+
+    context: int          # KV cache length C
+    prefill: int          # prefill / score chunk length T
+    kv_scales: dict | None = None   # int8 cache scales by buffer name; None: float32 cache
+    score: bool = True    # add the score_<T> signature (logits for every position)
+
+    def signatures(self, model: str) -> dict[str, str]:
+        T = self.prefill
+        if model == "prefill_decode":
+            sig = {"prefill": f"prefill_{T}", "decode": "decode"}
+            if self.score:
+                sig["score"] = f"score_{T}"
+            return sig
+        suffix = "embedder" if model == "embedder" else "per_layer_embedder"
+        return {"prefill": f"prefill_{suffix}_{T}", "decode": f"decode_{suffix}"}
+
+
+def cache_buffers(text: TextSpec, geo: Geometry) -> list[dict]:
+    """The KV state buffers, in order k_i, v_i per KV layer (as LiteRT-LM lists them)."""
+    out = []
+    dtype = "float32" if geo.kv_scales is None else "int8"
+    for i in text.kv_layers:
+        lyr = text.layers[i]
+        for kind, shape, axis in (("k", [1, lyr.num_kv_heads, geo.context, lyr.head_dim], 2),
+                                  ("v", [1, lyr.num_kv_heads, lyr.head_dim, geo.context], 3)):
+            name = f"kv_cache_{kind}_{i}"
+            buf = {"name": name, "layer": i, "kind": kind, "shape": shape, "dtype": dtype,
+                   "sequence_axis": axis, "attention": lyr.attention, "window": lyr.window}
+            if geo.kv_scales is not None:
+                buf["scale"] = geo.kv_scales[name]
+            out.append(buf)
+    return out
+
+
+# ---- embedders ------------------------------------------------------------------------------
+
+def build_embedder(writer: LiteRTWriter, text: TextSpec, bank: WeightBank, geo: Geometry,
+                   per_layer: bool) -> None:
+    """Both embedder signatures (decode first, as Google orders them)."""
+    model = "per_layer_embedder" if per_layer else "embedder"
+    writer.add_metadata("min_runtime_version", MIN_RUNTIME[model])
+    sigs = geo.signatures(model)
+    table = "embed_tokens_per_layer.weight" if per_layer else "embed_tokens.weight"
+    for key, T in ((sigs["decode"], 1), (sigs["prefill"], geo.prefill)):
+        g = GraphBuilder(writer, key)
+        ids = g.input("token_ids", [1, T], "int32", tensor_name=f"{key}_token_ids")
+        rows = bank.lookup(g, table, g.reshape(ids, [T]))
+        if per_layer:
+            L, P = text.num_layers, text.hidden_size_per_layer_input
+            out = g.mul(rows, np.float32(math.sqrt(P)))
+            out = g.reshape(out, [1, T, L, P], name=f"{key}_embeddings_output")
+        else:
+            out = g.mul(rows, np.float32(math.sqrt(text.hidden_size)))
+            out = g.reshape(out, [1, T, text.hidden_size], name=f"{key}_embeddings_output")
+        g.output("embeddings", out)
+        g.finish(key)
+
+
+# ---- prefill / decode -------------------------------------------------------------------------
+
+def build_prefill_decode(writer: LiteRTWriter, text: TextSpec, bank: WeightBank,
+                         geo: Geometry) -> None:
+    writer.add_metadata("min_runtime_version", MIN_RUNTIME["prefill_decode"])
+    sigs = geo.signatures("prefill_decode")
+    plan = [(sigs["prefill"], geo.prefill, False), (sigs["decode"], 1, True)]
+    if "score" in sigs:
+        plan.append((sigs["score"], geo.prefill, True))
+    for key, T, logits in plan:
+        _decoder_signature(writer, text, bank, geo, key, T, logits)
+
+
+def _decoder_signature(writer: LiteRTWriter, text: TextSpec, bank: WeightBank, geo: Geometry,
+                       key: str, T: int, logits: bool) -> None:
+    g = GraphBuilder(writer, key)
+    H, C, eps = text.hidden_size, geo.context, text.rms_norm_eps
+    emb = g.input("embeddings", [1, T, H], "float32", tensor_name=f"{key}_embeddings")
+    ple_in = None
+    if text.has_ple:
+        L, P = text.num_layers, text.hidden_size_per_layer_input
+        ple_in = g.input("per_layer_embeddings", [1, T, L, P], "float32",
+                         tensor_name=f"{key}_per_layer_embeddings")
+    pos = g.input("input_pos", [T], "int32", tensor_name=f"{key}_input_pos")
+    mask = g.input("mask", [1, 1, T, C], "float32", tensor_name=f"{key}_mask")
+    step = Step(g, key, T, C, text, bank, pos, mask, geo.kv_scales)
+    for buf in cache_buffers(text, geo):
+        q = None if "scale" not in buf else Quantization(scale=(buf["scale"],), zero_point=(0,))
+        step.cache_in[buf["name"]] = g.input(buf["name"], buf["shape"], buf["dtype"],
+                                             tensor_name=f"{key}_{buf['name']}", quantization=q)
+
+    # A layer's output matters if a later layer writes a cache, or if logits are wanted.
+    last_kv = max(text.kv_layers)
+    x = g.reshape(emb, [T, H])
+    ple = None
+    if ple_in is not None and (logits or last_kv > 0):
+        ple = _ple_inputs(g, text, bank, x, ple_in, T)
+    for layer in text.layers:
+        needed = logits or layer.index < last_kv
+        if not needed:
+            if not layer.kv_shared:
+                h = rms_norm(g, x, bank.vector(g, f"layers.{layer.index}.input_layernorm.weight"), eps)
+                write_kv_only(step, layer, h)
+            continue
+        x = _layer(step, layer, x, ple)
+
+    if logits:
+        h = rms_norm(g, x, bank.vector(g, "norm.weight"), eps)
+        z = g.fully_connected(h, bank.fc(g, "lm_head"))
+        cap = text.final_logit_softcapping
+        if cap:
+            z = g.mul(g.tanh(g.div(z, np.float32(cap))), np.float32(cap))
+        g.output("logits", g.reshape(z, [1, T, text.vocab_size], name=f"{key}_logits_output"))
+    for name, t in step.cache_out.items():
+        g.output(name, t)
+    g.finish(key)
+
+
+def _ple_inputs(g: GraphBuilder, text: TextSpec, bank: WeightBank, x: Tensor, ple_in: Tensor,
+                T: int) -> Tensor:
+    """``(rmsnorm((x @ Wpm.T) · H^-0.5 → [T, L, P]) + tok) · 2^-0.5`` → [T, L, P]."""
+    L, P, H = text.num_layers, text.hidden_size_per_layer_input, text.hidden_size
+    ctx = g.mul(g.fully_connected(x, bank.fc(g, "per_layer_model_projection.weight")),
+                np.float32(H ** -0.5))
+    ctx = rms_norm(g, g.reshape(ctx, [T, L, P]), bank.vector(g, "per_layer_projection_norm.weight"),
+                   text.rms_norm_eps)
+    return g.mul(g.add(ctx, g.reshape(ple_in, [T, L, P])), np.float32(2.0 ** -0.5))
+
+
+def _layer(step: Step, layer, x: Tensor, ple: Tensor | None) -> Tensor:
+    g, bank, eps, T = step.g, step.bank, step.text.rms_norm_eps, step.T
+    pre = f"layers.{layer.index}."
+    h = rms_norm(g, x, bank.vector(g, pre + "input_layernorm.weight"), eps)
+    h = attention(step, layer, h)
+    x = g.add(x, rms_norm(g, h, bank.vector(g, pre + "post_attention_layernorm.weight"), eps))
+
+    h = rms_norm(g, x, bank.vector(g, pre + "pre_feedforward_layernorm.weight"), eps)
+    gate = g.gelu(g.fully_connected(h, bank.fc(g, pre + "mlp.gate_proj.weight")), approximate=True)
+    up = g.fully_connected(h, bank.fc(g, pre + "mlp.up_proj.weight"))
+    h = g.fully_connected(g.mul(gate, up), bank.fc(g, pre + "mlp.down_proj.weight"))
+    x = g.add(x, rms_norm(g, h, bank.vector(g, pre + "post_feedforward_layernorm.weight"), eps))
+
+    if ple is not None:
+        P = step.text.hidden_size_per_layer_input
+        ple_i = g.reshape(g.slice(ple, [0, layer.index, 0], [T, 1, P]), [T, P])
+        h = g.gelu(g.fully_connected(x, bank.fc(g, pre + "per_layer_input_gate.weight")),
+                   approximate=True)
+        h = g.fully_connected(g.mul(h, ple_i), bank.fc(g, pre + "per_layer_projection.weight"))
+        x = g.add(x, rms_norm(g, h, bank.vector(g, pre + "post_per_layer_input_norm.weight"), eps))
+    return g.mul(x, bank.vector(g, pre + "layer_scalar"))

@@ -1,0 +1,69 @@
+"""Prepare a big tensor in blocks of rows, so that converting a real-size model stays within a bounded
+amount of memory (E2B's per-layer-embedding table is 262144 × 8960: 9.4 GB as float32).
+
+``RowSlicer(preparer).prepare_rows(tp, r0, r1)`` runs the ordinary ``Preparer.prepare`` on rows
+[r0, r1) only: the stored tensor is read through a row-sliced ``TensorInfo`` (the same file and
+bytes, offset by whole rows), and sidecar scales are sliced alike. Every scheme the converter
+emits works row-locally, so the blocks give exactly what the whole tensor gives:
+per-channel scales are per row; dictionary codebooks are per group of ``rows_per_codebook`` rows
+(blocks are aligned to groups); float rows are rows. Block scales are per row too. Tensors held as
+compressed-tensors parts are not sliced (``can_slice`` is False): they are prepared whole.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections import ChainMap
+from dataclasses import replace
+
+import numpy as np
+
+from ..checkpoint import Checkpoint
+from ..quant.apply import Prepared, Preparer
+from ..quant.config import DictionaryConfig
+from ..quant.plan import TensorPlan
+
+BLOCK_F32_BYTES = 64 << 20   # rows per block: about this much float32
+
+
+def _canonical(tp: TensorPlan) -> str:
+    return "embed_tokens.weight" if tp.name == "lm_head" else tp.name
+
+
+class RowSlicer:
+    def __init__(self, preparer: Preparer, block_f32_bytes: int | None = None):
+        self.prep = preparer
+        self.block_bytes = BLOCK_F32_BYTES if block_f32_bytes is None else block_f32_bytes
+
+    def can_slice(self, tp: TensorPlan) -> bool:
+        canonical = _canonical(tp)
+        return (len(tp.shape) == 2 and canonical not in self.prep.binding.quantized
+                and canonical in self.prep.binding.text)
+
+    def blocks(self, tp: TensorPlan) -> list[tuple[int, int]] | None:
+        """Row ranges to prepare one at a time; None: small enough to prepare whole."""
+        rows, cols = tp.shape[0], math.prod(tp.shape[1:])
+        if rows * cols * 4 <= self.block_bytes or not self.can_slice(tp):
+            return None
+        align = 8   # whole bytes for 1/2/4-bit codes in any block
+        if isinstance(tp.config, DictionaryConfig):
+            align = math.lcm(align, tp.config.rows_per_codebook)
+        per = max(align, self.block_bytes // (4 * cols) // align * align)
+        if per >= rows:
+            return None
+        return [(r0, min(r0 + per, rows)) for r0 in range(0, rows, per)]
+
+    def prepare_rows(self, tp: TensorPlan, r0: int, r1: int) -> Prepared:
+        prep = self.prep
+        stored = prep.binding.text[_canonical(tp)]
+        info = prep.ckpt.tensors[stored]
+        row_bytes = info.nbytes // info.shape[0]
+        sliced = replace(info, shape=(r1 - r0,) + tuple(info.shape[1:]),
+                         offset=info.offset + r0 * row_bytes, nbytes=(r1 - r0) * row_bytes)
+        part = copy.copy(prep)
+        part.ckpt = Checkpoint(prep.ckpt.path, prep.ckpt.config, ChainMap({stored: sliced}, prep.ckpt.tensors))
+        role = "embed_tokens" if tp.name == "lm_head" else tp.role
+        if role in prep.sidecar:
+            part.sidecar = {**prep.sidecar, role: np.asarray(prep.sidecar[role])[r0:r1]}
+        return part.prepare(replace(tp, shape=(r1 - r0,) + tuple(tp.shape[1:])))

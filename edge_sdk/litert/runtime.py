@@ -1,0 +1,243 @@
+"""Run a converted model directory (``edge-sdk convert`` output) in the real LiteRT runtime.
+
+Self-contained on purpose: imports only numpy, json and ai_edge_litert, so this file can be
+pushed beside the validator's runner onto a device that has no edge_sdk.
+
+    m = LiteRTModel(out_dir, backend="xnnpack", api="interpreter")
+    logits = m.prefill(ids)        # [T, V]: logits of EVERY prompt position (cache carries over)
+    nxt = m.decode(int(logits[-1].argmax()))   # [V]
+    toks = m.greedy(ids, 16)       # reset + prefill + 16 argmax tokens
+    m.reset()
+
+How prompts run: in chunks of the model's prefill length T through the ``score_<T>``
+signature, which is ``prefill_<T>`` plus the logits of every position (what perplexity and KL
+divergence need; same weights, same cache update). A last chunk shorter than T is padded to T
+with its last token when the padded positions still fit the cache: the padded positions write
+K/V past the real ones, which the causal mask hides and later steps overwrite before they become
+visible. When they would not fit, the remaining tokens run through ``decode`` one by one.
+``prefill(ids, logits=False)`` uses ``prefill_<T>`` (the engine's signature; no logits).
+A model converted without ``score_<T>`` runs prompts through ``decode`` per position.
+
+Masks: additive float32 [1, 1, T, C], 0 where key position j <= the query's position, else
+-1e30 (causal over the whole cache; sliding windows are applied inside the graph).
+
+Backends: ``backend="xnnpack"`` (the Interpreter's default delegate, or CompiledModel with
+CpuKernelMode.XNNPACK and an XNNPACK weight cache FILE named with the model's sha256, since the
+cache is never invalidated when a model changes) or ``"builtin"`` (the reference kernels:
+``BUILTIN_WITHOUT_DEFAULT_DELEGATES`` / CpuKernelMode.BUILTIN; weights are read in place from the
+mmapped file). ``backend_info`` says what was asked for and set up.
+
+``check_logits`` refuses non-finite or constant logits (e.g. an INT2-blockwise model, which the
+builtin kernels run as all zeros, silently).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+
+import numpy as np
+
+MASKED = np.float32(-1e30)
+
+
+class OutputCheckError(RuntimeError):
+    """The model ran but its outputs cannot be right (non-finite or constant logits)."""
+
+
+def check_logits(logits: np.ndarray, what: str = "logits") -> None:
+    a = np.asarray(logits, np.float32)
+    a = a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
+    bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+    if bad:
+        raise OutputCheckError(f"{what}: {bad} non-finite values")
+    const = int(np.count_nonzero(a.max(axis=1) == a.min(axis=1)))
+    if const:
+        raise OutputCheckError(f"{what}: {const} of {a.shape[0]} rows are constant "
+                               f"(all {float(a[0, 0]):g}); the kernels computed nothing useful")
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Session:
+    """One .tflite file under one API/kernel choice: ``run(signature, feeds) -> outputs``."""
+
+    def __init__(self, path: str, backend: str, api: str, threads: int | None, cache_dir: str | None):
+        self.path, self.api, self.weight_cache = path, api, None
+        if api == "interpreter":
+            from ai_edge_litert.interpreter import Interpreter, OpResolverType
+            kind = (OpResolverType.AUTO if backend == "xnnpack"
+                    else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            self._it = Interpreter(model_path=path, num_threads=threads,
+                                   experimental_op_resolver_type=kind)
+            self._runners: dict = {}
+        elif api == "compiled":
+            from ai_edge_litert.compiled_model import CompiledModel, CpuKernelMode, CpuOptions, Options
+            kw = {"num_threads": int(threads or 0)}
+            if backend == "xnnpack":
+                kw["kernel_mode"] = CpuKernelMode.XNNPACK
+                self.weight_cache = self._cache_file(path, cache_dir)
+                kw["xnnpack_weight_cache_path"] = self.weight_cache
+            else:
+                kw["kernel_mode"] = CpuKernelMode.BUILTIN
+            self._cm = CompiledModel.from_file(path, options=Options(cpu_options=CpuOptions(**kw)))
+            self._bufs: dict = {}
+        else:
+            raise ValueError(f"api must be 'interpreter' or 'compiled', not {api!r}")
+
+    @staticmethod
+    def _cache_file(path: str, cache_dir: str | None) -> str:
+        d = cache_dir
+        if d is None:
+            d = os.path.join(os.path.dirname(os.path.abspath(path)), ".xnnpack_cache")
+            try:
+                os.makedirs(d, exist_ok=True)
+                if not os.access(d, os.W_OK):
+                    raise PermissionError(d)
+            except OSError:
+                d = os.path.join(tempfile.gettempdir(), "edge_sdk_xnnpack_cache")
+        os.makedirs(d, exist_ok=True)
+        stem = os.path.splitext(os.path.basename(path))[0]
+        return os.path.join(d, f"{stem}-{_sha256(path)}.xnnpack_cache")
+
+    def run(self, sig: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.api == "interpreter":
+            r = self._runners.get(sig)
+            if r is None:
+                r = self._runners[sig] = self._it.get_signature_runner(sig)
+            return r(**feeds)
+        if sig not in self._bufs:
+            details = self._cm.get_output_tensor_details(sig)
+            ins = {k: self._cm.create_input_buffer_by_name(sig, k) for k in feeds}
+            outs = {k: self._cm.create_output_buffer_by_name(sig, k) for k in details}
+            self._bufs[sig] = (ins, outs, details)
+        ins, outs, details = self._bufs[sig]
+        for k, v in feeds.items():
+            ins[k].write(np.ascontiguousarray(v))
+        self._cm.run_by_name(sig, ins, outs)
+        return {k: outs[k].read(int(np.prod(d["shape"])), np.dtype(d["dtype"])).reshape(d["shape"])
+                for k, d in details.items()}
+
+
+class LiteRTModel:
+    """A converted model directory in LiteRT (see the module docstring)."""
+
+    def __init__(self, out_dir: str | os.PathLike, *, backend: str = "xnnpack",
+                 api: str = "interpreter", threads: int | None = None,
+                 cache_dir: str | None = None):
+        if backend not in ("xnnpack", "builtin"):
+            raise ValueError(f"backend must be 'xnnpack' or 'builtin', not {backend!r}")
+        self.out_dir = os.fspath(out_dir)
+        with open(os.path.join(self.out_dir, "model.json"), encoding="utf-8") as f:
+            self.meta = json.load(f)
+        m = self.meta
+        self.backend, self.api, self.threads = backend, api, threads
+        self.context, self.prefill_length = int(m["context"]), int(m["prefill"])
+        self.vocab_size = int(m["vocab_size"])
+        self.signatures = m["signatures"]
+        self._s = {k: _Session(os.path.join(self.out_dir, v["file"]), backend, api, threads, cache_dir)
+                   for k, v in m["files"].items()}
+        self._buffers = m["kv_cache"]["buffers"]
+        self.reset()
+
+    # ---- state ----------------------------------------------------------------------
+    def reset(self) -> None:
+        """Empty the KV cache; the next token goes to position 0."""
+        self.pos = 0
+        self.cache = {b["name"]: np.zeros(b["shape"], np.dtype(b["dtype"])) for b in self._buffers}
+
+    @property
+    def backend_info(self) -> dict:
+        return {"backend": self.backend, "api": self.api, "threads": self.threads,
+                "kernels": ("XNNPACK delegate" if self.backend == "xnnpack" else "builtin (reference) kernels"),
+                "weight_cache": {k: s.weight_cache for k, s in self._s.items() if s.weight_cache},
+                "signatures": self.signatures}
+
+    # ---- pieces ---------------------------------------------------------------------
+    def _mask(self, start: int, t: int) -> np.ndarray:
+        q = np.arange(start, start + t)[:, None]
+        return np.where(np.arange(self.context)[None, :] <= q, np.float32(0), MASKED).astype(
+            np.float32).reshape(1, 1, t, self.context)
+
+    def _embed(self, ids: np.ndarray, role: str) -> dict[str, np.ndarray]:
+        tok = np.asarray(ids, np.int32).reshape(1, -1)
+        feeds = {"embeddings": self._s["embedder"].run(
+            self.signatures["embedder"][role], {"token_ids": tok})["embeddings"]}
+        if "per_layer_embedder" in self._s:
+            feeds["per_layer_embeddings"] = self._s["per_layer_embedder"].run(
+                self.signatures["per_layer_embedder"][role], {"token_ids": tok})["embeddings"]
+        return feeds
+
+    def _step(self, ids: np.ndarray, role: str) -> np.ndarray | None:
+        """Run ``ids`` (exactly the signature's length) at positions pos..; update the cache."""
+        t = len(ids)
+        feeds = self._embed(ids, "decode" if role == "decode" else "prefill")
+        feeds["input_pos"] = np.arange(self.pos, self.pos + t, dtype=np.int32)
+        feeds["mask"] = self._mask(self.pos, t)
+        feeds.update(self.cache)
+        out = self._s["prefill_decode"].run(self.signatures["prefill_decode"][role], feeds)
+        for k in self.cache:
+            self.cache[k] = out[k]
+        return out.get("logits")
+
+    def _room(self, n: int) -> None:
+        if self.pos + n > self.context:
+            raise ValueError(f"{self.pos + n} positions exceed the model's context {self.context}; reset() first")
+
+    # ---- API ------------------------------------------------------------------------
+    def decode(self, token: int) -> np.ndarray:
+        """One token at the next position; logits [V]."""
+        self._room(1)
+        logits = self._step(np.asarray([int(token)]), "decode")
+        self.pos += 1
+        return np.asarray(logits, np.float32).reshape(self.vocab_size)
+
+    def prefill(self, ids, *, logits: bool = True) -> np.ndarray | None:
+        """Run ``ids`` at the next positions; logits [len(ids), V] of every position (None with
+        ``logits=False``, which uses the engine's ``prefill_<T>``)."""
+        ids = np.asarray(ids, np.int64).reshape(-1)
+        if ids.size == 0:
+            raise ValueError("prefill needs at least one token")
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            raise ValueError(f"token id out of range [0, {self.vocab_size})")
+        self._room(ids.size)
+        T = self.prefill_length
+        role = "score" if logits else "prefill"
+        if role not in self.signatures["prefill_decode"]:   # converted without score_<T>
+            rows = [self.decode(int(i)) for i in ids]
+            return np.stack(rows) if logits else None
+        rows = []
+        for s in range(0, ids.size, T):
+            chunk = ids[s:s + T]
+            m = chunk.size
+            if m < T and self.pos + T > self.context:   # padding would run past the cache
+                for tok in chunk:
+                    rows.append(self.decode(int(tok))[None])
+                continue
+            padded = np.concatenate([chunk, np.full(T - m, chunk[-1])]) if m < T else chunk
+            out = self._step(padded, role)
+            self.pos += m
+            if logits:
+                rows.append(np.asarray(out, np.float32).reshape(T, self.vocab_size)[:m])
+        return np.concatenate(rows) if logits else None
+
+    def greedy(self, ids, n: int) -> list[int]:
+        """Reset, prefill ``ids`` and take ``n`` argmax tokens (EOS does not stop it)."""
+        self.reset()
+        out: list[int] = []
+        if n <= 0:
+            return out
+        logits = self.prefill(ids)[-1]
+        for step in range(n):
+            out.append(int(np.argmax(logits)))
+            if step + 1 < n:
+                logits = self.decode(out[-1])
+        return out

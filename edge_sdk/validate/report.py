@@ -1,0 +1,182 @@
+"""``ValidationReport``: what ``edge-sdk validate`` found, as ``report.json``, ``report.md`` and
+``memory.png``.
+
+``report.json`` (every byte figure in bytes; GB = 10^9, GiB = 2^30 in the text):
+
+- ``verdict`` ("pass" / "fail"), ``passed``, ``reasons`` (one line per failed gate), ``warnings``;
+- ``target`` ("host", or the device serial), ``backend`` (the kernels that ran), ``kernels``
+  (requested vs ran, API, threads, fallbacks, the runtime's own ``backend_info``);
+- ``memory``: ``peak_rss_bytes`` (VmHWM of the runner), ``baseline_rss_bytes`` (its RSS after
+  imports, before loading), ``model_peak_bytes`` (= peak − baseline: the model's share, which the
+  budget gates), ``rss_anon_bytes`` / ``rss_file_bytes`` (split of the sampled peak),
+  ``ru_maxrss_bytes`` (getrusage cross-check), load time, sampling figures;
+- ``planned``: the planner's estimate at the same context (resident weights, mapped rows touched,
+  KV cache, activations, peak) — or null when the source checkpoint is not at hand;
+- ``speed``: ``prefill_tokens_per_s``, ``decode_tokens_per_s``, ``time_to_first_token_s`` (medians)
+  and their spread (min/max/IQR/runs);
+- ``quality``: ``ppl``, ``ppl_reference``, ``kld_mean``, ``kld_p99``, ``top1_agreement`` (+ median/max
+  KLD, top-1 accuracies, positions), or null with ``--no-quality``;
+- ``budget``: ``limit_bytes``, ``checked`` ("model_peak_bytes"), ``measured_bytes``, ``passed``;
+- ``gates``, ``evaluation`` (text, tokens, windows, context, method), ``runner`` (raw result).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..units import fmt_bytes
+
+REPORT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    model_dir: str
+    target: str
+    backend: str
+    kernels: dict
+    memory: dict
+    speed: dict
+    budget: dict
+    gates: dict
+    evaluation: dict
+    passed: bool
+    reasons: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    quality: dict | None = None
+    planned: dict | None = None
+    runner: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.passed else "fail"
+
+    def to_json(self) -> dict:
+        return {
+            "version": REPORT_VERSION,
+            "model_dir": self.model_dir,
+            "verdict": self.verdict,
+            "passed": self.passed,
+            "reasons": list(self.reasons),
+            "warnings": list(self.warnings),
+            "target": self.target,
+            "backend": self.backend,
+            "kernels": self.kernels,
+            "memory": self.memory,
+            "planned": self.planned,
+            "speed": self.speed,
+            "quality": self.quality,
+            "budget": self.budget,
+            "gates": self.gates,
+            "evaluation": self.evaluation,
+            "runner": self.runner,
+        }
+
+    def summary(self) -> str:
+        """One line for the terminal."""
+        m, s = self.memory, self.speed
+        line = (f"{self.verdict.upper()}: model share {fmt_bytes(m['model_peak_bytes'])} of peak RSS "
+                f"{fmt_bytes(m['peak_rss_bytes'])}; prefill {_num(s['prefill_tokens_per_s'])} tok/s, "
+                f"decode {_num(s['decode_tokens_per_s'])} tok/s")
+        if self.quality:
+            q = self.quality
+            line += (f"; PPL {q['ppl']:.3f} (ref {q['ppl_reference']:.3f}), KLD {q['kld_mean']:.4f}, "
+                     f"top-1 {q['top1_agreement']:.1%}")
+        return line + "".join(f"\n  - {r}" for r in self.reasons)
+
+    def to_markdown(self) -> str:
+        m, s, b = self.memory, self.speed, self.budget
+        out = [f"# Validation: {'PASS' if self.passed else 'FAIL'}", ""]
+        out += [f"- {r}" for r in self.reasons] or ["All gates passed."]
+        out += [f"- warning: {w}" for w in self.warnings]
+        out += ["", f"`{self.model_dir}` on **{self.target}**, backend **{self.backend}** "
+                f"({self.kernels.get('api')}, threads {self.kernels.get('threads')}); "
+                f"context {self.evaluation.get('context')}.", ""]
+        out += [_kernels_line(self.kernels), ""]
+        limit = b.get("limit_bytes")
+        out += ["## Memory (GB = 10^9 bytes)", "",
+                "| figure | measured | planned |", "|---|---:|---:|",
+                f"| **model share** = peak − baseline (gated) | **{fmt_bytes(m['model_peak_bytes'])}** | "
+                f"{_pl(self.planned, 'peak_bytes')} |",
+                f"| peak RSS (VmHWM, whole process) | {fmt_bytes(m['peak_rss_bytes'])} | |",
+                f"| baseline RSS (interpreter + imports) | {fmt_bytes(m['baseline_rss_bytes'])} | |",
+                f"| RssAnon at peak (model: +{fmt_bytes(m['model_rss_anon_bytes'])}) | "
+                f"{fmt_bytes(m['rss_anon_bytes'])} | |",
+                f"| RssFile at peak (model: +{fmt_bytes(m['model_rss_file_bytes'])}) | "
+                f"{fmt_bytes(m['rss_file_bytes'])} | |",
+                f"| getrusage ru_maxrss (cross-check) | {fmt_bytes(m['ru_maxrss_bytes'])} | |", ""]
+        p = self.planned
+        if p:
+            out += [f"Planned at context {p['context']}: resident weights {fmt_bytes(p['resident_bytes'])} + "
+                    f"mapped rows touched {fmt_bytes(p['mapped_touched_bytes'])} + KV cache "
+                    f"{fmt_bytes(p['kv_cache_bytes'])} + activations {fmt_bytes(p['activation_bytes'])} = "
+                    f"{fmt_bytes(p['peak_bytes'])} (mapped sections {fmt_bytes(p['mapped_bytes'])} on disk).", ""]
+        if limit is not None:
+            out += [f"Budget {fmt_bytes(limit)} checked against the **model share** "
+                    f"({fmt_bytes(b['measured_bytes'])}): {'passed' if b['passed'] else 'FAILED'}. "
+                    f"The whole-process peak is {fmt_bytes(m['peak_rss_bytes'])}.", ""]
+        else:
+            out += ["No budget given.", ""]
+        out += ["## Speed (median of runs, [min–max])", "", "| figure | value |", "|---|---:|",
+                f"| time to first token ({s['prompt_tokens']}-token prompt) | "
+                f"{_num(s['time_to_first_token_s'], 3)} s {_rng(s['time_to_first_token_spread'], 3)} |",
+                f"| prefill | {_num(s['prefill_tokens_per_s'])} tok/s {_rng(s['prefill_spread'])} |",
+                f"| decode | {_num(s['decode_tokens_per_s'])} tok/s {_rng(s['decode_spread'])} |",
+                f"| load | {_num(s['load_s'], 3)} s |", ""]
+        q = self.quality
+        if q:
+            g = self.gates
+            out += ["## Quality vs float reference (llama.cpp conventions)", "",
+                    "| metric | value | gate |", "|---|---:|---:|",
+                    f"| perplexity (model) | {q['ppl']:.4f} | |",
+                    f"| perplexity (reference) | {q['ppl_reference']:.4f} | |",
+                    f"| KLD mean | {q['kld_mean']:.5f} | ≤ {g.get('max_kld')} |",
+                    f"| KLD p99 | {q['kld_p99']:.5f} | |",
+                    f"| top-1 agreement | {q['top1_agreement']:.2%} | ≥ {g.get('min_top1')} |",
+                    "", f"{q['positions']} scored positions in {q['windows']} windows of ≤ "
+                    f"{self.evaluation.get('context')} tokens ({self.evaluation.get('method')}); "
+                    f"text: {self.evaluation.get('text')}; reference: {self.evaluation.get('reference')}.",
+                    ""]
+        else:
+            out += ["Quality not measured (--no-quality).", ""]
+        return "\n".join(out)
+
+    def save(self, directory: str | Path) -> dict[str, Path]:
+        """Write report.json, report.md and memory.png into ``directory``; return their paths."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        paths = {"json": d / "report.json", "md": d / "report.md", "png": d / "memory.png"}
+        paths["json"].write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        paths["md"].write_text(self.to_markdown() + "\n")
+        from .plot import plot_memory
+        plot_memory(self, paths["png"])
+        return paths
+
+
+def _kernels_line(k: dict) -> str:
+    parts = []
+    for name, c in (k.get("census") or {}).items():
+        if "ops" not in c:
+            continue
+        glue = ", ".join(f"{op}×{n}" for op, n in c["builtin_ops"].items())
+        parts.append(f"{name}: {c['delegated_ops']}/{c['ops']} ops in XNNPACK" + (f" (builtin: {glue})" if glue else ""))
+    line = "Kernels: " + ("; ".join(parts) if parts else "no census") + "."
+    return line + "".join(f" **Unexpected: {f}.**" for f in k.get("fallbacks", []))
+
+
+def _num(v, digits: int = 1) -> str:
+    return "n/a" if v is None else f"{v:,.{digits}f}"
+
+
+def _rng(sp: dict | None, digits: int = 1) -> str:
+    if not sp or sp.get("min") is None:
+        return ""
+    return f"[{sp['min']:,.{digits}f}–{sp['max']:,.{digits}f}]"
+
+
+def _pl(planned: dict | None, key: str) -> str:
+    if not planned or planned.get(key) is None:
+        return "–"
+    return fmt_bytes(planned[key])

@@ -1,0 +1,400 @@
+"""The measuring child process: load a converted model, run it, and write what it cost.
+
+    python -m edge_sdk.validate.runner --model OUT_DIR --ids-file IDS --out result.json
+        [--logits LOGITS.npy] [--backend xnnpack|builtin] [--api interpreter|compiled]
+        [--threads N] [--runs 5] [--prompt-tokens 128] [--decode-tokens 32] [--chunk N]
+
+The validator spawns this as a fresh process so that the memory figures are this process alone.
+The same file runs standalone on a Linux device with Python (the adb path pushes it beside the
+runtime): its imports are numpy, ai_edge_litert (through the runtime) and
+``edge_sdk.litert.runtime`` (or a sibling ``runtime.py`` when edge_sdk is not installed).
+
+Order of events (every figure in ``result.json`` says which it is):
+
+1. imports; then **baseline**: VmRSS / RssAnon / RssFile read from ``/proc/self/status`` before the
+   model is touched. A sampling thread starts reading ``/proc/self/status`` every ``--sample-ms``
+   (invoke releases the GIL, so it samples during inference too) and keeps the RssAnon/RssFile of
+   the sample with the largest VmRSS, i.e. the split *at* the peak.
+2. **load** (timed): ``LiteRTModel(out_dir, backend=..., api=..., threads=...)``.
+3. **eval**: each window of ``IDS`` from a fresh cache (``reset``), fed to ``prefill`` in chunks
+   of ``--chunk`` tokens (default: the model's prefill length); logits of every position are
+   appended to ``--logits`` with plain ``write`` calls (page cache, not this process's RSS). The
+   last window is followed by ``--decode-tokens`` greedy decode steps, so a window of
+   ``context - decode_tokens`` tokens fills the KV cache to the context.
+4. **speed**: ``--runs`` times: reset, prefill the first ``--prompt-tokens`` tokens of the first
+   window (time to first token = prefill + argmax), then ``--decode-tokens`` greedy steps.
+   Medians with min/max and interquartile range.
+5. **peak**: VmHWM (what the budget is checked against), ``getrusage(RUSAGE_SELF).ru_maxrss``
+   (the kernel's own high-water mark, for cross-checking), the sampled split at the peak.
+
+Logit sanity (non-finite values, rows that are constant) is counted here as they stream by.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import threading
+import time
+
+import numpy as np
+
+try:
+    from edge_sdk.litert.runtime import LiteRTModel
+except ImportError:  # standalone on a device: runtime.py pushed beside this file
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from runtime import LiteRTModel  # type: ignore[no-redef]
+
+RESULT_VERSION = 1
+_FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")
+_NAMES = {"VmRSS": "rss", "RssAnon": "rss_anon", "RssFile": "rss_file", "RssShmem": "rss_shmem"}
+
+
+def read_status(path: str = "/proc/self/status") -> dict[str, int]:
+    """The memory lines of a /proc status file, in bytes (the file states kB = 1024 bytes)."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in _FIELDS:
+                out[key] = int(rest.split()[0]) * 1024
+    return out
+
+
+class PeakSampler(threading.Thread):
+    """Reads /proc/self/status every ``interval`` seconds; keeps the sample with the largest VmRSS."""
+
+    def __init__(self, interval: float):
+        super().__init__(daemon=True, name="rss-sampler")
+        self.interval = interval
+        self.phase = "baseline"
+        self.samples = 0
+        self.peak: dict = {"VmRSS": -1}
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+
+    def sample(self) -> None:
+        s = read_status()
+        with self._lock:
+            self.samples += 1
+            if s.get("VmRSS", 0) > self.peak["VmRSS"]:
+                self.peak = dict(s, phase=self.phase, t=time.perf_counter())
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.sample()
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+        self.sample()
+
+
+class LogitSink:
+    """Streams [rows, V] float32 blocks into an .npy file whose header states the final shape;
+    counts non-finite values and constant rows as they pass."""
+
+    def __init__(self, path: str | None, rows: int, vocab: int):
+        self.rows, self.vocab, self.written = rows, vocab, 0
+        self.nonfinite = 0
+        self.constant_rows = 0
+        self.max_abs = 0.0
+        self.same_as_first = 0  # rows equal to the very first row (a model that ignores its input)
+        self._first = None
+        self._f = None
+        if path:
+            self._f = open(path, "wb")
+            np.lib.format.write_array_header_2_0(
+                self._f, {"descr": np.dtype("<f4").str, "fortran_order": False, "shape": (rows, vocab)})
+
+    def add(self, block: np.ndarray) -> None:
+        block = np.asarray(block, dtype=np.float32).reshape(-1, self.vocab)
+        finite = np.isfinite(block)
+        self.nonfinite += int(block.size - np.count_nonzero(finite))
+        if finite.all():
+            self.max_abs = max(self.max_abs, float(np.abs(block).max(initial=0.0)))
+            self.constant_rows += int(np.count_nonzero(block.max(axis=1) == block.min(axis=1)))
+        if self._first is None and len(block):
+            self._first = block[0].copy()
+        self.same_as_first += int(np.count_nonzero((block == self._first).all(axis=1)))
+        if self._f is not None:
+            self._f.write(np.ascontiguousarray(block).tobytes())
+        self.written += block.shape[0]
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+
+
+def load_ids(path: str) -> list[np.ndarray]:
+    """Windows of token ids: .json ``{"windows": [[...], ...]}`` or a list; .npy 1-D or 2-D."""
+    if path.endswith(".npy"):
+        a = np.load(path)
+        windows = [a] if a.ndim == 1 else list(a)
+    else:
+        with open(path) as f:
+            data = json.load(f)
+        windows = data["windows"] if isinstance(data, dict) else data
+        if windows and not isinstance(windows[0], list):
+            windows = [windows]
+    out = [np.asarray(w, dtype=np.int32) for w in windows]
+    if not out or any(w.ndim != 1 or w.size == 0 for w in out):
+        raise SystemExit(f"runner: {path}: no token windows")
+    return out
+
+
+def spread(values: list[float]) -> dict:
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        return {"median": None, "min": None, "max": None, "q1": None, "q3": None, "runs": []}
+    q1, med, q3 = np.percentile(a, [25, 50, 75])
+    return {"median": float(med), "min": float(a.min()), "max": float(a.max()), "q1": float(q1),
+            "q3": float(q3), "runs": [float(v) for v in a]}
+
+
+def _prefill_no_logits(model, ids: np.ndarray) -> None:
+    try:
+        model.prefill(ids, logits=False)   # the engine's prefill signature: no logits computed
+    except TypeError:                      # a runtime without the keyword
+        model.prefill(ids)
+
+
+def prefill_chunked(model, ids: np.ndarray, chunk: int, sink: LogitSink | None) -> np.ndarray:
+    """Prefill ``ids`` in chunks of ``chunk`` (the cache carries over); return the last position's
+    logits. With a sink every position's logits are computed and streamed to it; without one the
+    prompt but its last token runs without logits and the last token through ``decode`` (how an
+    app gets its first token)."""
+    if sink is None:
+        for s in range(0, len(ids) - 1, chunk):
+            _prefill_no_logits(model, ids[s:min(s + chunk, len(ids) - 1)])
+        return np.asarray(model.decode(int(ids[-1])))
+    last = None
+    for s in range(0, len(ids), chunk):
+        logits = np.asarray(model.prefill(ids[s:s + chunk]))
+        sink.add(logits)
+        last = logits[-1]
+    return last
+
+
+def decode_steps(model, first: np.ndarray, n: int, sink: LogitSink | None = None) -> tuple[list[int], list[float]]:
+    """Greedy decode ``n`` tokens after logits ``first``; (tokens, per-step seconds)."""
+    tokens, times, logits = [], [], first
+    for _ in range(n):
+        tok = int(np.argmax(logits))
+        t0 = time.perf_counter()
+        logits = np.asarray(model.decode(tok))
+        times.append(time.perf_counter() - t0)
+        tokens.append(tok)
+        if sink is not None:
+            sink.add(logits)
+    return tokens, times
+
+
+HEAVY_OPS = ("FULLY_CONNECTED", "BATCH_MATMUL", "CONV_2D")
+
+
+def _delegated(ops: list[dict]) -> set[int]:
+    """Indices of the original nodes each DELEGATE node replaced: walk back from the delegate's
+    outputs to its inputs through the producers (the partition is exactly that set)."""
+    producer = {}
+    for op in ops:
+        if op["op_name"] != "DELEGATE":
+            for t in op["outputs"]:
+                producer[int(t)] = op["index"]
+    by_index = {op["index"]: op for op in ops}
+    covered: set[int] = set()
+    for d in (op for op in ops if op["op_name"] == "DELEGATE"):
+        boundary = {int(t) for t in d["inputs"]}
+        stack = [int(t) for t in d["outputs"]]
+        while stack:
+            t = stack.pop()
+            n = producer.get(t)
+            if t in boundary or n is None or n in covered:
+                continue
+            covered.add(n)
+            stack.extend(int(x) for x in by_index[n]["inputs"] if x >= 0)
+    return covered
+
+
+def kernel_census(model) -> dict:
+    """Which ops of each interpreter's primary subgraph ran inside the XNNPACK delegate and which
+    on builtin kernels (Interpreter API only; reads the runtime's interpreters)."""
+    out = {}
+    for key, sess in (getattr(model, "_s", None) or {}).items():
+        it = getattr(sess, "_it", None)
+        if it is None:
+            continue
+        try:
+            ops = it._get_ops_details()
+        except Exception as e:  # noqa: BLE001 - a census is best effort, never fatal
+            out[key] = {"error": str(e)}
+            continue
+        covered = _delegated(ops)
+        builtin: dict[str, int] = {}
+        for op in ops:
+            if op["op_name"] != "DELEGATE" and op["index"] not in covered:
+                builtin[op["op_name"]] = builtin.get(op["op_name"], 0) + 1
+        out[key] = {"ops": sum(1 for op in ops if op["op_name"] != "DELEGATE"),
+                    "delegates": sum(1 for op in ops if op["op_name"] == "DELEGATE"),
+                    "delegated_ops": len(covered), "builtin_ops": dict(sorted(builtin.items())),
+                    "heavy_builtin": {k: v for k, v in builtin.items() if k in HEAVY_OPS}}
+    return out
+
+
+def _model_meta(model_dir: str) -> dict:
+    try:
+        with open(os.path.join(model_dir, "model.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)
+
+
+def run(args: argparse.Namespace) -> dict:
+    windows = load_ids(args.ids_file)
+    # the LiteRT libraries belong to the baseline (the app's runtime has them too), not to the model
+    import ai_edge_litert.interpreter  # noqa: F401
+    if args.api == "compiled":
+        import ai_edge_litert.compiled_model  # noqa: F401
+    baseline = read_status()
+    hwm_before = baseline.get("VmHWM", 0)
+    sampler = PeakSampler(args.sample_ms / 1000.0)
+    sampler.sample()
+    sampler.start()
+
+    sampler.phase = "load"
+    t0 = time.perf_counter()
+    model = LiteRTModel(args.model, backend=args.backend, api=args.api, threads=args.threads)
+    load_s = time.perf_counter() - t0
+    sampler.sample()
+    after_load = read_status()
+    meta = _model_meta(args.model)
+    chunk = args.chunk or getattr(model, "prefill_length", None) or meta.get("prefill") or 128
+
+    sampler.phase = "eval"
+    vocab = int(getattr(model, "vocab_size", None) or meta["vocab_size"])
+    rows = sum(len(x) for x in windows) + args.decode_tokens
+    sink = LogitSink(args.logits, rows, vocab) if args.logits else None
+    check = LogitSink(None, 0, vocab) if sink is None else sink   # sanity counts without a file
+    eval_tokens, t_eval, generated, fill_times = 0, 0.0, [], []
+    for i, w in enumerate(windows):
+        model.reset()
+        t0 = time.perf_counter()
+        last = prefill_chunked(model, w, chunk, sink)
+        t_eval += time.perf_counter() - t0
+        eval_tokens += len(w)
+        if sink is None:
+            check.add(last)
+        if i == len(windows) - 1:  # fill the cache to the context with decode steps
+            generated, fill_times = decode_steps(model, last, args.decode_tokens, check)
+        sampler.sample()
+    check.close()
+
+    sampler.phase = "speed"
+    prompt = windows[0][: max(1, min(args.prompt_tokens, len(windows[0])))]
+    ttft, prefill_tps, decode_tps = [], [], []
+    for _ in range(args.runs):
+        model.reset()
+        t0 = time.perf_counter()
+        last = prefill_chunked(model, prompt, chunk, None)
+        int(np.argmax(last))
+        dt = time.perf_counter() - t0
+        ttft.append(dt)
+        prefill_tps.append(len(prompt) / dt)
+        if args.decode_tokens:
+            _, times = decode_steps(model, last, args.decode_tokens)
+            decode_tps.append(len(times) / sum(times))
+        sampler.sample()
+
+    sampler.phase = "end"
+    sampler.stop()
+    end = read_status()
+    ru_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
+    peak = sampler.peak
+    info = getattr(model, "backend_info", None)
+    return _jsonable({
+        "version": RESULT_VERSION,
+        "pid": os.getpid(), "python": sys.version.split()[0], "platform": platform.platform(),
+        "machine": platform.machine(), "page_size": os.sysconf("SC_PAGE_SIZE"),
+        "model_dir": os.path.abspath(args.model),
+        "requested": {"backend": args.backend, "api": args.api, "threads": args.threads},
+        "backend_info": info() if callable(info) else info,
+        "kernels": kernel_census(model),
+        "memory": {
+            **{f"baseline_{n}_bytes": baseline.get(k) for k, n in _NAMES.items()},
+            "baseline_hwm_bytes": hwm_before, "after_load_rss_bytes": after_load["VmRSS"],
+            "peak_rss_bytes": end["VmHWM"], "ru_maxrss_bytes": ru_maxrss, "end_rss_bytes": end["VmRSS"],
+            "sampled_peak_rss_bytes": peak.get("VmRSS"),
+            **{f"{n}_at_peak_bytes": peak.get(k) for k, n in _NAMES.items() if k != "VmRSS"},
+            "peak_phase": peak.get("phase"), "samples": sampler.samples, "sample_interval_s": sampler.interval,
+        },
+        "timing": {
+            "load_s": load_s,
+            "chunk": chunk,
+            "eval": {"windows": len(windows), "tokens": eval_tokens, "seconds": t_eval,
+                     "tokens_per_s": eval_tokens / t_eval if t_eval else None,
+                     "window_tokens": [len(w) for w in windows]},
+            "fill_decode": {"tokens": len(fill_times), "seconds": sum(fill_times),
+                            "tokens_per_s": len(fill_times) / sum(fill_times) if fill_times else None,
+                            "context_reached": len(windows[-1]) + len(fill_times)},
+            "prompt_tokens": len(prompt),
+            "decode_tokens": args.decode_tokens,
+            "runs": args.runs,
+            "time_to_first_token_s": spread(ttft),
+            "prefill_tokens_per_s": spread(prefill_tps),
+            "decode_tokens_per_s": spread(decode_tps),
+        },
+        "logits": {"path": os.path.abspath(args.logits) if args.logits else None,
+                   "shape": [check.written, vocab], "dtype": "float32",
+                   "checked_rows": check.written, "nonfinite": check.nonfinite,
+                   "constant_rows": check.constant_rows, "rows_equal_to_first": check.same_as_first,
+                   "max_abs": check.max_abs},
+        "generated": generated,
+    })
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edge_sdk.validate.runner", description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, help="converted model directory")
+    ap.add_argument("--ids-file", required=True, help=".json {'windows': [[ids]]} or .npy of token ids")
+    ap.add_argument("--out", required=True, help="result JSON path")
+    ap.add_argument("--logits", default=None, help="write every position's logits here (.npy)")
+    ap.add_argument("--backend", default="xnnpack", choices=("xnnpack", "builtin"))
+    ap.add_argument("--api", default="interpreter", choices=("interpreter", "compiled"))
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--runs", type=int, default=5, help="timed speed runs (median reported)")
+    ap.add_argument("--prompt-tokens", type=int, default=128, help="prompt length of the speed runs")
+    ap.add_argument("--decode-tokens", type=int, default=32, help="greedy decode steps per run")
+    ap.add_argument("--chunk", type=int, default=None, help="prefill chunk (default: model's prefill length)")
+    ap.add_argument("--sample-ms", type=float, default=2.0, help="RSS sampling interval")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = run(args)
+    tmp = args.out + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""Validate a converted model on the host interpreter: memory against the budget, speed, quality.
+
+``validate(model_dir, ...)`` spawns ``edge_sdk.validate.runner`` as a fresh child process (so the
+memory figures are that process alone), reads its result and logits, runs the float reference for
+the same tokens, and returns a ``ValidationReport`` with the verdict.
+
+Gates (each failure is one line in ``reasons``; any failure → exit 1):
+- **budget** on the model's share of peak RSS, ``model_peak_bytes = VmHWM − baseline RSS`` (the
+  baseline is the runner's RSS after its imports, before loading: the Python interpreter, NumPy and
+  the LiteRT libraries, which the app's own runtime replaces). The whole-process peak is reported
+  beside it.
+- **sanity**: any non-finite logit, any constant logit row, or every row identical (a model that
+  ignores its input, e.g. INT2-blockwise weights that the builtin kernels turn into zeros).
+- **quality** (unless ``quality=False``): ``kld_mean <= max_kld`` and ``top1_agreement >= min_top1``.
+- **kernels**: XNNPACK requested but the runtime reports builtin kernels (or a fallback) → warning
+  by default (the numbers are then not the numbers of the requested path), a failure with
+  ``strict_backend``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import EdgeSdkError, InputError
+from ..units import fmt_bytes, parse_size
+from . import quality as Q
+from .report import ValidationReport
+
+# Defaults for the mobile recipe (int2 MLP, int4 attention). llama.cpp on Llama-3-8B: q2_K has
+# KLD 0.33-0.45 and top-1 71%; q4_K_M 0.031 / 91.9%. A QAT'd int2/int4 model should not be worse
+# than post-training q2_K, so KLD mean <= 0.5 and top-1 >= 0.6 leave margin for a small model's
+# flatter distributions, while a broken conversion (scales off by 100x, zeros) lands at KLD >> 1
+# and top-1 near chance.
+DEFAULT_MAX_KLD = 0.5
+DEFAULT_MIN_TOP1 = 0.6
+RUNNER_TIMEOUT_S = 3600.0
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        raise InputError(f"not valid JSON: {e}", path=path) from None
+
+
+def model_meta(model_dir: Path) -> dict:
+    if not model_dir.is_dir():
+        raise InputError("no such model directory", path=model_dir,
+                         fix="pass the OUT_DIR written by `edge-sdk convert`")
+    meta = _read_json(model_dir / "model.json")
+    if meta is None:
+        raise InputError("model.json not found: not a converted model directory", path=model_dir,
+                         fix="pass the OUT_DIR written by `edge-sdk convert`")
+    return meta
+
+
+def _meta_int(meta: dict, *keys: str) -> int | None:
+    for k in keys:
+        v = meta.get(k)
+        if isinstance(v, dict):
+            v = v.get("length") or v.get("tokens")
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def _special(meta: dict, name: str) -> int | None:
+    v = meta.get(f"{name}_token_id", meta.get(name))
+    if isinstance(v, dict):
+        v = v.get("id")
+    if isinstance(v, list):
+        v = v[0] if v else None
+    return v if isinstance(v, int) else None
+
+
+def load_token_file(path: str | Path) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("no such token file", path=p)
+    if p.suffix == ".npy":
+        return np.load(p).astype(np.int32).reshape(-1)
+    data = json.loads(p.read_text())
+    data = data.get("ids", data.get("windows")) if isinstance(data, dict) else data
+    return np.asarray(data, dtype=np.int32).reshape(-1)
+
+
+def eval_tokens(model_dir: Path, meta: dict, *, text, tokens, want_text: bool) -> tuple[np.ndarray | None, str]:
+    """The token stream to evaluate on, and a description of where it came from."""
+    if tokens is not None:
+        return load_token_file(tokens), f"token ids from {tokens}"
+    tok = Q.load_tokenizer(model_dir)
+    if tok is None:
+        if want_text:
+            raise InputError("the model has no tokenizer.json to tokenize the evaluation text",
+                             path=model_dir, fix="pass --tokens IDS.npy, or --no-quality")
+        return None, "synthetic"
+    bos, eos = _special(meta, "bos"), _special(meta, "eos")
+    if text is not None:
+        p = Path(text)
+        if not p.is_file():
+            raise InputError("no such text file", path=p)
+        return Q.token_stream(tok, [p.read_text()], bos, None), str(p)
+    split = Q.TINY_MODEL_DIR / "split.json"
+    if not want_text and not split.is_file():
+        return None, "synthetic"
+    return Q.token_stream(tok, Q.heldout_texts(split), bos, eos), f"held-out split {split}"
+
+
+def synthetic_window(length: int, vocab: int, context: int, seed: int = 0) -> np.ndarray:
+    """Random ids drawn from ``context // 4`` distinct tokens (the planner's distinct-token ratio)."""
+    rng = np.random.default_rng(seed)
+    pool = rng.choice(vocab, size=max(1, min(vocab, context // 4)), replace=False)
+    return pool[rng.integers(0, len(pool), size=length)].astype(np.int32)
+
+
+def run_runner(model_dir: Path, windows: list[np.ndarray], work: Path, *, logits: bool, backend: str,
+               api: str, threads: int | None, runs: int, prompt_tokens: int, decode_tokens: int,
+               timeout: float = RUNNER_TIMEOUT_S, keep_log: bool = True) -> dict:
+    """Spawn the runner child process; its result dict (raises EdgeSdkError when it fails)."""
+    ids = work / "ids.json"
+    ids.write_text(json.dumps({"windows": [w.tolist() for w in windows]}))
+    out = work / "runner_result.json"
+    cmd = [sys.executable, "-m", "edge_sdk.validate.runner", "--model", str(model_dir), "--ids-file", str(ids),
+           "--out", str(out), "--backend", backend, "--api", api, "--runs", str(runs),
+           "--prompt-tokens", str(prompt_tokens), "--decode-tokens", str(decode_tokens)]
+    if logits:
+        cmd += ["--logits", str(work / "logits.npy")]
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
+    log = work / "runner.log"
+    # Through a small shell that forks the runner: Linux folds the RSS of the process that execs into
+    # the new program's ru_maxrss (exec keeps signal->maxrss), so a runner spawned straight from a
+    # large parent (pytest with torch: 400+ MB) would report the parent's RSS in getrusage; a forked
+    # child of /bin/sh starts from the shell's ~1 MB. VmHWM is per address space and unaffected.
+    if os.path.exists("/bin/sh"):
+        cmd = ["/bin/sh", "-c", '"$@"; rc=$?; exit $rc', "sh", *cmd]
+    try:
+        with open(log, "w") as f:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        raise EdgeSdkError(f"the runner did not finish within {timeout:.0f} s", path=model_dir) from None
+    if rc != 0 or not out.is_file():
+        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-4:])
+        tail = tail if len(tail) < 800 else tail[:400] + " ... " + tail[-400:]
+        raise EdgeSdkError(f"the runner failed (exit {rc}): {tail}", path=model_dir,
+                           fix=f"see {log}" if keep_log else "rerun with --report DIR to keep the runner's log")
+    return json.loads(out.read_text())
+
+
+def kernel_report(requested: str, api: str, threads: int | None, r: dict) -> tuple[str, dict, list[str]]:
+    """(backend that ran, kernels dict, unexpected-fallback messages) from the runner's census of
+    each interpreter's primary subgraph (which ops the XNNPACK delegate took) and the runtime's
+    ``backend_info``. Expected on builtin kernels under XNNPACK: lookups, casts, cache updates and
+    other cheap glue; unexpected: a FULLY_CONNECTED / BATCH_MATMUL left out, or no delegate at all."""
+    census = r.get("kernels") or {}
+    fallbacks: list[str] = []
+    ran = requested
+    if census:
+        delegated = sum(c.get("delegated_ops", 0) for c in census.values())
+        heavy = {f"{m}:{op}": n for m, c in census.items() for op, n in (c.get("heavy_builtin") or {}).items()}
+        if requested == "xnnpack":
+            if delegated == 0:
+                ran = "builtin"
+                fallbacks.append("XNNPACK was requested but no op ran in the XNNPACK delegate: every op "
+                                 "ran on the builtin kernels")
+            elif heavy:
+                fallbacks.append("XNNPACK was requested but these heavy ops ran on builtin kernels: "
+                                 + ", ".join(f"{k} x{v}" for k, v in sorted(heavy.items())))
+        elif delegated:
+            ran = "xnnpack"
+            fallbacks.append(f"builtin kernels were requested but {delegated} ops ran in the XNNPACK delegate")
+    elif api == "interpreter":
+        fallbacks.append("no kernel census from the runtime: which kernels ran is not verified")
+    return ran, {"requested": requested, "ran": ran, "api": api, "threads": threads, "fallbacks": fallbacks,
+                 "census": census, "census_scope": "primary subgraph (prefill) of each .tflite",
+                 "backend_info": r.get("backend_info")}, fallbacks
+
+
+def memory_figures(r: dict) -> dict:
+    m = r["memory"]
+    base, peak = m["baseline_rss_bytes"], m["peak_rss_bytes"]
+    anon, file_ = m.get("rss_anon_at_peak_bytes") or 0, m.get("rss_file_at_peak_bytes") or 0
+    return {
+        "peak_rss_bytes": peak, "baseline_rss_bytes": base, "model_peak_bytes": peak - base,
+        "rss_anon_bytes": anon, "rss_file_bytes": file_,
+        "rss_shmem_bytes": m.get("rss_shmem_at_peak_bytes") or 0,
+        "model_rss_anon_bytes": anon - (m.get("baseline_rss_anon_bytes") or 0),
+        "model_rss_file_bytes": file_ - (m.get("baseline_rss_file_bytes") or 0),
+        "model_rss_shmem_bytes": (m.get("rss_shmem_at_peak_bytes") or 0) - (m.get("baseline_rss_shmem_bytes") or 0),
+        "ru_maxrss_bytes": m["ru_maxrss_bytes"], "sampled_peak_rss_bytes": m.get("sampled_peak_rss_bytes"),
+        "after_load_rss_bytes": m.get("after_load_rss_bytes"), "peak_phase": m.get("peak_phase"),
+        "samples": m.get("samples"), "sample_interval_s": m.get("sample_interval_s"),
+        "page_size": r.get("page_size"), "units": "bytes (GB = 10^9)",
+    }
+
+
+def speed_figures(r: dict) -> dict:
+    t = r["timing"]
+    return {
+        "prefill_tokens_per_s": t["prefill_tokens_per_s"]["median"],
+        "decode_tokens_per_s": t["decode_tokens_per_s"]["median"],
+        "time_to_first_token_s": t["time_to_first_token_s"]["median"],
+        "prefill_spread": t["prefill_tokens_per_s"], "decode_spread": t["decode_tokens_per_s"],
+        "time_to_first_token_spread": t["time_to_first_token_s"],
+        "prompt_tokens": t["prompt_tokens"], "decode_tokens": t["decode_tokens"], "runs": t["runs"],
+        "load_s": t["load_s"], "eval_prefill_tokens_per_s": t["eval"]["tokens_per_s"],
+        "decode_at_context_tokens_per_s": t["fill_decode"]["tokens_per_s"], "prefill_chunk": t["chunk"],
+    }
+
+
+def sanity_reasons(r: dict) -> list[str]:
+    lg = r["logits"]
+    rows = lg["shape"][0]
+    out = []
+    if lg["nonfinite"]:
+        out.append(f"{lg['nonfinite']} non-finite logits (NaN/inf): the model's arithmetic overflowed or "
+                   "its weights/scales are broken")
+    if lg["constant_rows"]:
+        out.append(f"{lg['constant_rows']} of {rows} logit rows are constant (every vocabulary entry equal, "
+                   f"max |logit| {lg['max_abs']:.3g}): the model produces no signal (e.g. all-zero weights)")
+    elif rows > 1 and lg.get("rows_equal_to_first") == rows:
+        out.append(f"all {rows} logit rows are identical: the output does not depend on the input")
+    return out
+
+
+def validate(model_dir: str | Path, *, reference: str | Path | None = None, text: str | Path | None = None,
+             tokens: str | Path | None = None, budget: str | int | None = None, context: int | None = None,
+             report: str | Path | None = None, threads: int | None = None, backend: str = "xnnpack",
+             api: str = "interpreter", max_kld: float = DEFAULT_MAX_KLD, min_top1: float = DEFAULT_MIN_TOP1,
+             quality: bool = True, max_tokens: int | None = None, runs: int = 5, prompt_tokens: int = 128,
+             decode_tokens: int = 32, strict_backend: bool = False, target: str = "host",
+             plan_memory: Callable[[int, int], dict | None] | None = None) -> ValidationReport:
+    """Run ``model_dir`` in a child process and judge it. ``plan_memory(context, distinct_tokens)``
+    (from the pipeline) gives the planner's figures for the report; ``report`` is a directory for
+    report.json / report.md / memory.png (and the logits, ids and raw runner result)."""
+    mdir = Path(model_dir)
+    meta = model_meta(mdir)
+    if backend not in ("xnnpack", "builtin"):
+        raise InputError(f"backend {backend!r} is not one of xnnpack, builtin")
+    limit = None if budget is None else parse_size(budget)
+    model_ctx = _meta_int(meta, "context", "max_context", "kv_cache_length")
+    ctx = context or model_ctx or 512
+    if model_ctx is not None and ctx > model_ctx:
+        raise InputError(f"--context {ctx} exceeds the model's context {model_ctx}", path=mdir / "model.json",
+                         fix=f"use --context <= {model_ctx}, or convert with a longer context")
+    decode_tokens = max(0, min(decode_tokens, ctx - 2))
+    window = ctx - decode_tokens  # the last window + its decode steps fill the cache to the context
+    ref_path = None
+    if quality:
+        ref_path = Path(reference) if reference else Q.default_reference(mdir, _read_json(mdir / "conversion.json"))
+        if ref_path is None:
+            raise InputError("no float reference checkpoint for the quality check", path=mdir,
+                             fix="pass --reference CHECKPOINT (the float model), or --no-quality")
+    stream, source = eval_tokens(mdir, meta, text=text, tokens=tokens, want_text=quality)
+    if quality:
+        windows = Q.make_windows(stream, window, max_tokens)
+    elif stream is None:
+        vocab = _meta_int(meta, "vocab_size", "vocab") or 256
+        windows = [synthetic_window(window, vocab, ctx)]
+        source = f"synthetic ids ({max(1, ctx // 4)} distinct, seed 0; no tokenizer or text)"
+    else:
+        reps = math.ceil(window / max(1, len(stream)))
+        windows = [np.tile(stream, reps)[:window]]
+
+    tmp = None
+    if report is not None:
+        work = Path(report)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="edge-sdk-validate-")
+        work = Path(tmp.name)
+    try:
+        r = run_runner(mdir, windows, work, logits=quality, backend=backend, api=api, threads=threads,
+                       runs=runs, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
+                       keep_log=report is not None)
+        reasons, warnings = sanity_reasons(r), []
+        ran, kernels, fallbacks = kernel_report(backend, api, threads, r)
+        (reasons if strict_backend else warnings).extend(fallbacks)
+        mem = memory_figures(r)
+        qual = None
+        if quality:
+            qual = _quality(work, windows, r, ref_path, decode_tokens, report is not None)
+            if not reasons:  # quality numbers of a model with NaN/constant logits say nothing more
+                if not qual["kld_mean"] <= max_kld:
+                    reasons.append(f"KL divergence vs the float reference: mean {qual['kld_mean']:.4f} > "
+                                   f"{max_kld} allowed (p99 {qual['kld_p99']:.3f}; PPL {qual['ppl']:.3f} vs "
+                                   f"reference {qual['ppl_reference']:.3f})")
+                if not qual["top1_agreement"] >= min_top1:
+                    reasons.append(f"top-1 agreement with the float reference {qual['top1_agreement']:.1%} < "
+                                   f"{min_top1:.0%} required")
+        passed_budget = None if limit is None else mem["model_peak_bytes"] <= limit
+        if passed_budget is False:
+            reasons.append(f"memory: model share of peak RSS {fmt_bytes(mem['model_peak_bytes'])} "
+                           f"({mem['model_peak_bytes']} bytes = VmHWM {fmt_bytes(mem['peak_rss_bytes'])} − "
+                           f"baseline {fmt_bytes(mem['baseline_rss_bytes'])}) exceeds the budget "
+                           f"{fmt_bytes(limit)} by {fmt_bytes(mem['model_peak_bytes'] - limit)}")
+        distinct = len(set(np.concatenate(windows).tolist()) | set(r.get("generated", [])))
+        planned = plan_memory(ctx, distinct) if plan_memory else None
+        rep = ValidationReport(
+            model_dir=str(mdir.resolve()), target=target, backend=ran, kernels=kernels, memory=mem,
+            speed=speed_figures(r), quality=qual, planned=planned,
+            budget={"limit_bytes": limit, "checked": "model_peak_bytes", "measured_bytes": mem["model_peak_bytes"],
+                    "whole_process_peak_bytes": mem["peak_rss_bytes"], "passed": passed_budget},
+            gates={"max_kld": max_kld if quality else None, "min_top1": min_top1 if quality else None,
+                   "budget_bytes": limit, "sanity": "finite, non-constant, input-dependent logits",
+                   "strict_backend": strict_backend},
+            evaluation={"text": source, "reference": str(ref_path) if ref_path else None, "context": ctx,
+                        "model_context": model_ctx, "window_tokens": window, "windows": len(windows),
+                        "tokens": int(sum(len(w) for w in windows)), "decode_tokens": decode_tokens,
+                        "distinct_tokens": distinct, "max_tokens": max_tokens,
+                        "method": "chunked: non-overlapping windows, each from an empty cache"},
+            passed=not reasons, reasons=tuple(reasons), warnings=tuple(warnings), runner=r)
+        if report is not None:
+            rep.save(work)
+        return rep
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def _quality(work: Path, windows: list[np.ndarray], r: dict, ref_path: Path, extra: int, keep: bool) -> dict:
+    logits = np.load(work / "logits.npy", mmap_mode="r")
+    targets, mask = Q.targets_and_mask(windows, extra_rows=extra)
+    if logits.shape[0] != len(targets):
+        raise EdgeSdkError(f"the runner wrote {logits.shape[0]} logit rows, expected {len(targets)}")
+    n = int(sum(len(w) for w in windows))
+    ref = Q.reference_logits(ref_path, windows)
+    if ref.shape[1] != logits.shape[1]:
+        raise InputError(f"reference vocabulary {ref.shape[1]} differs from the model's {logits.shape[1]}",
+                         path=ref_path, fix="pass the float checkpoint this model was converted from")
+    if keep:
+        np.save(work / "reference_logits.npy", ref)
+    if r["logits"]["nonfinite"]:
+        model = np.nan_to_num(np.asarray(logits[:n]), nan=0.0, posinf=1e30, neginf=-1e30)
+    else:
+        model = logits[:n]
+    return Q.compare(ref, model, targets[:n], mask[:n], windows=len(windows)).to_json()
