@@ -94,8 +94,7 @@ def test_float_matches_transformers(variant, ckpts, converted, load_hf, capsys, 
     """Float recipe: no weight quantization, float32 KV. Measured max |diff| ~1e-5 (XNNPACK and
     builtin alike: f32 GEMM accumulation order and RSQRT/TANH/SIN ulps only)."""
     pytest.importorskip("torch")
-    out = converted(variant, "float")
-    ids = PROMPTS[variant]
+    out, ids = converted(variant, "float"), PROMPTS[variant]
     want, want_toks = _hf(load_hf(ckpts[variant]), ids, STEPS)
     for backend in ("xnnpack", "builtin"):
         toks = _run_cli(capsys, out, ids, backend, tmp_path / f"{backend}.npy")
@@ -109,8 +108,7 @@ def test_float_matches_transformers(variant, ckpts, converted, load_hf, capsys, 
 def test_compiled_model_api(converted):
     """CompiledModel with XNNPACK (weight cache file named with the model's sha256) and with
     builtin kernels gives the Interpreter's results."""
-    out = converted("kv_eq", "mobile")
-    ids = PROMPTS["kv_eq"]
+    out, ids = converted("kv_eq", "mobile"), PROMPTS["kv_eq"]
     base = LiteRTModel(out, backend="builtin")
     want, want_toks = base.prefill(ids), base.greedy(ids, 8)
     sha = json.loads((out / "model.json").read_text())["files"]["prefill_decode"]["sha256"]
@@ -153,11 +151,11 @@ def _reference_for(ckpt: Path, out: Path):
     plan = make_plan(src.spec, recipe, scale_sources=src.scale_sources)
     prep, by_name = Preparer(open_checkpoint(ckpt), src.binding, plan), plan.by_name()
     return Reference(src.spec.text, lambda n: prep.prepare(by_name[n]).dequantized(),
-                     kv_quant=kv_quant_for_model(meta)), meta
+                     kv_quant=kv_quant_for_model(meta)), meta, prep, plan
 
 
 def _compare_to_reference(ckpt: Path, out: Path, ids: list[int], backend: str, label: str):
-    ref, meta = _reference_for(ckpt, out)
+    ref, meta = _reference_for(ckpt, out)[:2]
     m = LiteRTModel(out, backend=backend)
     t0 = time.perf_counter()
     got = [m.prefill(ids)]
@@ -198,7 +196,7 @@ def test_quantized_matches_reference(variant, recipe, backend, ckpts, converted)
 
 
 @pytest.mark.parametrize("variant,recipe", [("multimodal", "mobile"), ("kv_eq", "mobile"), ("multimodal", "b32")])
-def test_weight_bytes_equal_plan(variant, recipe, converted):
+def test_weight_bytes_equal_plan(variant, recipe, ckpts, converted):
     """Every planned tensor sits in its file under its canonical name with exactly the plan's data
     bytes; codebooks / FLOAT16 block scales are buffers of exactly the overhead bytes; per-channel
     scales live in the flatbuffer's quantization parameters (one per row)."""
@@ -220,6 +218,13 @@ def test_weight_bytes_equal_plan(variant, recipe, converted):
             assert consts[t["name"]].quantization == f"per-channel(axis 0, {t['shape'][0]} scales)"
             assert t["overhead_bytes"] == 12 * t["shape"][0]
     assert {"int4", "float32"} <= schemes and ("int4/b32" in schemes) == (recipe == "b32")
+    prep, plan_obj = _reference_for(ckpts[variant], out)[2:]
+    for tp in (t for t in plan_obj.tensors if t.config is not None):   # external codes == Preparer's
+        c = files[f"{tp.model}.tflite"][tp.name]
+        if c.external:
+            with open(out / f"{tp.model}.tflite", "rb") as f:
+                f.seek(c.offset)
+                assert f.read(c.nbytes) == prep.prepare(tp).value.packed.tobytes(), tp.name
     if variant == "multimodal":
         assert "int8" in schemes and any(s.startswith("dict4") for s in schemes)
 
@@ -243,11 +248,8 @@ def test_row_blocks_give_the_same_bytes(recipe, converted, tmp_path, monkeypatch
 def test_prefill_signature_and_chunking_agree(converted):
     """The engine path (prefill_<T>, no logits, then decode) equals the score path, and a prompt
     whose padded last chunk would overflow the cache falls back to decode steps."""
-    out = converted("multimodal", "mobile")
-    ids = PROMPTS["multimodal"]
-    m = LiteRTModel(out, backend="builtin")
-    a = m.prefill(ids)
-    after_score = m.decode(7)
+    m, ids = LiteRTModel(converted("multimodal", "mobile"), backend="builtin"), PROMPTS["multimodal"]
+    a, after_score = m.prefill(ids), m.decode(7)
     m.reset()
     assert m.prefill(ids, logits=False) is None
     np.testing.assert_allclose(m.decode(7), after_score, rtol=0, atol=1e-5)
@@ -319,8 +321,7 @@ def test_sigkill_mid_conversion_leaves_no_model_file(ckpts, tmp_path):
         time.sleep(0.005)   # wait until one model file is finished, the others still being written
         staged = next((p.parent for p in tmp_path.glob(".out.convert-*.tmp/embedder.tflite")), None)
     assert staged is not None, "the conversion ended before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    os.kill(proc.pid, signal.SIGKILL), proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL and (not out.exists() or not any(out.iterdir()))
     assert staged.is_dir() and not (staged / "model.json").exists()
     # the next conversion clears the dead process's staging directory and publishes a whole model
@@ -380,8 +381,7 @@ def test_inspect_converted(converted, capsys):
                    "kv_cache_v_2 int8[1, 2, 32, 64]", "lm_head", "per-channel(axis 0, 512 scales)"):
         assert needle in text, needle
     assert main(["inspect", str(out), "--json"]) == 0
-    rep = json.loads(capsys.readouterr().out)
-    pd = rep["files"]["prefill_decode"]
+    pd = json.loads(capsys.readouterr().out)["files"]["prefill_decode"]
     assert "logits" not in pd["signatures"]["prefill_8"]["outputs"]
     assert pd["signatures"]["decode"]["outputs"]["logits"] == ["float32", [1, 1, 512]]
     assert pd["ops"]["decode"]["TANH"] == 1 and pd["ops"]["decode"]["SOFTMAX"] == 8

@@ -189,7 +189,13 @@ def tiny_config(causal: bool = False):
                 hidden_size_per_layer_input=32, num_kv_shared_layers=2, use_double_wide_mlp=True)
     if causal:
         return Gemma4TextConfig(**text)
-    return Gemma4Config(text_config=text, vision_config=None, audio_config=None)
+    # tiny towers: their 0-d clip buffers must survive the export with their shapes
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=2, head_dim=16, global_head_dim=16, patch_size=4,
+                  pooling_kernel_size=2, position_embedding_size=64, max_position_embeddings=256)
+    audio = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                 subsampling_conv_channels=[8, 4], output_proj_dims=32, conv_kernel_size=3)
+    return Gemma4Config(text_config=text, vision_config=vision, audio_config=audio)
 
 
 def tiny_model(causal: bool = False, seed: int = 0):
@@ -254,6 +260,9 @@ def test_apply_train_export_roundtrip(tmp_path, causal, preset):
     sd = load_file(str(out / "model.safetensors"))
     assert all(v.dtype == np.float32 for v in sd.values())
     assert "lm_head.weight" not in sd
+    plain_sd = tiny_model(causal).state_dict()
+    assert {k: tuple(v.shape) for k, v in sd.items()} == {
+        k: tuple(v.shape) for k, v in plain_sd.items() if k != "lm_head.weight"}
     prefix = "model." if causal else "model.language_model."
     cfg = roles["layers.0.mlp.down_proj"][1].cfg
     qt = quantize(sd[f"{prefix}layers.0.mlp.down_proj.weight"], cfg,
@@ -280,13 +289,12 @@ def test_apply_refuses_bf16_and_double_apply():
 
 # ------------------------------------------------------------------ data parallel
 
-STEPS, LR, GLOBAL_BATCH = 3, 3e-3, 4
+STEPS, LR, GLOBAL_BATCH = 3, 0.05, 4
 
 
 def _train(model, batches, world: int = 1, rank: int = 0):
     scales, rest = qat_parameters(model)
-    opt = torch.optim.AdamW([{"params": scales, "lr": LR, "weight_decay": 0.0},
-                             {"params": rest, "lr": LR}])
+    opt = torch.optim.SGD([{"params": scales}, {"params": rest}], lr=LR, momentum=0.9)
     per = GLOBAL_BATCH // world
     for ids in batches:
         x = ids[rank * per:(rank + 1) * per]
@@ -342,10 +350,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# float32 data parallelism changes the order of gradient sums (all-reduce of per-rank means vs
-# one mean); after 3 AdamW steps at lr 3e-3 the weights agree to ~1e-6. Adam can amplify such
-# a difference where the quantizer's rounding flips, so the tolerance is 1e-4 absolute.
-ATOL = 1e-4
+# Data parallelism changes the order of float32 gradient sums (all-reduce of per-rank means vs
+# one mean of the global batch), so the runs agree to rounding, not bit for bit: after 3 SGD
+# steps (lr 0.05, momentum 0.9; the weights move by ~1e-2) they agree to ~1e-7. SGD, not Adam:
+# Adam divides by sqrt(v), turning a rounding-level sign flip of a near-zero gradient (PLE rows
+# of tokens hardly in the batch) into a whole-step difference (~lr), which says nothing about
+# the QAT modules.
+ATOL = 1e-5
 
 
 def test_ddp_and_fsdp_match_single_process(tmp_path):
@@ -354,6 +365,7 @@ def test_ddp_and_fsdp_match_single_process(tmp_path):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available in this torch build")
     ref = apply_qat(tiny_model().train(), PRESETS["mobile"])
+    init = _full_state(ref)
     _train(ref, _batches())
     want = _full_state(ref)
     mp.spawn(_dist_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
@@ -361,8 +373,9 @@ def test_ddp_and_fsdp_match_single_process(tmp_path):
         got = torch.load(tmp_path / f"{kind}.pt")
         assert set(got) == set(want), kind
         worst = max((got[k] - want[k]).abs().max().item() for k in want)
-        print(f"{kind}: max |Δw| {worst:.3g}")
         assert worst <= ATOL, f"{kind}: max |Δw| {worst}"
         # and the scales really trained
         gains = [k for k in want if k.endswith("log_gain")]
-        assert gains and any(want[k].abs().max() > 0 for k in gains)
+        assert gains and any(want[k].abs().max() > 100 * ATOL for k in gains)
+    moved = max((want[k] - init[k]).abs().max().item() for k in want)
+    assert moved > 100 * ATOL

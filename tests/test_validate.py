@@ -285,6 +285,21 @@ def test_runner_runs_as_a_plain_file():
     assert out.returncode == 0 and "--ids-file" in out.stdout
 
 
+def _tiny_e2b_config(path: Path) -> dict:
+    """The E2B hub config with every size shrunk (same layout: PLE, KV sharing, towers)."""
+    cfg = json.loads((ROOT / "models" / "configs" / "gemma-4-e2b.json").read_text())
+    lt = ["sliding_attention", "sliding_attention", "full_attention"] * 2
+    cfg["text_config"].update(vocab_size=384, vocab_size_per_layer_input=384, hidden_size=64, intermediate_size=96,
+                              num_hidden_layers=6, layer_types=lt, num_kv_shared_layers=2, num_attention_heads=4,
+                              head_dim=16, global_head_dim=32, hidden_size_per_layer_input=16)
+    cfg["vision_config"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                num_key_value_heads=2, head_dim=16, patch_size=4, position_embedding_size=16)
+    cfg["audio_config"].update(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               subsampling_conv_channels=[8, 4], output_proj_dims=32, conv_kernel_size=3)
+    path.write_text(json.dumps(cfg))
+    return cfg
+
+
 def test_synthetic_checkpoint_tiny_config(tmp_path):
     """make_synthetic_checkpoint on an E2B config shrunk to tiny sizes: every spec name, sharded,
     values exactly on the mobile grid (bf16 power-of-two scales), towers present."""
@@ -297,16 +312,7 @@ def test_synthetic_checkpoint_tiny_config(tmp_path):
     spec_ = importlib.util.spec_from_file_location("msc", ROOT / "scripts" / "make_synthetic_checkpoint.py")
     msc = importlib.util.module_from_spec(spec_)
     spec_.loader.exec_module(msc)
-    cfg = json.loads((ROOT / "models" / "configs" / "gemma-4-e2b.json").read_text())
-    lt = ["sliding_attention", "sliding_attention", "full_attention"] * 2
-    cfg["text_config"].update(vocab_size=384, vocab_size_per_layer_input=384, hidden_size=64, intermediate_size=96,
-                              num_hidden_layers=6, layer_types=lt, num_kv_shared_layers=2, num_attention_heads=4,
-                              head_dim=16, global_head_dim=32, hidden_size_per_layer_input=16)
-    cfg["vision_config"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                num_key_value_heads=2, head_dim=16, patch_size=4, position_embedding_size=16)
-    cfg["audio_config"].update(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               subsampling_conv_channels=[8, 4], output_proj_dims=32, conv_kernel_size=3)
-    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    cfg = _tiny_e2b_config(tmp_path / "cfg.json")
     summary = msc.make_checkpoint(tmp_path / "cfg.json", tmp_path / "ck", shard_size="150kB", log=lambda m: None)
     assert summary["shards"] > 2
     ck = open_checkpoint(tmp_path / "ck")
@@ -333,3 +339,22 @@ def test_synthetic_checkpoint_tiny_config(tmp_path):
     assert again["bytes"] == summary["bytes"]
     first = sorted((tmp_path / "ck").glob("*.safetensors"))[0]
     assert first.read_bytes() == (tmp_path / "ck2" / first.name).read_bytes()
+
+
+def test_bench_script_on_a_tiny_config(tmp_path):
+    """scripts/bench_e2b.py end to end on the shrunk E2B config: synthetic checkpoint, convert,
+    validate, JSON and the markdown table."""
+    _tiny_e2b_config(tmp_path / "cfg.json")
+    docs = tmp_path / "bench.md"
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_e2b.py"), "--work", str(tmp_path / "w"),
+                          "--config", str(tmp_path / "cfg.json"), "--context", "64", "--runs", "1",
+                          "--variants", "interpreter-xnnpack", "--docs", str(docs)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:]
+    res = json.loads((tmp_path / "w" / "bench_e2b.json").read_text())
+    v = res["validate"]["interpreter-xnnpack"]
+    assert res["convert"]["rc"] == 0 and v["memory"]["model_peak_bytes"] > 0 and v["budget"]["passed"]
+    assert res["output"]["sections"]["mlp"]["resident"] > 0
+    md = docs.read_text()
+    assert "model share of peak RSS @64 (interpreter-xnnpack)" in md and "| met |" in md and "1733 MB" in md
+    assert not (tmp_path / "w" / "ckpt").exists()   # removed unless --keep-checkpoint

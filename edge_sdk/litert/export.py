@@ -10,8 +10,27 @@ renamed in, the old one deleted).
 Determinism: same checkpoint + recipe + geometry → byte-identical .tflite files, plan.json and
 model.json (no timestamps; conversion.json alone records wall time and peak RSS).
 
-``model.json`` is the contract other tools read (runtime, validator, bundler); see
-``model_json`` for its keys.
+``model.json`` is the contract other tools read (runtime, validator, bundler):
+
+- ``format`` "edge_sdk.litert_model", ``version`` 1, ``edge_sdk_version``, ``model_type``,
+  ``recipe`` (name), ``text_only``, ``context`` (KV cache length C), ``prefill`` (chunk length T),
+  ``vocab_size``, ``hidden_size``, ``num_layers``, ``bos_token_id``, ``eos_token_id`` (list: config
+  + generation_config), ``pad_token_id``;
+- ``files``: {prefill_decode|embedder|per_layer_embedder: {file, sha256, bytes, section_type}}
+  (per_layer_embedder only with PLE; section_type is LiteRT-LM's ``model_type`` item);
+- ``signatures``: {prefill_decode: {prefill: "prefill_<T>", decode: "decode", score: "score_<T>"},
+  embedder: {prefill, decode}, per_layer_embedder: {prefill, decode}};
+- ``spec``: vocab/hidden/heads/layers/eps, ``final_logit_softcapping`` (+ ``softcap_in_graph``),
+  ``sliding_window``, ``embed_scale``, ``kv_layers``, ``num_kv_shared_layers``, ``layers`` [{index,
+  attention, head_dim, num_kv_heads, kv_source, window, intermediate_size, k_eq_v}], ``ple``
+  ({num_layers, dim, vocab_size, scale} or null);
+- ``kv_cache``: ``dtype`` (float32 | int8), ``quantization`` "per_tensor", ``zero_point`` 0,
+  ``scales`` {buffer: scale}, ``requested`` (the recipe's bits/granularity), ``emitted``,
+  ``buffers`` [{name, layer, kind k|v, shape, dtype, sequence_axis, attention, window, scale}] in
+  LiteRT-LM's order (k_i, v_i by layer), layouts, update rule;
+- ``mask``: input name, shape [1, 1, T, C], attend 0.0, masked -1e30 (any <= -1e9), causal over
+  the cache; ``logits``: shapes per signature (prefill: none), ``softcapped``;
+- ``tokenizer``: {file: "tokenizer.json" | null, files: [copied tokenizer/generation files]}.
 """
 
 from __future__ import annotations
@@ -138,7 +157,6 @@ def export_model(ckpt: Checkpoint, spec: ModelSpec, binding: Binding, plan: Quan
                  fsync: bool = True) -> ConversionResult:
     """Convert (see the module docstring). ``progress``: None = only on a TTY."""
     t0 = time.monotonic()
-    text = spec.text
     if prefill < 1 or context < 1:
         raise InputError(f"context ({context}) and prefill ({prefill}) must be positive")
     if prefill > context:

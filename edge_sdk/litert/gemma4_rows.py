@@ -54,15 +54,24 @@ class RowSlicer:
             return None
         return [(r0, min(r0 + per, rows)) for r0 in range(0, rows, per)]
 
-    def prepare_rows(self, tp: TensorPlan, r0: int, r1: int) -> Prepared:
+    def _sliced(self, tp: TensorPlan, r0: int, r1: int) -> tuple[Checkpoint, str]:
         prep = self.prep
         stored = prep.binding.text[_canonical(tp)]
         info = prep.ckpt.tensors[stored]
         row_bytes = info.nbytes // info.shape[0]
         sliced = replace(info, shape=(r1 - r0,) + tuple(info.shape[1:]),
                          offset=info.offset + r0 * row_bytes, nbytes=(r1 - r0) * row_bytes)
+        return Checkpoint(prep.ckpt.path, prep.ckpt.config, ChainMap({stored: sliced}, prep.ckpt.tensors)), stored
+
+    def read_rows(self, tp: TensorPlan, r0: int, r1: int) -> np.ndarray:
+        """Rows [r0, r1) of the stored tensor as float32 (as the Preparer reads it)."""
+        ckpt, stored = self._sliced(tp, r0, r1)
+        return ckpt.read(stored).astype(np.float32)
+
+    def prepare_rows(self, tp: TensorPlan, r0: int, r1: int) -> Prepared:
+        prep = self.prep
         part = copy.copy(prep)
-        part.ckpt = Checkpoint(prep.ckpt.path, prep.ckpt.config, ChainMap({stored: sliced}, prep.ckpt.tensors))
+        part.ckpt, _ = self._sliced(tp, r0, r1)
         role = "embed_tokens" if tp.name == "lm_head" else tp.role
         if role in prep.sidecar:
             part.sidecar = {**prep.sidecar, role: np.asarray(prep.sidecar[role])[r0:r1]}

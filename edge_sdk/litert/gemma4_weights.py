@@ -3,10 +3,11 @@
 The graph is built first with every size taken from the ``QuantPlan``; tensor data is produced by
 the writer's buffer producers, which call the Preparer one tensor at a time (the checkpoint is
 never held). One thing must be known before the flatbuffer is written: per-channel scales live
-in the flatbuffer's QuantizationParameters. So per-channel tensors are prepared twice: once
-while the graph is built (only the scales are kept, [rows] float32) and once when their codes
-are written, where the scales are checked to be identical. Block scales (float16) and
-codebooks are buffers of their own and are produced with the codes.
+in the flatbuffer's QuantizationParameters. So per-channel tensors are prepared while the graph is
+built (only the scales, [rows] float32, and the tensor's record are kept); when their codes are
+written, the stored rows are quantized with exactly those scales (``quantize(w, cfg, scales)``,
+the codes the Preparer gives for them: its scale recovery is not run twice). Block scales
+(float16) and codebooks are buffers of their own and are produced with the codes.
 
 Kinds of weights:
 - ``fc(g, name)``: a FULLY_CONNECTED weight: float32, INT8/INT4/INT2 per output channel, or INT4
@@ -35,7 +36,7 @@ import numpy as np
 from ..errors import InputError, RecipeError
 from ..quant.apply import Prepared
 from ..quant.config import DictionaryConfig, Granularity
-from ..quant.kernels import QuantizedTensor
+from ..quant.kernels import QuantizedTensor, quantize
 from ..quant.plan import QuantPlan, TensorPlan
 from .dtypes import INT_DTYPE_FOR_BITS, Quantization, check_code_range, tensor_nbytes, to_bytes
 from .gemma4_rows import RowSlicer
@@ -115,15 +116,41 @@ class WeightBank:
                                  "(non-deterministic preparation)", tensor=name)
 
     def _channel_scales(self, name: str) -> np.ndarray:
+        """Per-channel scales, from the Preparer (whole or in row blocks), before the graph is
+        written; the tensor's record (scale source, re-rounding error) comes from this pass."""
         if name not in self._scales:
+            twin = "embed_tokens.weight" if name == "lm_head" else None   # the tied head: same tensor
+            if twin in self._scales and self.plan_of(twin).config == self.plan_of(name).config:
+                self._scales[name], self.records[name] = self._scales[twin], dict(self.records[twin])
+                return self._scales[name]
             blocks = self.blocks(name)
             parts = ([self.prepared(name).value] if blocks is None else
-                     [self._rows.prepare_rows(self.plan_of(name), r0, r1).value for r0, r1 in blocks])
+                     [self._block(name, r0, r1).value for r0, r1 in blocks])
             if not all(isinstance(v, QuantizedTensor) for v in parts):
                 raise InputError("expected an affine quantized tensor", tensor=name)
             self._scales[name] = np.concatenate([np.asarray(v.scales, np.float32) for v in parts])
             self._last = None  # drop the codes until the data pass
         return self._scales[name]
+
+    def _channel_codes(self, g: GraphBuilder, name: str, tp: TensorPlan, cfg, dt: str) -> BufferRef:
+        """The codes buffer of a per-channel tensor. With a row slicer, the data pass quantizes the
+        stored rows with the scales the first pass took (``quantize(w, cfg, scales)``: the codes
+        the Preparer gives for those scales), instead of recovering the scales a second time."""
+        def check(c):
+            check_code_range(c, cfg.bits, tensor=name)
+        if self._rows is None or not self._rows.can_slice(tp):
+            return self._buffer(g, name, name, tp.shape, dt, lambda p: p.value.codes, main=True, check=check)
+        blocks = self.blocks(name) or [(0, tp.shape[0])]
+
+        def produce():
+            scales = self._scales[name]
+            for r0, r1 in blocks:
+                codes = quantize(self._rows.read_rows(tp, r0, r1), cfg, scales=scales[r0:r1]).codes
+                check(codes)
+                yield to_bytes(codes, dt)
+            if self.on_data is not None:
+                self.on_data(name, tp.data_bytes)
+        return g.writer.add_buffer(tensor_nbytes(tp.shape, dt), name=name, producer=produce)
 
     def _buffer(self, g: GraphBuilder, name: str, cname: str, shape, dtype: str,
                 fn: Callable[[Prepared], np.ndarray], *, main: bool,
@@ -197,8 +224,7 @@ class WeightBank:
         dt = INT_DTYPE_FOR_BITS[cfg.bits]
         if cfg.granularity is Granularity.CHANNEL:
             scale = self._channel_scales(name)
-            ref = self._buffer(g, name, name, tp.shape, dt, lambda p: p.value.codes, main=True,
-                               check=lambda c: check_code_range(c, cfg.bits, tensor=name))
+            ref = self._channel_codes(g, name, tp, cfg, dt)
             q = Quantization(scale=tuple(scale.tolist()), zero_point=(0,) * scale.size)
             return g.const(name, ref, shape=tp.shape, dtype=dt, quantization=q)
         if lookup:

@@ -32,6 +32,7 @@ class TensorInfo:
     external: bool
     quantization: str         # "" | "per-tensor" | "per-channel(axis 0, N scales)" | "blockwise(32)"
     buffer: int
+    offset: int = -1          # absolute file offset of an external buffer's data (-1: inline)
 
 
 @dataclass
@@ -115,7 +116,7 @@ def read_tflite(path: str | Path) -> FileInfo:
             seen.add(t.buffer)
             tname = t.name.decode() if isinstance(t.name, bytes) else t.name
             consts.append(TensorInfo(tname, _TYPE_NAMES.get(t.type, "?"), [int(d) for d in t.shape],
-                                     int(n), ext, _quant(t), int(t.buffer)))
+                                     int(n), ext, _quant(t), int(t.buffer), int(b.offset) if ext else -1))
     desc = m.description.decode() if isinstance(m.description, bytes) else (m.description or "")
     return FileInfo(str(p), size, fb_bytes, desc, meta, sigs, ops, consts)
 
@@ -135,7 +136,7 @@ class ConvertedReport:
         kv = m.get("kv_cache", {})
         lines = [f"{self.path}  (converted model: recipe {m.get('recipe')}, context {m.get('context')}, "
                  f"prefill {m.get('prefill')}, KV cache {kv.get('dtype')}"
-                 + (f" per-tensor scales" if kv.get("dtype") == "int8" else "") + ")"]
+                 + (" per-tensor scales" if kv.get("dtype") == "int8" else "") + ")"]
         for key, fi in self.files.items():
             lines.append(f"  [{key}] {Path(fi.path).name}: {fmt_bytes(fi.file_bytes)} "
                          f"(flatbuffer {fmt_bytes(fi.flatbuffer_bytes)}, weights {fmt_bytes(fi.weight_bytes)}); "

@@ -23,9 +23,15 @@ Masks: additive float32 [1, 1, T, C], 0 where key position j <= the query's posi
 
 Backends: ``backend="xnnpack"`` (the Interpreter's default delegate, or CompiledModel with
 CpuKernelMode.XNNPACK and an XNNPACK weight cache FILE named with the model's sha256, since the
-cache is never invalidated when a model changes) or ``"builtin"`` (the reference kernels:
+cache is never invalidated when a model changes; it lives in ``OUT_DIR/.xnnpack_cache/``, or a temp
+directory when OUT_DIR is read-only) or ``"builtin"`` (the reference kernels:
 ``BUILTIN_WITHOUT_DEFAULT_DELEGATES`` / CpuKernelMode.BUILTIN; weights are read in place from the
 mmapped file). ``backend_info`` says what was asked for and set up.
+
+Memory: the Interpreter's XNNPACK delegate repacks the weights of every signature it runs into
+anonymous memory (prefill, decode and score each: up to ~3x the weights); CompiledModel with the
+weight cache holds one packed copy, file-backed. Measure memory with ``api="compiled"`` (or
+builtin kernels).
 
 ``check_logits`` refuses non-finite or constant logits (e.g. an INT2-blockwise model, which the
 builtin kernels run as all zeros, silently).
@@ -70,7 +76,8 @@ def _sha256(path: str) -> str:
 class _Session:
     """One .tflite file under one API/kernel choice: ``run(signature, feeds) -> outputs``."""
 
-    def __init__(self, path: str, backend: str, api: str, threads: int | None, cache_dir: str | None):
+    def __init__(self, path: str, backend: str, api: str, threads: int | None, cache_dir: str | None,
+                 sha256: str | None = None):
         self.path, self.api, self.weight_cache = path, api, None
         if api == "interpreter":
             from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -84,7 +91,7 @@ class _Session:
             kw = {"num_threads": int(threads or 0)}
             if backend == "xnnpack":
                 kw["kernel_mode"] = CpuKernelMode.XNNPACK
-                self.weight_cache = self._cache_file(path, cache_dir)
+                self.weight_cache = self._cache_file(path, cache_dir, sha256)
                 kw["xnnpack_weight_cache_path"] = self.weight_cache
             else:
                 kw["kernel_mode"] = CpuKernelMode.BUILTIN
@@ -94,7 +101,7 @@ class _Session:
             raise ValueError(f"api must be 'interpreter' or 'compiled', not {api!r}")
 
     @staticmethod
-    def _cache_file(path: str, cache_dir: str | None) -> str:
+    def _cache_file(path: str, cache_dir: str | None, sha256: str | None) -> str:
         d = cache_dir
         if d is None:
             d = os.path.join(os.path.dirname(os.path.abspath(path)), ".xnnpack_cache")
@@ -106,7 +113,7 @@ class _Session:
                 d = os.path.join(tempfile.gettempdir(), "edge_sdk_xnnpack_cache")
         os.makedirs(d, exist_ok=True)
         stem = os.path.splitext(os.path.basename(path))[0]
-        return os.path.join(d, f"{stem}-{_sha256(path)}.xnnpack_cache")
+        return os.path.join(d, f"{stem}-{sha256 or _sha256(path)}.xnnpack_cache")
 
     def run(self, sig: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.api == "interpreter":
@@ -143,8 +150,13 @@ class LiteRTModel:
         self.context, self.prefill_length = int(m["context"]), int(m["prefill"])
         self.vocab_size = int(m["vocab_size"])
         self.signatures = m["signatures"]
-        self._s = {k: _Session(os.path.join(self.out_dir, v["file"]), backend, api, threads, cache_dir)
-                   for k, v in m["files"].items()}
+        self._s = {}
+        for k, v in m["files"].items():
+            path = os.path.join(self.out_dir, v["file"])
+            # model.json's sha256 names the weight cache when the file still has its recorded
+            # size; otherwise the file is hashed (a stale cache would silently give wrong results)
+            sha = v.get("sha256") if os.path.getsize(path) == v.get("bytes") else None
+            self._s[k] = _Session(path, backend, api, threads, cache_dir, sha)
         self._buffers = m["kv_cache"]["buffers"]
         self.reset()
 

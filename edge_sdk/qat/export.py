@@ -122,7 +122,7 @@ def export_qat(model: nn.Module, out_dir: str | PathLike, recipe: Recipe | None 
     out.mkdir(parents=True, exist_ok=True)
     sd = qat_state_dict(model)
     scales, books = qat_scales(model)
-    save_file({k: np.ascontiguousarray(v) for k, v in sorted(sd.items())}, str(out / WEIGHTS_NAME),
+    save_file({k: np.require(v, requirements="C") for k, v in sorted(sd.items())}, str(out / WEIGHTS_NAME),
               metadata={"format": "pt"})
     write_qat_sidecar(out / SIDECAR_NAME, scales, recipe)
     if books:
