@@ -103,14 +103,31 @@ def _validate(sub=None, args=None) -> int:
         sub.add_argument("--strict-backend", action="store_true",
                          help="fail (not warn) when the requested kernels did not run")
         sub.add_argument("--json", action="store_true", help="print report.json instead of a summary")
+        sub.add_argument("--device", default=None, metavar="SERIAL|auto|all",
+                         help="run on an adb device instead of the host: a serial, 'auto' (the only one), or "
+                              "'all' (every connected device at once; one report each under --report DIR)")
+        sub.add_argument("--runner-binary", default=None, metavar="PATH",
+                         help="Android devices (no python3): LiteRT's benchmark_model for the device's ABI")
         return 0
-    from .pipeline import validate_model
+    from .pipeline import validate_all_devices, validate_model
 
-    rep = validate_model(args.model_dir, reference=args.reference, text=args.text, tokens=args.tokens,
-                         budget=args.budget, context=args.context, report=args.report, threads=args.threads,
-                         backend=args.backend, api=args.api, max_kld=args.max_kld, min_top1=args.min_top1,
-                         quality=not args.no_quality, max_tokens=args.max_tokens, runs=args.runs,
-                         decode_tokens=args.decode_tokens, strict_backend=args.strict_backend)
+    kw = dict(reference=args.reference, text=args.text, tokens=args.tokens,
+              budget=args.budget, context=args.context, threads=args.threads,
+              backend=args.backend, api=args.api, max_kld=args.max_kld, min_top1=args.min_top1,
+              quality=not args.no_quality, max_tokens=args.max_tokens, runs=args.runs,
+              decode_tokens=args.decode_tokens, strict_backend=args.strict_backend, runner_binary=args.runner_binary)
+    if args.device == "all":
+        if not args.report:
+            raise EdgeSdkError("--device all needs --report DIR (one report per device under it)")
+        rows = validate_all_devices(args.model_dir, report=args.report, **kw)
+        _print_device_table(rows)
+        print(f"summary: {args.report}/summary.json")
+        for r in rows:
+            if r["error"] or r["reasons"]:
+                print(f"edge-sdk: validate: {r['serial']}: " + (r["error"] or "FAIL: " + "; ".join(r["reasons"])),
+                      file=sys.stderr)
+        return 2 if any(r["error"] for r in rows) else 1 if any(r["verdict"] != "pass" for r in rows) else 0
+    rep = validate_model(args.model_dir, report=args.report, device=args.device, **kw)
     if args.json:
         _print_json(rep.to_json())
     else:
@@ -120,6 +137,16 @@ def _validate(sub=None, args=None) -> int:
     if not rep.passed:
         print("edge-sdk: validate: FAIL: " + "; ".join(rep.reasons), file=sys.stderr)
     return 0 if rep.passed else 1
+
+
+def _print_device_table(rows: list[dict]) -> None:
+    def f(v, spec):
+        return "-" if v is None else format(v, spec)
+    print(f"{'device':<24} {'verdict':<8} {'model peak MB':>13} {'decode tok/s':>12} {'PPL':>9} {'KLD':>8} {'top-1':>7}")
+    for r in rows:
+        mb = None if r.get("model_peak_bytes") is None else r["model_peak_bytes"] / 1e6
+        print(f"{r['serial']:<24} {r['verdict']:<8} {f(mb, '13.2f')} {f(r.get('decode_tokens_per_s'), '12.1f')} "
+              f"{f(r.get('ppl'), '9.3f')} {f(r.get('kld_mean'), '8.4f')} {f(r.get('top1_agreement'), '7.1%')}")
 
 
 @command("convert", "convert a checkpoint to LiteRT: embedder, per-layer embedder and prefill/decode .tflite files")

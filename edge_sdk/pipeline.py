@@ -171,17 +171,71 @@ def validate_model(model_dir: str | Path, *, reference: str | Path | None = None
                    report: str | Path | None = None, threads: int | None = None, backend: str = "xnnpack",
                    api: str = "interpreter", max_kld: float | None = None, min_top1: float | None = None,
                    quality: bool = True, max_tokens: int | None = None, runs: int = 5,
-                   decode_tokens: int = 32, strict_backend: bool = False):
-    """Run a converted model on the host interpreter and judge memory, speed and quality
+                   decode_tokens: int = 32, strict_backend: bool = False, device: str | None = None,
+                   runner_binary: str | Path | None = None):
+    """Run a converted model on the host interpreter (or, with ``device`` = serial or "auto", on
+    an adb device through ``validate.remote.DeviceRunner``) and judge memory, speed and quality
     (``edge_sdk.validate.validator.validate``); returns its ``ValidationReport``."""
     from .validate.validator import DEFAULT_MAX_KLD, DEFAULT_MIN_TOP1, validate
+
+    executor, target = None, "host"
+    if device is not None:
+        from .validate.device import AdbSession
+        from .validate.remote import DeviceRunner
+
+        session = AdbSession()
+        target = session.pick_device(device)
+        executor = DeviceRunner(session, target, runner_binary=runner_binary)
 
     return validate(model_dir, reference=reference, text=text, tokens=tokens, budget=budget, context=context,
                     report=report, threads=threads, backend=backend, api=api,
                     max_kld=DEFAULT_MAX_KLD if max_kld is None else max_kld,
                     min_top1=DEFAULT_MIN_TOP1 if min_top1 is None else min_top1, quality=quality,
                     max_tokens=max_tokens, runs=runs, decode_tokens=decode_tokens, strict_backend=strict_backend,
-                    plan_memory=lambda ctx, distinct: planned_memory(model_dir, ctx, distinct))
+                    plan_memory=lambda ctx, distinct: planned_memory(model_dir, ctx, distinct),
+                    target=target, executor=executor)
+
+
+def validate_all_devices(model_dir: str | Path, *, report: str | Path, **kwargs) -> list[dict]:
+    """``validate_model`` on every connected adb device at once (one thread each), one report per
+    device under ``report/<serial>/``; writes ``report/summary.json`` and returns its rows."""
+    import json
+    import threading
+
+    from .errors import DeviceError, EdgeSdkError
+    from .validate.device import AdbSession
+    from .validate.remote import sanitize
+
+    serials = [d.serial for d in AdbSession().list_devices() if d.state == "device"]
+    if not serials:
+        raise DeviceError("no adb device is connected", fix="`adb devices` must list at least one device")
+    root = Path(report)
+    root.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, dict] = {}
+
+    def one(serial: str) -> None:
+        out = root / sanitize(serial)
+        try:
+            rep = validate_model(model_dir, device=serial, report=out, **kwargs)
+            j = rep.to_json()
+            q = j.get("quality") or {}
+            rows[serial] = {"serial": serial, "verdict": j["verdict"], "report": str(out / "report.json"),
+                            "model_peak_bytes": j["memory"].get("model_peak_bytes"),
+                            "peak_rss_bytes": j["memory"].get("peak_rss_bytes"),
+                            "decode_tokens_per_s": j["speed"].get("decode_tokens_per_s"),
+                            "ppl": q.get("ppl"), "kld_mean": q.get("kld_mean"),
+                            "top1_agreement": q.get("top1_agreement"), "reasons": list(rep.reasons), "error": None}
+        except EdgeSdkError as e:
+            rows[serial] = {"serial": serial, "verdict": "error", "report": None, "error": str(e)}
+
+    threads = [threading.Thread(target=one, args=(s,), name=f"validate-{s}") for s in serials]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    summary = [rows[s] for s in serials]
+    (root / "summary.json").write_text(json.dumps({"model_dir": str(model_dir), "devices": summary}, indent=1))
+    return summary
 
 
 def convert(source: str | Path, out_dir: str | Path, *, recipe: str | Path = "mobile", text_only: bool = False,

@@ -219,6 +219,21 @@ def test_scales_times_100_fails_quality(converted, source, tmp_path, capsys):
     assert rep["quality"]["kld_mean"] > rep["gates"]["max_kld"] and not rep["passed"]
 
 
+def test_default_gates_reject_ptq_of_the_same_model(validated, tmp_path, capsys):
+    """The tiny model post-training-quantized with the same recipe (no QAT) fails the default gates
+    that its QAT twin passes."""
+    if not (TINY / "float" / "config.json").is_file():
+        pytest.skip("needs models/tiny-gemma4")
+    out = tmp_path / "ptq"
+    assert main(["convert", str(TINY / "float"), "-o", str(out), "--recipe", "mobile", "--text-only"]) == 0
+    rc = _validate(out, tmp_path / "rep", "--reference", str(TINY / "float"))
+    err = capsys.readouterr().err
+    ptq = json.loads((tmp_path / "rep" / "report.json").read_text())["quality"]
+    qat = validated[1]["quality"]
+    assert rc == 1 and "top-1 agreement with the float reference" in err
+    assert ptq["kld_mean"] > 3 * qat["kld_mean"] and ptq["top1_agreement"] < qat["top1_agreement"] - 0.15
+
+
 def test_zero_scales_constant_logits_fail(converted, source, tmp_path, capsys):
     broken = tmp_path / "zeros"
     assert _patch_scales(converted, broken, 0.0) > 0

@@ -126,10 +126,15 @@ def synthetic_window(length: int, vocab: int, context: int, seed: int = 0) -> np
 
 def run_runner(model_dir: Path, windows: list[np.ndarray], work: Path, *, logits: bool, backend: str,
                api: str, threads: int | None, runs: int, prompt_tokens: int, decode_tokens: int,
-               timeout: float = RUNNER_TIMEOUT_S, keep_log: bool = True) -> dict:
-    """Spawn the runner child process; its result dict (raises EdgeSdkError when it fails)."""
+               timeout: float = RUNNER_TIMEOUT_S, keep_log: bool = True, executor=None) -> dict:
+    """Spawn the runner child process; its result dict (raises EdgeSdkError when it fails).
+    With ``executor`` (``remote.DeviceRunner``) the runner runs on an adb device instead."""
     ids = work / "ids.json"
     ids.write_text(json.dumps({"windows": [w.tolist() for w in windows]}))
+    if executor is not None:
+        opts = ["--backend", backend, "--api", api, "--runs", str(runs), "--prompt-tokens", str(prompt_tokens),
+                "--decode-tokens", str(decode_tokens)] + ([] if threads is None else ["--threads", str(threads)])
+        return executor(model_dir, ids, work, opts, logits=logits, timeout=timeout)
     out = work / "runner_result.json"
     cmd = [sys.executable, "-m", "edge_sdk.validate.runner", "--model", str(model_dir), "--ids-file", str(ids),
            "--out", str(out), "--backend", backend, "--api", api, "--runs", str(runs),
@@ -240,7 +245,7 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
              api: str = "interpreter", max_kld: float = DEFAULT_MAX_KLD, min_top1: float = DEFAULT_MIN_TOP1,
              quality: bool = True, max_tokens: int | None = None, runs: int = 5, prompt_tokens: int = 128,
              decode_tokens: int = 32, strict_backend: bool = False, target: str = "host",
-             plan_memory: Callable[[int, int], dict | None] | None = None) -> ValidationReport:
+             plan_memory: Callable[[int, int], dict | None] | None = None, executor=None) -> ValidationReport:
     """Run ``model_dir`` in a child process and judge it. ``plan_memory(context, distinct_tokens)``
     (from the pipeline) gives the planner's figures for the report; ``report`` is a directory for
     report.json / report.md / memory.png (and the logits, ids and raw runner result)."""
@@ -255,6 +260,10 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
         raise InputError(f"--context {ctx} exceeds the model's context {model_ctx}", path=mdir / "model.json",
                          fix=f"use --context <= {model_ctx}, or convert with a longer context")
     decode_tokens = max(0, min(decode_tokens, ctx - 2))
+    if executor is not None and getattr(executor, "kind", "python") == "benchmark_model":
+        from .remote import benchmark_validate  # Android: no Python, no logits, no quality
+        return benchmark_validate(executor, mdir, limit=limit, report=report, target=target, threads=threads,
+                                  backend=backend, runs=runs, context=ctx, plan_memory=plan_memory)
     window = ctx - decode_tokens  # the last window + its decode steps fill the cache to the context
     ref_path = None
     if quality:
@@ -283,7 +292,7 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
     try:
         r = run_runner(mdir, windows, work, logits=quality, backend=backend, api=api, threads=threads,
                        runs=runs, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
-                       keep_log=report is not None)
+                       keep_log=report is not None, executor=executor)
         reasons, warnings = sanity_reasons(r), []
         ran, kernels, fallbacks = kernel_report(backend, api, threads, r)
         (reasons if strict_backend else warnings).extend(fallbacks)
