@@ -94,7 +94,8 @@ def _validate(sub=None, args=None) -> int:
         sub.add_argument("--report", default=None, help="directory for report.json, report.md, memory.png")
         sub.add_argument("--threads", type=int, default=None)
         sub.add_argument("--backend", default="xnnpack", choices=("xnnpack", "builtin"))
-        sub.add_argument("--api", default="interpreter", choices=("interpreter", "compiled"))
+        sub.add_argument("--api", default="compiled", choices=("interpreter", "compiled"),
+                         help="compiled: CompiledModel with an XNNPACK weight cache (weights ~1x in memory; default)")
         sub.add_argument("--max-kld", type=float, default=None, help="gate on mean KLD (default 0.5)")
         sub.add_argument("--min-top1", type=float, default=None, help="gate on top-1 agreement (default 0.6)")
         sub.add_argument("--no-quality", action="store_true", help="skip the float reference comparison")

@@ -153,10 +153,9 @@ class LiteRTModel:
         self._s = {}
         for k, v in m["files"].items():
             path = os.path.join(self.out_dir, v["file"])
-            # model.json's sha256 names the weight cache when the file still has its recorded
-            # size; otherwise the file is hashed (a stale cache would silently give wrong results)
-            sha = v.get("sha256") if os.path.getsize(path) == v.get("bytes") else None
-            self._s[k] = _Session(path, backend, api, threads, cache_dir, sha)
+            # the weight cache is named by the sha256 of the file as it is now (never model.json's
+            # record: a file patched in place at the same size would silently reuse a stale cache)
+            self._s[k] = _Session(path, backend, api, threads, cache_dir, None)
         self._buffers = m["kv_cache"]["buffers"]
         self.reset()
 

@@ -242,7 +242,7 @@ def sanity_reasons(r: dict) -> list[str]:
 def validate(model_dir: str | Path, *, reference: str | Path | None = None, text: str | Path | None = None,
              tokens: str | Path | None = None, budget: str | int | None = None, context: int | None = None,
              report: str | Path | None = None, threads: int | None = None, backend: str = "xnnpack",
-             api: str = "interpreter", max_kld: float = DEFAULT_MAX_KLD, min_top1: float = DEFAULT_MIN_TOP1,
+             api: str = "compiled", max_kld: float = DEFAULT_MAX_KLD, min_top1: float = DEFAULT_MIN_TOP1,
              quality: bool = True, max_tokens: int | None = None, runs: int = 5, prompt_tokens: int = 128,
              decode_tokens: int = 32, strict_backend: bool = False, target: str = "host",
              plan_memory: Callable[[int, int], dict | None] | None = None, executor=None) -> ValidationReport:
