@@ -127,6 +127,13 @@ def metrics(logp: np.ndarray, windows: np.ndarray, base: np.ndarray | None) -> d
     return m
 
 
+def _display(p: Path) -> str:
+    try:
+        return str(p.resolve().relative_to(Path(__file__).resolve().parents[1]))
+    except ValueError:
+        return str(p)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=DEFAULT_OUT)
@@ -168,7 +175,7 @@ def main(argv=None) -> int:
         print(f"  {name}: done [{time.time() - t0:.0f}s]", file=sys.stderr)
 
     report = {
-        "model": str(model), "recipe": recipe.name, "forward": "edge_sdk.reference (NumPy float32)",
+        "model": _display(model), "recipe": recipe.name, "forward": "edge_sdk.reference (NumPy float32)",
         "heldout": {"topics": len(split["heldout"]), "windows": int(len(windows)), "ctx": CTX,
                     "scored_positions": int(windows[:, 1:].size)},
         "qat_grid": grid, "results": results,

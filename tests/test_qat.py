@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
