@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .checkpoint import open_checkpoint
 from .errors import InputError
+from .quant.codebooks import CODEBOOKS_NAME, read_qat_codebooks
 from .quant.memory import MemoryEstimate, estimate_memory
 from .quant.plan import QuantPlan, make_plan
 from .quant.presets import load_recipe
@@ -52,6 +53,10 @@ def detect_scale_sources(path: Path, config: dict, binding: Binding) -> dict[str
     if sidecar.is_file():
         for role in read_qat_sidecar(sidecar).scales:
             out[role] = "qat_sidecar"
+    books = path / CODEBOOKS_NAME
+    if books.is_file():
+        for role in read_qat_codebooks(books):
+            out[role] = "qat_codebooks"
     qc = config.get("quantization_config") or (config.get("text_config") or {}).get("quantization_config")
     if qc:
         parse_ct_config(qc, source=path / "config.json")

@@ -72,7 +72,7 @@ class PTQWeights:
 
 def check_qat_grid(qat_dir: Path, weights) -> dict:
     """Re-quantize every stored QAT weight with its sidecar scale / codebooks: max error per role."""
-    from edge_sdk.qat.sidecar import CODEBOOKS_NAME, dictionary_codes, read_qat_codebooks
+    from edge_sdk.quant.codebooks import CODEBOOKS_NAME, dictionary_codes, read_qat_codebooks
     side = read_qat_sidecar(qat_dir / "qat_scales.safetensors")
     books = read_qat_codebooks(qat_dir / CODEBOOKS_NAME)
     err, kmeans_refit = {}, {}

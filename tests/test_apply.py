@@ -96,3 +96,21 @@ def test_off_grid_weights_fall_back_to_ptq_with_a_note(tmp_path):
     assert p.scale_source == "ptq" and p.error > 0 and "off" in p.note.lower()
     assert np.abs(dequantize(p.value) - ckpt.read_f32("model.layers.0.mlp.gate_proj.weight")).max() == \
         pytest.approx(p.error)
+
+
+def test_tiny_qat_checkpoint_converts_with_zero_rerounding_error(tmp_path):
+    """The embedded QAT model: every quantized tensor takes its trained scales or codebooks exactly."""
+    from pathlib import Path
+
+    qat = Path(__file__).resolve().parents[1] / "models" / "tiny-gemma4" / "qat"
+    report = plan_model(qat, recipe="mobile", text_only=True)
+    ckpt = open_checkpoint(qat)
+    prep = Preparer(ckpt, bind(report.source.spec, ckpt.tensors), report.plan)
+    sources = set()
+    for tp in report.plan.tensors:
+        if tp.config is None:
+            continue
+        p = prep.prepare(tp)
+        assert p.error == 0.0, (tp.name, p.scale_source, p.error)
+        sources.add(p.scale_source)
+    assert sources == {"qat_sidecar", "qat_codebooks"}

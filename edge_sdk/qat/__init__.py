@@ -10,7 +10,7 @@
 The forward uses the NumPy kernels' formulas bit for bit (see ``fake_quant``); the exported
 weights re-quantize with the exported scales/codebooks with error exactly 0 (``verify_export``).
 This is the only package of edge_sdk that imports torch; torch is imported lazily here so that
-``edge_sdk.qat.sidecar`` (the codebook file reader) stays torch-free.
+The codebook sidecar lives in ``edge_sdk.quant.codebooks`` (torch-free; the converter reads it).
 """
 
 from __future__ import annotations
@@ -21,10 +21,11 @@ _LAZY = {
     "apply_qat": "apply", "is_qat": "apply", "qat_parameters": "apply", "quantized_roles": "apply",
     "refresh_codebooks": "apply", "find_text_model": "apply",
     "AffineQuantizer": "fake_quant", "DictionaryFakeQuantizer": "fake_quant",
-    "fake_quant_affine": "fake_quant", "dictionary_codes": "sidecar",
+    "fake_quant_affine": "fake_quant", "dictionary_codes": "..quant.codebooks",
     "export_qat": "export", "verify_export": "export", "qat_state_dict": "export",
     "qat_scales": "export",
-    "CODEBOOKS_NAME": "sidecar", "read_qat_codebooks": "sidecar", "write_qat_codebooks": "sidecar",
+    "CODEBOOKS_NAME": "..quant.codebooks", "read_qat_codebooks": "..quant.codebooks",
+    "write_qat_codebooks": "..quant.codebooks",
 }
 
 __all__ = sorted(_LAZY)
@@ -32,5 +33,6 @@ __all__ = sorted(_LAZY)
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        mod = _LAZY[name]
+        return getattr(import_module(mod if mod.startswith(".") else f".{mod}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -38,7 +38,7 @@ from ..quant import (AffineConfig, DictionaryConfig, Recipe, quantize, read_qat_
 from ..quant.scales import SIDECAR_NAME
 from .apply import find_text_model, quantized_roles
 from .fake_quant import AffineQuantizer, DictionaryFakeQuantizer
-from .sidecar import CODEBOOKS_NAME, dictionary_codes, read_qat_codebooks, write_qat_codebooks
+from ..quant.codebooks import CODEBOOKS_NAME, dictionary_codes, read_qat_codebooks, write_qat_codebooks
 
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",

@@ -21,6 +21,7 @@ from .grid import recover_grid_scales
 from .kernels import QuantizedTensor, dequantize, quantize
 from .kernels_dict import DictionaryQuantizer, DictionaryTensor
 from .plan import QuantPlan, TensorPlan
+from .codebooks import CODEBOOKS_NAME, read_qat_codebooks
 from .scales import SIDECAR_NAME, parse_ct_config, read_ct_weight, read_qat_sidecar
 
 
@@ -50,6 +51,8 @@ class Preparer:
         self.ckpt, self.binding, self.plan = ckpt, binding, plan
         sidecar = Path(ckpt.path) / SIDECAR_NAME
         self.sidecar = read_qat_sidecar(sidecar).scales if sidecar.is_file() else {}
+        books = Path(ckpt.path) / CODEBOOKS_NAME
+        self.codebooks = read_qat_codebooks(books) if books.is_file() else {}
         qc = ckpt.config.get("quantization_config") or (ckpt.config.get("text_config") or {}).get(
             "quantization_config")
         self.ct = parse_ct_config(qc, source=Path(ckpt.path) / "config.json") if qc else None
@@ -72,9 +75,10 @@ class Preparer:
         cfg = tp.config
         if cfg is None:
             return Prepared(tp, np.ascontiguousarray(self.read_f32(canonical), np.float32), "none", 0.0)
-        if isinstance(cfg, DictionaryConfig):
-            dt = DictionaryQuantizer(cfg).quantize(self.read_f32(canonical))
-            return Prepared(tp, dt, "kmeans", float(dt.error))
+        if isinstance(cfg, DictionaryConfig):  # trained QAT codebooks are used as they are
+            given = self.codebooks.get(tp.role)
+            dt = DictionaryQuantizer(cfg).quantize(self.read_f32(canonical), codebooks=given)
+            return Prepared(tp, dt, "kmeans" if given is None else "qat_codebooks", float(dt.error))
         return self._affine(tp, canonical, cfg)
 
     def _affine(self, tp: TensorPlan, canonical: str, cfg: AffineConfig) -> Prepared:

@@ -26,6 +26,7 @@ SCALE_SOURCES = {
     "compressed_tensors": "from the checkpoint's compressed-tensors weight_scale",
     "grid": "recovered exactly from weights stored on the QAT grid",
     "kmeans": "codebooks fitted by deterministic k-means at conversion",
+    "qat_codebooks": "trained codebooks from the QAT codebook sidecar (qat_codebooks.safetensors)",
 }
 
 
@@ -158,7 +159,7 @@ def make_plan(spec: ModelSpec, recipe: Recipe, *,
         if cfg is None:
             src = "none"
         elif isinstance(cfg, DictionaryConfig):
-            src = "kmeans"
+            src = scale_sources.get(t.role, "kmeans")
         else:
             src = scale_sources.get(t.role, "ptq")
         if t.role == "embed_tokens":

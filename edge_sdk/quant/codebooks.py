@@ -15,8 +15,8 @@ from typing import Mapping
 import numpy as np
 
 from ..errors import CheckpointError, EdgeSdkError
-from ..quant import DictionaryConfig
-from ..quant.kernels_dict import _assign, _thresholds32  # no public "codes for given codebooks" yet
+from .config import DictionaryConfig
+from .kernels_dict import _assign, _thresholds32
 
 CODEBOOKS_NAME = "qat_codebooks.safetensors"
 CODEBOOKS_FORMAT = "edge_sdk.qat_codebooks"
