@@ -26,7 +26,6 @@ Exit codes: 0 every check passed; 1 a check failed; 2 tools missing or bad input
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import struct
@@ -35,6 +34,8 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from edge_sdk.bundle.container import sha256_file
 
 TOOLS = ("aapt2", "zipalign", "apksigner", "keytool")
 ASSET = "assets/model.litertlm"
@@ -54,19 +55,6 @@ def _run(cmd: list[str]) -> str:
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:2])} failed ({p.returncode}): {(p.stderr or p.stdout).strip()[-800:]}")
     return p.stdout + p.stderr
-
-
-def _sha256(f, begin: int, size: int) -> str:
-    h = hashlib.sha256()
-    f.seek(begin)
-    left = size
-    while left > 0:
-        chunk = f.read(min(left, 1 << 22))
-        if not chunk:
-            break
-        h.update(chunk)
-        left -= len(chunk)
-    return h.hexdigest()
 
 
 def entry_data_offset(apk: Path, info: zipfile.ZipInfo) -> int:
@@ -122,23 +110,21 @@ def check_apk(bundle: str | Path, work: str | Path | None = None, *, align: int 
         with zipfile.ZipFile(apk) as z:
             info = z.getinfo(ASSET)
         offset = entry_data_offset(apk, info)
-        with open(bundle, "rb") as b:
-            want = _sha256(b, 0, bundle.stat().st_size)
-        with open(apk, "rb") as f:
-            got = _sha256(f, offset, info.file_size)
-            checks["asset stored"] = {"ok": info.compress_type == zipfile.ZIP_STORED
-                                      and info.compress_size == info.file_size == bundle.stat().st_size,
-                                      "compress_type": info.compress_type}
-            checks["asset aligned"] = {"ok": offset % align == 0, "offset": offset, "align": align}
-            checks["asset sha256"] = {"ok": got == want, "sha256": got}
-            side = bundle.with_name(bundle.name + ".manifest.json")
-            if side.is_file():
-                sections = json.loads(side.read_text(encoding="utf-8")).get("sections", [])
-                bad = [s["index"] for s in sections
-                       if _sha256(f, offset + s["begin"], s["end"] - s["begin"]) != s["sha256"]]
-                page = [s["index"] for s in sections if (offset + s["begin"]) % 4096]
-                checks["sections sha256"] = {"ok": not bad, "sections": len(sections), "mismatched": bad}
-                checks["sections page-aligned"] = {"ok": not page, "unaligned": page}
+        want = sha256_file(bundle)
+        got = sha256_file(apk, offset, offset + info.file_size)
+        checks["asset stored"] = {"ok": info.compress_type == zipfile.ZIP_STORED
+                                  and info.compress_size == info.file_size == bundle.stat().st_size,
+                                  "compress_type": info.compress_type}
+        checks["asset aligned"] = {"ok": offset % align == 0, "offset": offset, "align": align}
+        checks["asset sha256"] = {"ok": got == want, "sha256": got}
+        side = bundle.with_name(bundle.name + ".manifest.json")
+        if side.is_file():
+            sections = json.loads(side.read_text(encoding="utf-8")).get("sections", [])
+            bad = [s["index"] for s in sections
+                   if sha256_file(apk, offset + s["begin"], offset + s["end"]) != s["sha256"]]
+            page = [s["index"] for s in sections if (offset + s["begin"]) % 4096]
+            checks["sections sha256"] = {"ok": not bad, "sections": len(sections), "mismatched": bad}
+            checks["sections page-aligned"] = {"ok": not page, "unaligned": page}
         return {"apk": str(apk), "bundle": str(bundle), "passed": all(c["ok"] for c in checks.values()),
                 "checks": checks}
     finally:

@@ -183,18 +183,11 @@ class DeviceRunner:
 def benchmark_validate(runner: DeviceRunner, mdir: Path, *, limit: int | None, report, target: str,
                        threads: int | None, backend: str, runs: int, context: int, plan_memory=None):
     """The Android report: memory (benchmark_model's peak footprint) and decode speed; quality null."""
-    import tempfile
-
     from ..units import fmt_bytes
     from .report import ValidationReport
+    from .validator import work_dir
 
-    tmp = None
-    if report is not None:
-        work = Path(report)
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="edge-sdk-validate-")
-        work = Path(tmp.name)
+    tmp, work = work_dir(report)
     try:
         b, dev = runner.run_benchmark(mdir, work, threads=threads, backend=backend, runs=runs,
                                       timeout=3600.0)

@@ -239,6 +239,16 @@ def sanity_reasons(r: dict) -> list[str]:
     return out
 
 
+def work_dir(report: str | Path | None) -> tuple[tempfile.TemporaryDirectory | None, Path]:
+    """(temp dir to clean up or None, work dir): ``report`` when given (kept), else a temp dir."""
+    if report is not None:
+        work = Path(report)
+        work.mkdir(parents=True, exist_ok=True)
+        return None, work
+    tmp = tempfile.TemporaryDirectory(prefix="edge-sdk-validate-")
+    return tmp, Path(tmp.name)
+
+
 def validate(model_dir: str | Path, *, reference: str | Path | None = None, text: str | Path | None = None,
              tokens: str | Path | None = None, budget: str | int | None = None, context: int | None = None,
              report: str | Path | None = None, threads: int | None = None, backend: str = "xnnpack",
@@ -282,13 +292,7 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
         reps = math.ceil(window / max(1, len(stream)))
         windows = [np.tile(stream, reps)[:window]]
 
-    tmp = None
-    if report is not None:
-        work = Path(report)
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="edge-sdk-validate-")
-        work = Path(tmp.name)
+    tmp, work = work_dir(report)
     try:
         r = run_runner(mdir, windows, work, logits=quality, backend=backend, api=api, threads=threads,
                        runs=runs, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
