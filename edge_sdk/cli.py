@@ -162,7 +162,8 @@ def _convert(sub=None, args=None) -> int:
         sub.add_argument("--prefill", type=int, default=32, help="prefill chunk length T (default 32)")
         sub.add_argument("--no-score", action="store_true",
                          help="omit the score_<T> signature (logits of every prompt position)")
-        sub.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+        sub.add_argument("--overwrite", action="store_true",
+                         help="replace an existing output directory, only one edge-sdk convert wrote")
         sub.add_argument("--json", action="store_true", help="print model.json")
         return 0
     from .pipeline import convert
@@ -261,12 +262,14 @@ def _bundle(sub=None, args=None) -> int:
         sub.add_argument("--android", default=None, metavar="DIR",
                          help="android_demo directory: copy the bundle into its assets (<= 100 MB) or "
                               "print the adb push commands")
+        sub.add_argument("--overwrite", action="store_true",
+                         help="replace an existing bundle (only one edge-sdk wrote)")
         sub.add_argument("--json", action="store_true", help="print the report as JSON")
         return 0
     from .pipeline import bundle_model
 
     rep = bundle_model(args.model_dir, args.output, tokenizer=args.tokenizer, max_tokens=args.max_tokens,
-                       android=args.android)
+                       android=args.android, overwrite=args.overwrite)
     if args.json:
         _print_json(rep.to_json())
     else:

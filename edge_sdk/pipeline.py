@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .checkpoint import open_checkpoint
 from .errors import InputError
+from .outputs import check_replaceable_dir, is_nonempty_dir
 from .quant.codebooks import CODEBOOKS_NAME, read_qat_codebooks
 from .quant.memory import MemoryEstimate, estimate_memory
 from .quant.plan import QuantPlan, make_plan
@@ -251,6 +252,9 @@ def convert(source: str | Path, out_dir: str | Path, *, recipe: str | Path = "mo
     for a checkpoint that has them."""
     from .litert.export import export_model
 
+    out = Path(out_dir)
+    if overwrite and is_nonempty_dir(out):
+        check_replaceable_dir(out, sources=[source])   # before the work: only our own output is replaced
     src = open_source(source)
     if src.binding is None:
         raise InputError("no weights here: convert needs a checkpoint directory (config.json + *.safetensors)",
@@ -265,7 +269,7 @@ def convert(source: str | Path, out_dir: str | Path, *, recipe: str | Path = "mo
 
 
 def bundle_model(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path | None = None,
-                 max_tokens: int | None = None, android: str | Path | None = None):
+                 max_tokens: int | None = None, android: str | Path | None = None, overwrite: bool = False):
     """Converted model directory → ``.litertlm`` + ``<bundle>.manifest.json`` (``edge_sdk.bundle``),
     with the planner's peak memory at the model's context when the source checkpoint is at hand;
     returns the ``BundleReport``."""
@@ -285,4 +289,4 @@ def bundle_model(model_dir: str | Path, out_file: str | Path, *, tokenizer: str 
     if isinstance(context, int) and context > 0:
         planned = planned_memory(model_dir, context, None)
     return bundle(model_dir, out_file, tokenizer=tokenizer, max_tokens=max_tokens, android=android,
-                  planned=planned)
+                  planned=planned, overwrite=overwrite)

@@ -248,7 +248,8 @@ def test_deterministic_and_content_addressed(model, built, tmp_path):
 
 def test_atomic_write_leaves_nothing_on_failure(model, built, tmp_path, monkeypatch):
     target = tmp_path / "model.litertlm"
-    target.write_bytes(b"previous bundle")
+    shutil.copy(built.path, target)        # a previous bundle of ours, replaced with overwrite=True
+    previous = target.read_bytes()
 
     def broken(stream, *a, **k):
         stream.write(b"LITERTLM partial")
@@ -256,9 +257,76 @@ def test_atomic_write_leaves_nothing_on_failure(model, built, tmp_path, monkeypa
 
     monkeypatch.setattr(ct, "write_container", broken)
     with pytest.raises(OSError):
-        bundle_model(model[0], target, tokenizer=model[1])
-    assert target.read_bytes() == b"previous bundle"
+        bundle_model(model[0], target, tokenizer=model[1], overwrite=True)
+    assert target.read_bytes() == previous
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.litertlm"]
+
+
+def test_overwrites_only_a_bundle_it_wrote(model, built, tmp_path, capsys):
+    """An existing file is replaced only with --overwrite and only when it is our bundle (LITERTLM
+    magic + edge_sdk_manifest); the side manifest likewise. Refusals touch nothing."""
+    mdir, tok, *_ = model
+    argv = ["bundle", str(mdir), *(["--tokenizer", str(tok)] if tok else [])]
+    out = tmp_path / "m.litertlm"
+
+    def refused(target, *needles, overwrite=True):
+        before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+        rc, res = _cli(argv + ["-o", str(target)] + (["--overwrite"] if overwrite else []), capsys)
+        assert rc == 2 and res.err.count("\n") == 1 and "fix:" in res.err, res.err
+        assert all(n in res.err for n in needles), res.err
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+    out.write_bytes(b"my notes")                              # not a bundle at all
+    refused(out, str(out), "not a bundle edge-sdk wrote")
+    refused(out, str(out), "not a bundle edge-sdk wrote", overwrite=False)
+    out.write_bytes(b"LITERTLM" + bytes(64))                  # magic, but a header we cannot read
+    refused(out, "not a bundle edge-sdk wrote")
+    out.unlink()
+    foreign = tmp_path / "google.litertlm"                    # a real .litertlm without our manifest
+    _write_foreign_litertlm(foreign, (tok or mdir) / "tokenizer.json")
+    refused(foreign, str(foreign), "not a bundle edge-sdk wrote")
+
+    shutil.copy(built.path, out)                              # ours: needs --overwrite
+    refused(out, "--overwrite", overwrite=False)
+    rc, res = _cli(argv + ["-o", str(out), "--overwrite"], capsys)
+    assert rc == 0, res.err
+    assert out.read_bytes() == built.path.read_bytes()
+    assert (tmp_path / "m.litertlm.manifest.json").read_text() == built.manifest_path.read_text()
+    (tmp_path / "m.litertlm.manifest.json").write_text('{"format": "other"}')   # side file not ours
+    refused(out, "m.litertlm.manifest.json", "not a bundle manifest edge-sdk wrote")
+    (tmp_path / "dir.litertlm").mkdir()
+    refused(tmp_path / "dir.litertlm", "is a directory")
+
+
+def _write_foreign_litertlm(path: Path, tokenizer_json: Path) -> None:
+    """A .litertlm as LiteRT-LM's own builder writes it: a tokenizer section, no edge_sdk_manifest."""
+    import litert_lm_builder as lb
+
+    builder = lb.LitertLmFileBuilder()
+    builder.add_system_metadata(lb.Metadata(key="Authors", value="someone else", dtype=lb.DType.STRING))
+    builder.add_hf_tokenizer(str(tokenizer_json))
+    with open(path, "wb") as f:
+        builder.build(f)
+    assert path.read_bytes()[:8] == b"LITERTLM" and MANIFEST_KEY not in ct.read_header(path)[1]
+
+
+def test_android_refusals_leave_no_bundle(model, built, tmp_path, capsys):
+    mdir, tok, *_ = model
+    argv = ["bundle", str(mdir), "-o", str(tmp_path / "m.litertlm"), *(["--tokenizer", str(tok)] if tok else [])]
+    rc, res = _cli(argv + ["--android", str(tmp_path / "nope")], capsys)
+    assert rc == 2 and "not an android_demo directory" in res.err and "nope" in res.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    demo = tmp_path / "android_demo"
+    (demo / "app" / "src" / "main" / "assets").mkdir(parents=True)
+    shutil.copy(ROOT / "android_demo" / "app" / "build.gradle.kts", demo / "app" / "build.gradle.kts")
+    theirs = demo / "app" / "src" / "main" / "assets" / "model.litertlm"
+    theirs.write_bytes(b"someone's model")
+    rc, res = _cli(argv + ["--android", str(demo)], capsys)
+    assert rc == 2 and str(theirs) in res.err and theirs.read_bytes() == b"someone's model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["android_demo"]
+    theirs.unlink()
+    rc, res = _cli(argv + ["--android", str(demo)], capsys)
+    assert rc == 0 and theirs.read_bytes() == built.path.read_bytes()
 
 
 def _cli(argv, capsys):

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import InputError
+from ..outputs import is_bundle_file, is_manifest_file
 from .container import publish_mode
 
 ASSET_LIMIT = 100 * 10**6            # 100 MB
@@ -53,12 +54,31 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         raise
 
 
-def place(bundle: Path, manifest: Path, android_dir: Path, *, limit: int = ASSET_LIMIT) -> dict:
+def check_android_dir(android_dir: Path, read_manifest=None) -> None:
+    """``android_dir`` is an android_demo app whose assets hold no bundle we did not write
+    (``bundle`` calls this before it writes anything)."""
+    if not (android_dir / "app" / "build.gradle.kts").is_file():
+        raise InputError("not an android_demo directory (no app/build.gradle.kts)", path=android_dir,
+                         fix="pass the android_demo directory of this repository (or a copy of it)")
+    _check_assets(android_dir / "app" / "src" / "main" / "assets", read_manifest)
+
+
+def _check_assets(assets: Path, read_manifest) -> None:
+    """Only a bundle and manifest edge-sdk wrote are replaced (or removed) in the app's assets."""
+    if read_manifest is None:
+        from .litertlm import read_manifest
+    for p, ours in ((assets / ASSET_NAME, lambda q: is_bundle_file(q, read_manifest)),
+                    (assets / MANIFEST_NAME, is_manifest_file)):
+        if os.path.lexists(p) and not ours(p):
+            raise InputError("exists and is not a bundle edge-sdk wrote; refusing to replace it", path=p,
+                             fix="move it out of the app's assets, then bundle again")
+
+
+def place(bundle: Path, manifest: Path, android_dir: Path, *, limit: int = ASSET_LIMIT,
+          read_manifest=None) -> dict:
     """Copy into the app's assets, or return the adb commands; a dict for the report."""
-    app = android_dir / "app"
-    if not (app / "build.gradle.kts").is_file():
-        raise InputError("not an android_demo directory (no app/build.gradle.kts)", path=android_dir)
-    assets = app / "src" / "main" / "assets"
+    check_android_dir(android_dir, read_manifest)
+    assets = android_dir / "app" / "src" / "main" / "assets"
     size = bundle.stat().st_size
     app_id = application_id(android_dir)
     if size <= limit:

@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from ..outputs import check_replaceable_bundle
 from ..units import fmt_bytes
 from . import container as ct
 from .manifest import (MANIFEST_KEY, MANIFEST_VERSION, conversion_block, dumps, file_hashes, manifest_path_for,
                        memory_block, plan_summary, read_json, versions)
+from .android import check_android_dir
 from .metadata import executor_metadata, find_tokenizer, llm_metadata
 from .signatures import check_llm_signatures, kv_buffers, read_tflite
 
@@ -107,14 +109,16 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path | None = None,
            max_tokens: int | None = None, android: str | Path | None = None,
-           planned: dict | None = None, verify: bool = True) -> BundleReport:
+           planned: dict | None = None, verify: bool = True, overwrite: bool = False) -> BundleReport:
     """Pack ``model_dir`` (``edge-sdk convert`` output) into ``out_file`` (.litertlm).
 
     ``tokenizer``: a tokenizer.json (or its directory) when the model directory has none;
     ``max_tokens``: LiteRT-LM's ``max_num_tokens`` (default and maximum: the model's KV cache
     length); ``android``: an ``android_demo`` directory to place the bundle in (see
     :mod:`.android`); ``planned``: the planner's figures at the model's context
-    (``pipeline.bundle_model`` passes ``planned_memory(...)``; None: no plan at hand)."""
+    (``pipeline.bundle_model`` passes ``planned_memory(...)``; None: no plan at hand);
+    ``overwrite``: replace an existing ``out_file`` (and its side manifest), only when edge-sdk wrote
+    it (:func:`edge_sdk.outputs.check_replaceable_bundle`); without it an existing file is refused."""
     mdir, out = Path(model_dir), Path(out_file)
     if not mdir.is_dir():
         raise InputError("no such model directory", path=mdir, fix="pass the OUT_DIR written by `edge-sdk convert`")
@@ -122,6 +126,9 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
         raise InputError("the bundle file name must end in .litertlm", path=out)
     if not out.parent.is_dir():
         raise InputError("output directory does not exist", path=out.parent)
+    check_replaceable_bundle(out, manifest_path_for(out), overwrite=overwrite, read_manifest=read_manifest)
+    if android is not None:
+        check_android_dir(Path(android), read_manifest)     # before anything is written
     meta = read_json(mdir / "model.json", required=True)
     conv = read_json(mdir / "conversion.json")
     infos = {}
@@ -242,7 +249,7 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
     placed = None
     if android is not None:
         from .android import place
-        placed = place(out, mpath, Path(android))
+        placed = place(out, mpath, Path(android), read_manifest=read_manifest)
     return BundleReport(out, mpath, out.stat().st_size, manifest, placed, tuple(warnings))
 
 
