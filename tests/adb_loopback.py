@@ -14,6 +14,9 @@ What it speaks
                (raw, merged output), ``sync:`` (STAT, STA2, LST2, LIST, LIS2, SEND, RECV, QUIT;
                SEND makes parent dirs).
                Anything else is refused with CLSE and recorded in ``refused_services``.
+               Without ``shell_v2`` in ``features`` (``features=V1_FEATURES``: older Android, the
+               adbd of embedded Linux boards) the host falls back to the v1 shell: output and
+               errors merged in one stream, no exit code.
 
 Paths
     The device path ``/data/local/tmp`` is a real directory given at construction (``root``). Sync
@@ -21,7 +24,10 @@ Paths
     machine's own paths, read-only (a SEND outside ``/data/local/tmp`` fails "Permission denied").
     Shell commands run ``/bin/sh -c CMD`` on this machine with cwd = ``root``, ``TMPDIR`` and
     ``ADB_LOOPBACK_ROOT`` = ``root``, after every occurrence of ``/data/local/tmp`` in the command
-    string is replaced by ``root``. That textual rewrite is why ``root`` may only contain
+    string is replaced by ``root``. The device's ``python3`` is explicit: ``python`` (default: the
+    interpreter running the tests, ``sys.executable``, so the device has the same packages however
+    the tests were started) is first on the commands' PATH, as a ``python3`` wrapper in a private
+    directory; ``python=None`` leaves PATH as it is. That textual rewrite is why ``root`` may only contain
     ``[A-Za-z0-9_./+-]``: then it means the same quoted or unquoted. A test device, not a sandbox.
 
 Faults
@@ -40,10 +46,14 @@ import errno
 import os
 import posixpath
 import re
+import shlex
+import shutil
 import signal
 import socket
 import struct
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 
@@ -58,6 +68,7 @@ DEVICE_TMP = "/data/local/tmp"
 # OKAY), sendrecv_v2* (SND2/RCV2, compression), abb/abb_exec, apex, push_sync, track_app.
 DEFAULT_FEATURES = ("shell_v2", "cmd", "stat_v2", "ls_v2", "fixed_push_mkdir",
                     "fixed_push_symlink_timestamp")
+V1_FEATURES = tuple(f for f in DEFAULT_FEATURES if f != "shell_v2")
 _HIGH_WATER = 1 << 20  # unread inbound bytes per stream before we stop acking
 _SAFE_ROOT = re.compile(r"^/[A-Za-z0-9_./+-]+$")
 
@@ -260,11 +271,14 @@ class LoopbackAdbDevice:
                  disconnect_after_bytes: int | None = None,
                  fail_space_after_bytes: int | None = None,
                  keep_failed_sends: bool = False,
-                 lifetime: float = 600.0, stop_timeout: float = 5.0):
+                 lifetime: float = 600.0, stop_timeout: float = 5.0,
+                 python: str | os.PathLike | None = sys.executable):
         self.root = os.path.realpath(os.fspath(root))
         if not _SAFE_ROOT.match(self.root):
             raise ValueError(f"loopback root must match {_SAFE_ROOT.pattern}: {self.root}")
         os.makedirs(self.root, exist_ok=True)
+        self.python = None if python is None else os.fspath(python)
+        self._bin: str | None = None      # holds the device's python3 wrapper (outside root)
         self.banner = ("device::ro.product.name=loopback;ro.product.model=Loopback;"
                        "ro.product.device=loopback;features=" + ",".join(features))
         self.disconnect_after_bytes = disconnect_after_bytes
@@ -289,6 +303,14 @@ class LoopbackAdbDevice:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> "LoopbackAdbDevice":
+        if self.python is not None and self._bin is None:
+            # a wrapper, not a symlink: a venv's python finds its packages only when started by its
+            # own path (a symlink elsewhere would start the base interpreter without them)
+            self._bin = tempfile.mkdtemp(prefix="adb-loopback-bin.")
+            wrapper = os.path.join(self._bin, "python3")
+            with open(wrapper, "w") as f:
+                f.write(f"#!/bin/sh\nexec {shlex.quote(self.python)} \"$@\"\n")
+            os.chmod(wrapper, 0o755)
         lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         lst.bind(("127.0.0.1", self._requested_port))
@@ -359,6 +381,9 @@ class LoopbackAdbDevice:
         for t in list(self._threads):
             if t is not threading.current_thread():
                 t.join(max(0.0, deadline - time.monotonic()))
+        if self._bin is not None:
+            shutil.rmtree(self._bin, ignore_errors=True)
+            self._bin = None
 
     def wait_for_command(self, needle: str, timeout: float = 10.0) -> bool:
         """True once a shell command containing ``needle`` has been started."""
@@ -395,6 +420,8 @@ class LoopbackAdbDevice:
     def _shell(self, stream: _Stream, cmd: str, v2: bool) -> None:
         cmd = cmd.replace(DEVICE_TMP, self.root)
         env = dict(os.environ, ADB_LOOPBACK_ROOT=self.root, TMPDIR=self.root)
+        if self._bin is not None:
+            env["PATH"] = self._bin + os.pathsep + env.get("PATH", os.defpath)
         proc = subprocess.Popen(["/bin/sh", "-c", cmd] if cmd else ["/bin/sh"],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE if v2 else subprocess.STDOUT,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -133,13 +132,21 @@ def test_probe_a_linux_device(adb, device):
     info = adb.probe(device.serial)
     assert info.serial == device.serial
     assert not info.is_android and info.sdk == 0 and info.android_version == ""
-    assert info.has_python is (shutil.which("python3") is not None)
+    assert info.has_python       # the device's python3 is explicit: the interpreter running the tests
     assert info.abi == {"x86_64": "x86_64", "aarch64": "arm64-v8a"}.get(os.uname().machine,
                                                                          os.uname().machine)
     meminfo = Path("/proc/meminfo").read_text()
     total_kb = int(meminfo.split("MemTotal:")[1].split()[0])
     assert info.total_ram_bytes == total_kb * 1024
     assert 0 < info.available_ram_bytes <= info.total_ram_bytes
+
+
+def test_device_python_is_the_test_interpreter(adb, device):
+    """However the tests were started (no venv activated, another python3 first on PATH), the
+    device runs the validator with this interpreter and its packages (ai_edge_litert)."""
+    code, out, err = adb.shell(device.serial, ["python3", "-c",
+                                               "import sys, ai_edge_litert; print(sys.executable)"])
+    assert (code, err) == (0, "") and out.strip() == sys.executable, (out, err)
 
 
 # ---------------------------------------------------------------------------- files
