@@ -85,8 +85,8 @@ class PlanReport:
             where = "mapped" if row["mapped_bytes"] and not row["resident_bytes"] else "resident"
             lines.append(f"  {comp:<13}{fmt_count(row['params']):>10}{row['bits_per_weight']:>8.2f}"
                          f"{fmt_bytes(row['bytes']):>11}  {where}")
-        kv = plan.kv_cache
-        kv_name = "float32" if kv.bits == 32 else "float16" if kv.bits == 16 else f"int8/{kv.granularity}"
+        kv = mem.kv
+        kv_name = "float32" if kv.dtype == "float32" else "int8/per-tensor"
         lines += [
             f"  resident weights          {fmt_bytes(mem.resident_bytes):>11}",
             f"  mapped on demand          {fmt_bytes(mem.mapped_bytes):>11}  (only looked-up rows count)",
@@ -94,10 +94,12 @@ class PlanReport:
             f"({mem.distinct_tokens} distinct tokens; all {mem.context} distinct: "
             f"{fmt_bytes(mem.mapped_touched_worst_bytes)})",
             f"  KV cache ({kv_name})  {fmt_bytes(mem.kv_cache_bytes):>11}  "
-            f"({len(mem.kv_by_layer)} KV layers; sliding layers hold only their window)",
+            f"({len(mem.kv_by_layer)} KV layers, {len(kv.buffers)} buffers; {kv.describe()})",
             f"  activation arena          {fmt_bytes(mem.activation_bytes):>11}  (estimate)",
             f"  peak estimate             {fmt_bytes(mem.peak_bytes):>11}  (worst case {fmt_bytes(mem.peak_worst_bytes)})",
         ]
+        if kv.adaptation:
+            lines.append(f"  note: {kv.adaptation}")
         if self.budget is not None:
             verdict = "fits" if mem.peak_bytes <= self.budget else "DOES NOT FIT"
             lines.append(f"  budget                    {fmt_bytes(self.budget):>11}  {verdict}")
@@ -124,7 +126,8 @@ class PlanReport:
                       "peak_worst_case": mem.peak_worst_bytes},
             "distinct_tokens": mem.distinct_tokens,
             "components": self.plan.ledger(),
-            "kv_cache": {"bits": self.plan.kv_cache.bits, "by_layer": dict(mem.kv_by_layer)},
+            "kv_cache": {"bits": self.plan.kv_cache.bits, "by_layer": dict(mem.kv_by_layer),
+                         "layout": mem.kv.to_json()},
             "budget": {"limit": self.budget,
                        "fits": None if self.budget is None else mem.peak_bytes <= self.budget},
             "tensors": [t.to_json() for t in self.plan.tensors],
@@ -145,11 +148,13 @@ def plan_model(source: str | Path, *, recipe: str | Path = "mobile", text_only: 
 
 def planned_memory(model_dir: str | Path, context: int, distinct_tokens: int) -> dict | None:
     """The planner's figures for a converted model: its plan (source checkpoint's config + the recipe
-    ``conversion.json`` records) at the model's KV length (its caches are allocated full-length,
-    sliding layers included: ``model.json`` kv_cache) with ``distinct_tokens`` looked-up rows.
-    ``context`` is the evaluated context, recorded beside it. None when the source is not at hand."""
+    ``conversion.json`` records) with the KV cache the model actually carries (the layout recorded in
+    ``model.json['kv_cache']``, ``KvLayout.from_json``) and ``distinct_tokens`` looked-up rows.
+    ``context`` is the evaluated context, recorded beside the model's. None when the source is not
+    at hand."""
     import json
 
+    from .quant.kv_layout import KvLayout
     from .quant.recipe import recipe_from_dict
     try:
         conv = json.loads((Path(model_dir) / "conversion.json").read_text())
@@ -157,19 +162,18 @@ def planned_memory(model_dir: str | Path, context: int, distinct_tokens: int) ->
         src = conv["source"]["path"] if isinstance(conv.get("source"), dict) else conv.get("source")
         spec = spec_from_path(src)
         recipe = recipe_from_dict(conv["recipe"]) if isinstance(conv.get("recipe"), dict) else load_recipe(conv["recipe"])
+        kv_len, prefill = int(meta.get("context") or context), int(meta.get("prefill") or 32)
+        kv = KvLayout.from_json(meta["kv_cache"], context=kv_len, prefill=prefill)
     except (OSError, ValueError, KeyError, TypeError, InputError):
         return None
     plan = make_plan(spec, recipe)
-    full = "full-length" in str(meta.get("kv_cache", {}).get("sliding_layers", ""))
-    kv_len = int(meta.get("context") or context)
-    m = estimate_memory(plan, kv_len, int(meta.get("prefill") or 32), distinct_tokens=distinct_tokens,
-                        window_sized_sliding=not full)
+    m = estimate_memory(plan, kv_len, prefill, distinct_tokens=distinct_tokens, kv=kv)
     return {"context": kv_len, "evaluated_context": context, "prefill": m.prefill,
             "distinct_tokens": m.distinct_tokens, "resident_bytes": m.resident_bytes,
             "mapped_bytes": m.mapped_bytes, "mapped_touched_bytes": m.mapped_touched_bytes,
             "kv_cache_bytes": m.kv_cache_bytes, "activation_bytes": m.activation_bytes,
             "peak_bytes": m.peak_bytes, "recipe": plan.recipe.name,
-            "kv_sliding": "full-length" if full else "window-sized"}
+            "kv_sliding": "ring" if kv.ring_layers else "full-length"}
 
 
 def validate_model(model_dir: str | Path, *, reference: str | Path | None = None, text: str | Path | None = None,

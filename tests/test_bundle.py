@@ -120,12 +120,25 @@ def engine_matches_runtime(bundle: Path, mdir: Path, hf, prompts: list[str], ctx
     return longest
 
 
+def _long_prompt(hf, budget: int) -> str:
+    """The longest prefix (in words) of a pydoc topic that tokenizes to at most ``budget`` tokens."""
+    from pydoc_data.topics import topics
+    words, k = topics["with"].split(), 1
+    while k < len(words) and len(hf.encode(" ".join(words[:k + 1]), add_special_tokens=False).ids) <= budget:
+        k += 1
+    return " ".join(words[:k])
+
+
 def test_engine_greedy_matches_litert_runtime(model, built, tmp_path):
     mdir, _, _, ctx, T = model
+    hf = _tokenizer(model)
+    rings = {b["length"] for b in json.loads((mdir / "model.json").read_text())["kv_cache"]["buffers"] if b["ring"]}
     prompts = ["The quick brown fox", "a", "def f(x): return x + 1  # called with the argument and the keyword",
-               "Python is " + "the language " * (T // 2)]
-    longest = engine_matches_runtime(built.path, mdir, _tokenizer(model), prompts, ctx, tmp_path)
+               "Python is " + "the language " * (T // 2), _long_prompt(hf, ctx - 12)]
+    longest = engine_matches_runtime(built.path, mdir, hf, prompts, ctx, tmp_path)
     assert longest > T          # one prompt ran as prefill_<T> chunks plus leftover tokens
+    # sliding layers carry ring buffers shorter than the context, and one prompt wraps them
+    assert rings and longest > max(rings) and max(rings) < ctx
     assert built.manifest["model"]["bos_token_id"] == json.loads((mdir / "model.json").read_text())["bos_token_id"]
 
 
@@ -187,13 +200,15 @@ def test_manifest_sections_verified_from_file(model, built):
 
 def test_manifest_memory_is_the_plan_at_the_model_context(model, built):
     mdir, _, src, ctx, T = model
-    planned = planned_memory(mdir, ctx, None)      # the converted model's caches: full-length sliding too
+    planned = planned_memory(mdir, ctx, None)      # the KV layout model.json records
     mem = built.manifest["memory"]
     assert mem["planned_source"] == "planner" and mem["planned_context"] == ctx
     assert mem["planned_peak_bytes"] == planned["peak_bytes"]
     assert built.manifest["plan"]["bytes"]["kv_cache"] == planned["kv_cache_bytes"]
     plan = plan_model(src, recipe="mobile", text_only=True, context=ctx, prefill=T)
-    assert mem["planned_peak_bytes"] >= plan.memory.peak_bytes     # window-sized sliding caches need less
+    assert mem["planned_peak_bytes"] == plan.memory.peak_bytes     # planner and converter: one KV layout
+    assert planned["kv_cache_bytes"] == plan.memory.kv_cache_bytes == \
+        json.loads((mdir / "model.json").read_text())["kv_cache"]["bytes"]
     assert mem["validated_budget_bytes"] is None
     assert built.manifest["recipe"] == "mobile" and built.manifest["model"]["kv_cache"]["dtype"] == "int8"
     assert [a["part"] for a in built.manifest["adaptations"]] == ["kv_cache"]    # per-tensor, not per-(token, head)
@@ -227,7 +242,12 @@ def test_llm_and_executor_metadata(model, built, tmp_path):
     bufs = exe.llm_executor_metadata.state_buffers
     assert [b.decode_input_name for b in bufs] == [b["name"] for b in meta["kv_cache"]["buffers"]]
     assert all(b.sequence_axis == (2 if "_k_" in b.prefill_input_name else 3) for b in bufs)
-    assert {b.maximum_sequence_length for b in bufs} == {ctx} == {exe.llm_executor_metadata.max_history_size}
+    assert exe.llm_executor_metadata.max_history_size == ctx
+    S = executor_metadata_pb2.StateBuffer
+    for sb, b in zip(bufs, meta["kv_cache"]["buffers"]):   # rings are LOCAL (else they cap max_num_tokens)
+        assert sb.maximum_sequence_length == b["length"] == (b["length"] if b["ring"] else ctx)
+        local = (S.TYPE_LOCAL_KEY_CACHE, S.TYPE_LOCAL_VALUE_CACHE)
+        assert (sb.type in local) == b["ring"] and sb.minimum_sequence_length == (b["window"] if b["ring"] else 0)
     short = bundle_model(mdir, tmp_path / "short.litertlm", tokenizer=tok, max_tokens=ctx // 2)
     assert short.manifest["model"]["max_num_tokens"] == ctx // 2
 

@@ -377,7 +377,7 @@ def test_inspect_converted(converted, capsys):
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     for needle in ("prefill_decode.tflite", "signature decode ", "signature prefill_8", "score_8",
-                   "decode_per_layer_embedder", "kv_cache_k_0 int8[1, 2, 64, 16]",
+                   "decode_per_layer_embedder", "kv_cache_k_0 int8[1, 2, 15, 16]",
                    "kv_cache_v_2 int8[1, 2, 32, 64]", "lm_head", "per-channel(axis 0, 512 scales)"):
         assert needle in text, needle
     assert main(["inspect", str(out), "--json"]) == 0

@@ -72,10 +72,14 @@ def test_kv_cache_sliding_window_and_sharing():
     mem = estimate_memory(plan, 4096)
     layers = dict(mem.kv_by_layer)
     assert sorted(layers) == list(range(15))  # KV-shared layers 15..34 add nothing
-    # sliding (window 512, 1 KV head, head_dim 256): int8 K+V plus a float32 scale per token and head
-    assert layers[0] == 2 * 512 * 256 + 2 * 512 * 4
-    assert layers[4] == 2 * 4096 * 512 + 2 * 4096 * 4  # full layer, head_dim 512
-    assert estimate_memory(plan, 256).kv_by_layer[0][1] == 2 * 256 * 256 + 2 * 256 * 4
+    # what the converter emits (edge_sdk.quant.kv_layout): int8 with one per-tensor scale per buffer
+    # (a quantization parameter in the model, not state; the recipe's per-(token, head) scales cannot
+    # be carried by LiteRT-LM). Sliding layers (window 512, 1 KV head, head_dim 256): a ring of
+    # window + prefill - 1 = 543 slots at prefill 32.
+    assert mem.prefill == 32 and layers[0] == 2 * 543 * 256
+    assert layers[4] == 2 * 4096 * 512                  # full layer, head_dim 512
+    assert estimate_memory(plan, 256).kv_by_layer[0][1] == 2 * 256 * 256   # the ring would not be shorter
+    assert estimate_memory(plan, 4096, 128).kv_by_layer[0][1] == 2 * (512 + 127) * 256
 
 
 def test_int2_blockwise_is_refused_with_reason():

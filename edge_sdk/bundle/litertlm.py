@@ -31,7 +31,7 @@ from .manifest import (MANIFEST_KEY, MANIFEST_VERSION, conversion_block, dumps, 
                        memory_block, plan_summary, read_json, versions)
 from .android import check_android_dir
 from .metadata import executor_metadata, find_tokenizer, llm_metadata
-from .signatures import check_llm_signatures, kv_buffers, read_tflite
+from .signatures import cache_context, check_llm_signatures, kv_buffers, read_tflite
 
 MODEL_FILES = (("prefill_decode", "tf_lite_prefill_decode", True),
                ("embedder", "tf_lite_embedder", True),
@@ -147,7 +147,7 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
     if "per_layer_embeddings" not in decode.inputs:
         infos.pop("per_layer_embedder", None)       # unused by the graph: the engine would not call it
     kv = kv_buffers(decode)
-    context = kv[0].max_length
+    context = cache_context(decode)
     max_num = context if max_tokens is None else int(max_tokens)
     if not 1 <= max_num <= context:
         raise InputError(f"--max-tokens {max_num} must be between 1 and the model's KV cache length {context}",
@@ -169,7 +169,10 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
     llm_msg, facts = llm_metadata(tok, meta, max_num)
     if not facts.chat_template:
         warnings.append("no chat template: apps must prompt with apply_prompt_template off")
-    exe_msg = executor_metadata(kv, context)
+    kv_meta = meta.get("kv_cache") if isinstance(meta.get("kv_cache"), dict) else {}
+    windows = {b["name"]: b["window"] for b in kv_meta.get("buffers", [])
+               if isinstance(b, dict) and b.get("ring") and b.get("window")}
+    exe_msg = executor_metadata(kv, context, windows)
     recorded = file_hashes(conv)
 
     with tempfile.TemporaryDirectory(prefix=".edge_sdk_bundle.", dir=out.parent) as stage:
@@ -202,6 +205,8 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
                       "max_num_tokens": max_num, "prefill_lengths": _prefill_lengths(pd.signatures),
                       "kv_cache": {"dtype": kv[0].dtype, "layers": sorted({b.layer for b in kv}),
                                    "buffers": len(kv), "sequence_axes": {"k": 2, "v": 3},
+                                   "ring_slots": {b.name: b.max_length for b in kv if b.max_length < context}
+                                   or None,
                                    "scales": {b.name: b.scale for b in kv if b.scale is not None} or None},
                       "bos_token_id": facts.bos_id, "stop_token_ids": list(facts.stop_ids),
                       "stop_strings": list(facts.stop_strings), "has_chat_template": facts.chat_template,

@@ -8,8 +8,11 @@ signatures.
   ``llm_model_type.gemma4`` (tool-call / quote markers when the tokenizer names them), the
   ``thought`` channel (when ``soc_token``/``eoc_token`` exist) and the chat template with
   ``{% generation %}`` tags removed and ``.get('x')`` rewritten to ``['x']``.
-- ``ExecutorMetadata``: one state buffer per KV cache, k_i then v_i, all GLOBAL caches of the full
-  length (sliding windows are applied inside the graph), sequence axes 2 (K) and 3 (V).
+- ``ExecutorMetadata``: one state buffer per KV cache, k_i then v_i, sequence axes 2 (K) and 3 (V):
+  GLOBAL caches of the full length, and LOCAL caches (``minimum_sequence_length`` = the window,
+  ``maximum_sequence_length`` = the ring's slots) for sliding layers whose ring buffer is shorter
+  than the context (``edge_sdk.quant.kv_layout``; the graph keeps the ring itself). Declared
+  GLOBAL, a short ring would cap the engine's ``max_num_tokens`` at its length.
 """
 
 from __future__ import annotations
@@ -202,16 +205,23 @@ def llm_metadata(tok: TokenizerFiles, model: dict, max_num_tokens: int) -> tuple
     return msg, facts
 
 
-def executor_metadata(kv: list[KvBuffer], max_len: int) -> exe_pb.ExecutorMetadata:
+def executor_metadata(kv: list[KvBuffer], max_len: int,
+                      windows: dict[str, int] | None = None) -> exe_pb.ExecutorMetadata:
+    """``windows``: {buffer name: sliding window} of ring buffers (model.json's kv_cache)."""
     msg = exe_pb.ExecutorMetadata()
     ex = msg.llm_executor_metadata
     ex.max_history_size = int(max_len)
+    S = exe_pb.StateBuffer
     for b in kv:
         sb = ex.state_buffers.add()
         sb.prefill_input_name = sb.prefill_output_name = b.name
         sb.decode_input_name = sb.decode_output_name = b.name
-        sb.type = (exe_pb.StateBuffer.TYPE_GLOBAL_KEY_CACHE if b.kind == "k"
-                   else exe_pb.StateBuffer.TYPE_GLOBAL_VALUE_CACHE)
+        local = b.max_length < max_len
+        if local:
+            sb.type = S.TYPE_LOCAL_KEY_CACHE if b.kind == "k" else S.TYPE_LOCAL_VALUE_CACHE
+            sb.minimum_sequence_length = int((windows or {}).get(b.name) or b.max_length)
+        else:
+            sb.type = S.TYPE_GLOBAL_KEY_CACHE if b.kind == "k" else S.TYPE_GLOBAL_VALUE_CACHE
         sb.sequence_axis = b.sequence_axis
         sb.maximum_sequence_length = b.max_length
     return msg

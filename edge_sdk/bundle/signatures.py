@@ -125,6 +125,15 @@ def kv_buffers(decode: Signature) -> list[KvBuffer]:
     return sorted(found, key=lambda b: (b.layer, b.kind))
 
 
+def cache_context(decode: Signature) -> int:
+    """The context C: the mask's last axis [1, 1, T, C], else the longest KV cache (full-attention
+    caches hold C positions; sliding layers' ring buffers may be shorter)."""
+    mask = decode.inputs.get("mask")
+    if mask is not None and len(mask.shape) == 4:
+        return int(mask.shape[-1])
+    return max((b.max_length for b in kv_buffers(decode)), default=0)
+
+
 def check_llm_signatures(pd: TfliteInfo, emb: TfliteInfo | None, ple: TfliteInfo | None) -> list[str]:
     """Problems that would stop LiteRT-LM from running these models (empty list: none found)."""
     problems = []
@@ -140,9 +149,10 @@ def check_llm_signatures(pd: TfliteInfo, emb: TfliteInfo | None, ple: TfliteInfo
         kv = kv_buffers(decode)
         if not kv:
             problems.append(f"{pd.path.name}: 'decode' has no kv_cache_k_i / kv_cache_v_i inputs")
-        lengths = {b.max_length for b in kv}
-        if len(lengths) > 1:
-            problems.append(f"{pd.path.name}: KV caches disagree on the sequence length {sorted(lengths)}")
+        ctx = cache_context(decode)
+        longer = sorted({b.name for b in kv if b.max_length > ctx})
+        if longer:   # sliding layers may hold a shorter ring; nothing may exceed the context
+            problems.append(f"{pd.path.name}: KV caches {longer} are longer than the context {ctx}")
         for sig in (decode, prefill):
             if sig is None:
                 continue

@@ -24,10 +24,13 @@ model.json (no timestamps; conversion.json alone records wall time and peak RSS)
   ``sliding_window``, ``embed_scale``, ``kv_layers``, ``num_kv_shared_layers``, ``layers`` [{index,
   attention, head_dim, num_kv_heads, kv_source, window, intermediate_size, k_eq_v}], ``ple``
   ({num_layers, dim, vocab_size, scale} or null);
-- ``kv_cache``: ``dtype`` (float32 | int8), ``quantization`` "per_tensor", ``zero_point`` 0,
-  ``scales`` {buffer: scale}, ``requested`` (the recipe's bits/granularity), ``emitted``,
-  ``buffers`` [{name, layer, kind k|v, shape, dtype, sequence_axis, attention, window, scale}] in
-  LiteRT-LM's order (k_i, v_i by layer), layouts, update rule;
+- ``kv_cache``: the KV layout (``edge_sdk.quant.kv_layout.KvLayout.to_json``, read back with
+  ``KvLayout.from_json``): ``dtype`` (float32 | int8), ``quantization`` "per_tensor",
+  ``zero_point`` 0, ``context``, ``prefill``, ``scales`` {buffer: scale}, ``requested`` (the recipe's
+  bits/granularity), ``adaptation`` (what differs from it, or null), ``emitted``, ``bytes`` (all
+  state buffers), ``buffers`` [{name, layer, kind k|v, shape, dtype, sequence_axis, length,
+  attention, window, ring, scale_granularity, bytes, scale}] in LiteRT-LM's order (k_i, v_i by
+  layer), layouts, update rule (sliding layers: ring buffers of min(C, W + T - 1) slots);
 - ``mask``: input name, shape [1, 1, T, C], attend 0.0, masked -1e30 (any <= -1e9), causal over
   the cache; ``logits``: shapes per signature (prefill: none), ``softcapped``;
 - ``tokenizer``: {file: "tokenizer.json" | null, files: [copied tokenizer/generation files]}.
@@ -52,6 +55,7 @@ from ..checkpoint import Checkpoint
 from ..errors import InputError
 from ..quant.apply import Preparer
 from ..quant.kv import kv_scales as compute_kv_scales
+from ..quant.kv_layout import kv_layout
 from ..quant.plan import QuantPlan
 from ..quant.recipe import recipe_to_dict
 from ..spec import Binding, ModelSpec
@@ -187,16 +191,12 @@ def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Bin
                   out_dir) -> ConversionResult:
     text = spec.text
     prep = Preparer(ckpt, binding, plan)
-    kv = plan.kv_cache
+    layout = kv_layout(text, plan.kv_cache, context, prefill)   # refuses float16
     scales = None
-    if kv.bits == 8:
+    if layout.dtype == "int8":
         scales = compute_kv_scales({i: prep.read_f32(f"layers.{i}.self_attn.k_norm.weight")
                                     for i in text.kv_layers})
-    elif kv.bits == 16:
-        raise InputError("a float16 KV cache is not emitted: LiteRT-LM's CPU engine accepts it but "
-                         "its output was not faithful (LITERTLM_GEMMA4.md §7)",
-                         fix="use kv_cache bits 32 or 8 in the recipe")
-    geo = Geometry(context=context, prefill=prefill, kv_scales=scales, score=score)
+    geo = Geometry(context=context, prefill=prefill, kv=layout, kv_scales=scales, score=score)
     models = ["embedder"] + (["per_layer_embedder"] if text.has_ple else []) + ["prefill_decode"]
     tensors = [t for t in plan.tensors if t.model in models]
     bar = Progress(len(tensors), sum(t.data_bytes for t in tensors),
@@ -293,8 +293,8 @@ def model_json(spec: ModelSpec, plan: QuantPlan, geo: Geometry, outputs: dict, t
     """The contract: what the files are, how to drive them, and what the model is."""
     t = spec.text
     eos = list(dict.fromkeys(list(t.eos_token_ids) + generation_eos))
-    kvq = plan.kv_cache
-    emitted = ({"dtype": "float32"} if geo.kv_scales is None else
+    lay = geo.kv
+    emitted = ({"dtype": "float32"} if lay.dtype == "float32" else
                {"dtype": "int8", "quantization": "per_tensor", "zero_point": 0,
                 "rounding": "half away from zero (TFLite QUANTIZE)"})
     return {
@@ -322,14 +322,20 @@ def model_json(spec: ModelSpec, plan: QuantPlan, geo: Geometry, outputs: dict, t
         },
         "kv_cache": {
             **emitted, "emitted": emitted,
-            "requested": {"bits": kvq.bits,
-                          "granularity": None if kvq.granularity is None else str(kvq.granularity)},
+            "layout_version": lay.to_json()["layout_version"], "context": lay.context,
+            "prefill": lay.prefill,
+            "requested": {"bits": lay.requested_bits, "granularity": lay.requested_granularity},
+            "adaptation": lay.adaptation, "bytes": lay.bytes,
             "scales": dict(geo.kv_scales or {}),
-            "buffers": cache_buffers(t, geo),
-            "k_layout": "[1, num_kv_heads, context, head_dim] (sequence axis 2)",
-            "v_layout": "[1, num_kv_heads, head_dim, context] (sequence axis 3)",
-            "update": "DYNAMIC_UPDATE_SLICE at input_pos[0]",
-            "sliding_layers": "full-length caches; the window is applied in the graph from input_pos",
+            "buffers": cache_buffers(geo),
+            "k_layout": "[1, num_kv_heads, length, head_dim] (sequence axis 2)",
+            "v_layout": "[1, num_kv_heads, head_dim, length] (sequence axis 3)",
+            "update": ("full-length (ring false): DYNAMIC_UPDATE_SLICE at input_pos[0], slot j = position j; "
+                       "ring (sliding layers, length min(context, window + prefill - 1)): position p is "
+                       "written to slot p mod length, slot s holds the latest written position ≡ s"),
+            "sliding_layers": ("ring buffers; the graph derives each slot's position from input_pos and "
+                               "applies causality and the window itself" if lay.ring_layers else
+                               "the window is applied in the graph from input_pos"),
         },
         "mask": {"input": "mask", "shape": [1, 1, "T", geo.context], "attend": 0.0,
                  "masked": float(MASKED), "causal_over_cache": True,

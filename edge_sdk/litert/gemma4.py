@@ -24,13 +24,14 @@ RoPE, q/k/v norms, layer scalars, k_eq_v, the tied LM head as FULLY_CONNECTED ov
 ``lm_head`` weight, and final_logit_softcapping (TANH; unlike Google's exporter, so probabilities
 match transformers).
 
-KV cache dtype: float32, or with an int8 recipe (kv_cache bits 8) int8 with ONE per-tensor scale
-per cache buffer, QUANTIZE on write and DEQUANTIZE on read inside the graph. This is what
-LiteRT-LM's engine runs (LITERTLM_GEMMA4.md §7: int8 state buffers with a per-tensor scale are
-carried correctly); a per-(token, head) granularity would need extra scale state buffers the
-engine does not know, so a recipe's ``token_head`` request is emitted per tensor and
-``model.json`` says so. Scales: ``edge_sdk.quant.kv`` (V 1/32, K max|k_norm|/32, from the
-RMS-normalized range of K/V); ``KvFakeQuant`` reproduces it in the NumPy reference.
+KV cache: exactly the buffers of ``edge_sdk.quant.kv_layout`` (``Geometry.kv``): float32, or with
+an int8 recipe (kv_cache bits 8) int8 with ONE per-tensor scale per buffer, QUANTIZE on write and
+DEQUANTIZE on read inside the graph (LITERTLM_GEMMA4.md §7: int8 state buffers with a per-tensor
+scale are carried correctly by the engine; a recipe's ``token_head`` request is emitted per tensor
+and the layout's ``adaptation`` says so). Full-attention layers hold C positions; sliding layers a
+ring of ``min(C, W + T - 1)`` slots written at ``input_pos mod R`` (``gemma4_attention``). Scales:
+``edge_sdk.quant.kv`` (V 1/32, K max|k_norm|/32); ``KvFakeQuant`` reproduces them in the NumPy
+reference.
 
 Weights stream through ``WeightBank`` (``gemma4_weights``): sizes from the plan when the graph is
 built, data from the Preparer when the writer writes each buffer.
@@ -43,6 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..quant.kv_layout import KvLayout
 from ..spec.model import TextSpec
 from .dtypes import Quantization
 from .gemma4_attention import Step, attention, rms_norm, write_kv_only
@@ -57,8 +59,9 @@ MIN_RUNTIME = {"prefill_decode": "2.17.0", "embedder": "1.14.0", "per_layer_embe
 class Geometry:
     """What the signatures are built for."""
 
-    context: int          # KV cache length C
+    context: int          # KV cache length C (full-attention layers; the mask's last axis)
     prefill: int          # prefill / score chunk length T
+    kv: KvLayout          # the KV state buffers (edge_sdk.quant.kv_layout)
     kv_scales: dict | None = None   # int8 cache scales by buffer name; None: float32 cache
     score: bool = True    # add the score_<T> signature (logits for every position)
 
@@ -73,20 +76,15 @@ class Geometry:
         return {"prefill": f"prefill_{suffix}_{T}", "decode": f"decode_{suffix}"}
 
 
-def cache_buffers(text: TextSpec, geo: Geometry) -> list[dict]:
-    """The KV state buffers, in order k_i, v_i per KV layer (as LiteRT-LM lists them)."""
+def cache_buffers(geo: Geometry) -> list[dict]:
+    """The KV state buffers as model.json records them, in order k_i, v_i per KV layer (as
+    LiteRT-LM lists them): the layout's records plus each int8 buffer's scale."""
     out = []
-    dtype = "float32" if geo.kv_scales is None else "int8"
-    for i in text.kv_layers:
-        lyr = text.layers[i]
-        for kind, shape, axis in (("k", [1, lyr.num_kv_heads, geo.context, lyr.head_dim], 2),
-                                  ("v", [1, lyr.num_kv_heads, lyr.head_dim, geo.context], 3)):
-            name = f"kv_cache_{kind}_{i}"
-            buf = {"name": name, "layer": i, "kind": kind, "shape": shape, "dtype": dtype,
-                   "sequence_axis": axis, "attention": lyr.attention, "window": lyr.window}
-            if geo.kv_scales is not None:
-                buf["scale"] = geo.kv_scales[name]
-            out.append(buf)
+    for b in geo.kv.buffers:
+        buf = b.to_json()
+        if geo.kv_scales is not None:
+            buf["scale"] = geo.kv_scales[b.name]
+        out.append(buf)
     return out
 
 
@@ -139,8 +137,8 @@ def _decoder_signature(writer: LiteRTWriter, text: TextSpec, bank: WeightBank, g
                          tensor_name=f"{key}_per_layer_embeddings")
     pos = g.input("input_pos", [T], "int32", tensor_name=f"{key}_input_pos")
     mask = g.input("mask", [1, 1, T, C], "float32", tensor_name=f"{key}_mask")
-    step = Step(g, key, T, C, text, bank, pos, mask, geo.kv_scales)
-    for buf in cache_buffers(text, geo):
+    step = Step(g, key, T, C, text, bank, pos, mask, geo.kv_scales, geo.kv)
+    for buf in cache_buffers(geo):
         q = None if "scale" not in buf else Quantization(scale=(buf["scale"],), zero_point=(0,))
         step.cache_in[buf["name"]] = g.input(buf["name"], buf["shape"], buf["dtype"],
                                              tensor_name=f"{key}_{buf['name']}", quantization=q)

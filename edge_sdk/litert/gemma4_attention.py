@@ -1,13 +1,26 @@
 """Gemma 4 attention as LiteRT ops: RMSNorm, RoPE, the KV cache update and the attention core.
 
-Follows ``edge_sdk.reference.forward`` op for op (see its docstring for the maths). Layouts are
-Google's (LITERTLM_GEMMA4.md §5.1): K cache ``[1, KVH, C, D]`` (sequence axis 2), V cache
-``[1, KVH, D, C]`` (sequence axis 3). New K/V are written with DYNAMIC_UPDATE_SLICE at
-``input_pos[0]``; an int8 cache is QUANTIZEd on write and DEQUANTIZEd on read with its one
-per-tensor scale (``edge_sdk.quant.kv``). Attention is BATCH_MATMUL + SOFTMAX over the whole
-cache with the additive ``mask`` input (causal over the cache); sliding layers additionally
-mask keys ``j <= p - W`` (computed in the graph from ``input_pos``). GQA: query head h reads KV
-head ``h // (H / KVH)`` by reshaping the heads to ``[KVH, rep * T, D]``.
+Follows ``edge_sdk.reference.forward`` op for op (see its docstring for the maths). The caches are
+the buffers of ``edge_sdk.quant.kv_layout`` (``Step.kv``), in Google's layouts (LITERTLM_GEMMA4.md
+§5.1): K ``[1, KVH, L, D]`` (sequence axis 2), V ``[1, KVH, D, L]`` (sequence axis 3). An int8
+cache is QUANTIZEd on write and DEQUANTIZEd on read with its one per-tensor scale
+(``edge_sdk.quant.kv``).
+
+Full-length caches (L = C; full layers, and sliding layers when the ring would not be shorter):
+new K/V are written with DYNAMIC_UPDATE_SLICE at ``input_pos[0]``; attention uses the additive
+``mask`` input (causal over the cache) and sliding layers additionally mask keys ``j <= p - W``
+(computed in the graph from ``input_pos``).
+
+Ring caches (sliding layers, L = R = min(C, W + T - 1) < C): position p lives in slot p mod R.
+Decode (T = 1) writes one slot with DYNAMIC_UPDATE_SLICE at ``input_pos[0] mod R``; a chunk of
+T > 1 tokens may wrap around the end, so slot s takes ``new[(s - p0) mod R]`` where that offset is
+< T (GATHER of the chunk along the sequence axis + SELECT_V2 against the old cache). The mask is
+built in the graph and ignores the external one: with ``last = input_pos[0] + T - 1`` slot s holds
+position ``last - ((last - s) mod R)``; query q attends to it iff that position is >= 0, <= q and
+> q - W. R >= W + T - 1 guarantees no key a query of the chunk still needs is overwritten.
+
+Attention is BATCH_MATMUL + SOFTMAX over the whole cache. GQA: query head h reads KV head
+``h // (H / KVH)`` by reshaping the heads to ``[KVH, rep * T, D]``.
 """
 
 from __future__ import annotations
@@ -16,6 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import InputError
+from ..quant.kv_layout import KvBuffer, KvLayout
 from ..spec.model import LayerSpec, TextSpec
 from .dtypes import Quantization
 from .gemma4_weights import WeightBank
@@ -44,12 +59,14 @@ class Step:
     pos: Tensor                              # input_pos [T] int32
     mask: Tensor                             # [1, 1, T, C] additive
     kv_scales: dict[str, float] | None       # None: float32 cache
+    kv: KvLayout                             # the cache buffers (lengths, rings)
     cache_in: dict[str, Tensor] = field(default_factory=dict)
     cache_out: dict[str, Tensor] = field(default_factory=dict)
     _rope: dict = field(default_factory=dict)
     _masks: dict = field(default_factory=dict)
     _starts: dict = field(default_factory=dict)
-    _read: dict = field(default_factory=dict)   # layer -> (K [KVH, C, D], V [KVH, D, C]) float
+    _ring: dict = field(default_factory=dict)
+    _read: dict = field(default_factory=dict)   # layer -> (K [KVH, L, D], V [KVH, D, L], KvBuffer)
 
     # ---- tables -----------------------------------------------------------------------
     def rope(self, layer: LayerSpec) -> tuple[Tensor, Tensor]:
@@ -76,7 +93,12 @@ class Step:
         x2 = g.slice(x, [0, 0, d // 2], [t, h, d // 2])
         return g.add(g.mul(x, cos), g.mul(g.concatenation([x2, x1], -1), sin))
 
-    def layer_mask(self, layer: LayerSpec) -> Tensor:
+    def layer_mask(self, layer: LayerSpec, buf: KvBuffer) -> Tensor:
+        """Additive mask [1, 1, T, L] for ``layer`` reading cache ``buf`` (its source layer's)."""
+        if buf.ring:
+            if layer.window is None:
+                raise InputError(f"layer {layer.index} attends fully but reads the ring cache {buf.name}")
+            return self._ring_mask(layer.window, buf.length)
         if layer.window is None:
             return self.mask
         w = layer.window
@@ -88,25 +110,65 @@ class Step:
             self._masks[w] = g.select_v2(inside, self.mask, MASKED)
         return self._masks[w]
 
-    def start(self, axis: int) -> Tensor:
-        """int32 [4] start index with ``input_pos[0]`` on ``axis`` (2: K, 3: V)."""
-        if axis not in self._starts:
+    def _p0(self) -> Tensor:
+        if "p0" not in self._ring:
+            self._ring["p0"] = self.g.slice(self.pos, [0], [1])
+        return self._ring["p0"]
+
+    def _ring_mask(self, w: int, R: int) -> Tensor:
+        key = ("mask", w, R)
+        if key not in self._ring:
+            g, T = self.g, self.T
+            last = g.add(self._p0(), np.int32(T - 1))                                  # [1]
+            slots = g.const(None, np.arange(R, dtype=np.int32).reshape(1, R))
+            spos = g.sub(last, g.floor_mod(g.sub(last, slots), np.int32(R)))          # [1, R]
+            q = g.reshape(self.pos, [T, 1])
+            ok = g.logical_and(g.greater_equal(spos, np.int32(0)), g.greater_equal(q, spos))
+            ok = g.logical_and(ok, g.greater(spos, g.sub(q, np.int32(w))))            # [T, R]
+            zero = g.const(None, np.zeros((1,), np.float32))
+            self._ring[key] = g.select_v2(g.reshape(ok, [1, 1, T, R]), zero, MASKED)
+        return self._ring[key]
+
+    def _ring_write(self, R: int) -> tuple[Tensor, Tensor]:
+        """(written [R] bool, index [R] int32): slot s takes new[(s - p0) mod R] when < T."""
+        key = ("write", R)
+        if key not in self._ring:
             g = self.g
-            p0 = g.slice(self.pos, [0], [1])
+            off = g.floor_mod(g.sub(g.const(None, np.arange(R, dtype=np.int32)), self._p0()), np.int32(R))
+            self._ring[key] = (g.less(off, np.int32(self.T)), g.minimum(off, np.int32(self.T - 1)))
+        return self._ring[key]
+
+    def start(self, axis: int, ring: int | None = None) -> Tensor:
+        """int32 [4] start index with ``input_pos[0]`` (``mod ring``) on ``axis`` (2: K, 3: V)."""
+        key = (axis, ring)
+        if key not in self._starts:
+            g = self.g
+            p0 = self._p0() if ring is None else g.floor_mod(self._p0(), np.int32(ring))
             parts = [g.const_i32([0] * axis), p0] + ([g.const_i32([0] * (3 - axis))] if axis < 3 else [])
-            self._starts[axis] = g.concatenation(parts, 0)
-        return self._starts[axis]
+            self._starts[key] = g.concatenation(parts, 0)
+        return self._starts[key]
 
     # ---- cache ------------------------------------------------------------------------
     def write_cache(self, name: str, new: Tensor, axis: int) -> Tensor:
-        """DUS ``new`` ([1, KVH, T, D] for K / [1, KVH, D, T] for V) into cache ``name``;
+        """Write ``new`` ([1, KVH, T, D] for K / [1, KVH, D, T] for V) into cache ``name``
+        (full-length: at input_pos[0]; ring: at input_pos mod R, see the module docstring);
         returns the updated cache as float32 for reading."""
         g = self.g
-        cache = self.cache_in[name]
+        cache, buf = self.cache_in[name], self.kv.buffer(name)
         if self.kv_scales is not None:
             q = Quantization(scale=(self.kv_scales[name],), zero_point=(0,))
             new = g.quantize(new, "int8", q)
-        out = g.dynamic_update_slice(cache, new, self.start(axis), name=f"{self.sig}_{name}_output")
+        out_name = f"{self.sig}_{name}_output"
+        if not buf.ring:
+            out = g.dynamic_update_slice(cache, new, self.start(axis), name=out_name)
+        elif self.T == 1:
+            out = g.dynamic_update_slice(cache, new, self.start(axis, buf.length), name=out_name)
+        else:
+            R = buf.length
+            written, idx = self._ring_write(R)
+            rows = g.gather(new, idx, axis=axis, quantization=cache.quantization)
+            cond = g.reshape(written, [1, 1, R, 1] if axis == 2 else [1, 1, 1, R])
+            out = g.select_v2(cond, rows, cache, name=out_name, quantization=cache.quantization)
         self.cache_out[name] = out
         return out if self.kv_scales is None else g.dequantize(out)
 
@@ -133,21 +195,23 @@ def _attention(step: Step, layer: LayerSpec, h: Tensor, need_output: bool) -> Te
         k = step.apply_rope(rms_norm(g, raw, bank.vector(g, pre + "k_norm.weight"), eps), layer)
         v = rms_norm(g, v_raw, None, eps)
         i = layer.index
+        buf = step.kv.buffer(f"kv_cache_k_{i}")
+        L = buf.length
         k_all = step.write_cache(f"kv_cache_k_{i}",
                                  g.reshape(g.transpose(k, [1, 0, 2]), [1, nkv, T, D]), 2)
         v_all = step.write_cache(f"kv_cache_v_{i}",
                                  g.reshape(g.transpose(v, [1, 2, 0]), [1, nkv, D, T]), 3)
-        step._read[i] = (g.reshape(k_all, [nkv, step.context, D]),
-                         g.reshape(v_all, [nkv, D, step.context]))
+        step._read[i] = (g.reshape(k_all, [nkv, L, D]), g.reshape(v_all, [nkv, D, L]), buf)
     if not need_output:
         return None
-    kc, vc = step._read[layer.kv_source]
+    kc, vc, buf = step._read[layer.kv_source]
+    L = buf.length
     rep = nh // nkv
     q = g.reshape(g.fully_connected(h, bank.fc(g, pre + "q_proj.weight")), [T, nh, D])
     q = step.apply_rope(rms_norm(g, q, bank.vector(g, pre + "q_norm.weight"), eps), layer)
     q = g.reshape(g.transpose(q, [1, 0, 2]), [nkv, rep * T, D])
-    scores = g.reshape(g.batch_matmul(q, kc, adj_y=True), [nkv, rep, T, step.context])
-    probs = g.softmax(g.add(scores, step.layer_mask(layer)))
-    out = g.batch_matmul(g.reshape(probs, [nkv, rep * T, step.context]), vc, adj_y=True)
+    scores = g.reshape(g.batch_matmul(q, kc, adj_y=True), [nkv, rep, T, L])
+    probs = g.softmax(g.add(scores, step.layer_mask(layer, buf)))
+    out = g.batch_matmul(g.reshape(probs, [nkv, rep * T, L]), vc, adj_y=True)
     out = g.reshape(g.transpose(g.reshape(out, [nh, T, D]), [1, 0, 2]), [T, nh * D])
     return g.fully_connected(out, bank.fc(g, pre + "o_proj.weight"))

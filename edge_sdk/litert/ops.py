@@ -134,15 +134,20 @@ class OpsMixin:
     def logical_and(self, a, b, name=None):
         return self._binary(OP.LOGICAL_AND, a, b, None, name, "and", "bool")
 
-    def select_v2(self, cond, x, y, name=None):
-        """where(cond, x, y) with three-way broadcasting."""
+    def floor_mod(self, a, b, name=None):
+        """a mod b with the divisor's sign (Python's %), e.g. int32 ring-buffer slots."""
+        return self._binary(OP.FLOOR_MOD, a, b, None, name, "floor_mod")
+
+    def select_v2(self, cond, x, y, name=None, quantization=None):
+        """where(cond, x, y) with three-way broadcasting. ``quantization``: the output's (x and y
+        must share it: the kernel copies elements, e.g. an int8 cache)."""
         x = x if _is_tensor(x) else self._t(x, y)
         y = self._t(y, x)
         if cond.dtype != "bool" or x.dtype != y.dtype:
             raise InputError("select_v2 needs a bool condition and equal value dtypes")
         return self._op(OP.SELECT_V2, [cond, x, y],
                         broadcast_shapes(cond.shape, x.shape, y.shape), x.dtype,
-                        name=name, hint="select")
+                        name=name, hint="select", quantization=quantization)
 
     def rsqrt(self, x, name=None):
         return self._unary(OP.RSQRT, x, name=name, hint="rsqrt")
@@ -281,8 +286,10 @@ class OpsMixin:
                                            self.const_i32(strides)], out, x.dtype, opts,
                         name=name, hint="strided_slice")
 
-    def gather(self, params, indices, axis: int = 0, batch_dims: int = 0, name=None):
-        """params.shape[:axis] + indices.shape[batch_dims:] + params.shape[axis+1:]."""
+    def gather(self, params, indices, axis: int = 0, batch_dims: int = 0, name=None,
+               quantization=None):
+        """params.shape[:axis] + indices.shape[batch_dims:] + params.shape[axis+1:].
+        ``quantization``: the output's (pass the params' to keep an int8 tensor quantized)."""
         ax = _axis(axis, params.rank)
         if indices.dtype not in ("int32", "int64", "int16"):
             raise InputError(f"gather: indices must be int16/32/64, not {indices.dtype}")
@@ -293,7 +300,7 @@ class OpsMixin:
         shape = params.shape[:ax] + indices.shape[batch_dims:] + params.shape[ax + 1:]
         return self._op(OP.GATHER, [params, indices], shape, params.dtype,
                         schema.GatherOptionsT(axis=ax, batchDims=batch_dims),
-                        name=name, hint="gather")
+                        name=name, hint="gather", quantization=quantization)
 
     def embedding_lookup(self, ids, table, *, dtype: str | None = None, name=None):
         """table[ids] for 1-D int32 ids; a quantized (int8/uint8/int4) table yields float32

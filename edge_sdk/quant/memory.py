@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .kv_layout import KvLayout, kv_layout
 from .plan import QuantPlan
 
 PAGE = 4096
@@ -28,6 +29,7 @@ class MemoryEstimate:
     kv_by_layer: tuple[tuple[int, int], ...]
     distinct_tokens: int
     mapped_touched_worst_bytes: int   # every token of the context distinct
+    kv: KvLayout                       # the KV state buffers counted in kv_cache_bytes
 
     @property
     def peak_bytes(self) -> int:
@@ -38,28 +40,12 @@ class MemoryEstimate:
         return self.peak_bytes - self.mapped_touched_bytes + self.mapped_touched_worst_bytes
 
 
-def kv_cache_bytes(plan: QuantPlan, context: int, *, window_sized_sliding: bool = True) -> tuple[tuple[int, int], ...]:
-    """Per KV-producing layer: bytes of K + V (+ scales) at ``context`` tokens.
-
-    Sliding layers need only ``window`` tokens (when the runtime keeps a window-sized cache);
-    KV-shared layers add nothing. int8 caches carry a float32 scale per token and head.
-    """
-    kv = plan.kv_cache
-    text = plan.spec.text
-    out = []
-    for layer in text.layers:
-        if layer.kv_shared:
-            continue
-        tokens = context
-        if layer.window is not None and window_sized_sliding:
-            tokens = min(context, layer.window)
-        elems = 2 * layer.num_kv_heads * tokens * layer.head_dim
-        if kv.bits == 8:
-            per = elems + (2 * layer.num_kv_heads * tokens * 4 if kv.granularity == "token_head" else 8)
-        else:
-            per = elems * kv.bits // 8
-        out.append((layer.index, per))
-    return tuple(out)
+def kv_cache_bytes(plan: QuantPlan, context: int, prefill: int = 32) -> tuple[tuple[int, int], ...]:
+    """Per KV-producing layer: bytes of its K + V state buffers at ``context`` tokens with prefill
+    chunks of ``prefill``, exactly as the converter emits them (``kv_layout``: sliding layers hold
+    a ring of window + prefill - 1 slots, KV-shared layers add nothing, int8 has one per-tensor
+    scale per buffer stored in the model, not as state)."""
+    return kv_layout(plan.spec.text, plan.kv_cache, context, prefill).by_layer()
 
 
 def activation_bytes(plan: QuantPlan, context: int, prefill: int) -> int:
@@ -104,22 +90,24 @@ def mapped_touched_bytes(plan: QuantPlan, distinct_tokens: int) -> int:
 
 
 def estimate_memory(plan: QuantPlan, context: int, prefill: int = 32, *,
-                    distinct_tokens: int | None = None, window_sized_sliding: bool = True) -> MemoryEstimate:
+                    distinct_tokens: int | None = None, kv: KvLayout | None = None) -> MemoryEstimate:
     """Peak estimate at ``context`` tokens with prefill chunks of ``prefill``.
 
     ``distinct_tokens`` (how many different tokens the context holds) sets how many rows of the
     mapped tables become resident; default ``DISTINCT_TOKEN_RATIO * context``. The worst case
-    (all distinct) is reported beside it.
+    (all distinct) is reported beside it. ``kv``: the KV layout to count (a converted model's, read
+    from its model.json); default the one the converter emits at (context, prefill).
     """
     if distinct_tokens is None:
         distinct_tokens = max(1, int(DISTINCT_TOKEN_RATIO * context))
-    kv = kv_cache_bytes(plan, context, window_sized_sliding=window_sized_sliding)
+    if kv is None:
+        kv = kv_layout(plan.spec.text, plan.kv_cache, context, prefill)
     return MemoryEstimate(
         context=context, prefill=prefill,
         resident_bytes=plan.resident_bytes, mapped_bytes=plan.mapped_bytes,
         mapped_touched_bytes=mapped_touched_bytes(plan, distinct_tokens),
-        kv_cache_bytes=sum(b for _, b in kv),
+        kv_cache_bytes=kv.bytes,
         activation_bytes=activation_bytes(plan, context, prefill),
-        kv_by_layer=kv, distinct_tokens=distinct_tokens,
-        mapped_touched_worst_bytes=mapped_touched_bytes(plan, context),
+        kv_by_layer=kv.by_layer(), distinct_tokens=distinct_tokens,
+        mapped_touched_worst_bytes=mapped_touched_bytes(plan, context), kv=kv,
     )
