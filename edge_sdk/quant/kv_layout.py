@@ -133,7 +133,7 @@ class KvLayout:
         rings = {b.length for b in self.buffers if b.ring}
         where = (f"sliding layers: ring of {', '.join(map(str, sorted(rings)))} slots "
                  f"(window + prefill - 1)" if rings else "all caches full-length")
-        return f"{self.dtype}{'/per-tensor' if self.dtype == 'int8' else ''}; {where}"
+        return where
 
     def to_json(self) -> dict:
         return {"layout_version": LAYOUT_VERSION, "context": self.context, "prefill": self.prefill,
