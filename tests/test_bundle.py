@@ -95,14 +95,16 @@ def engine_view(ours: list[int], stops: list[list[int]]) -> list[int]:
     return ours[:len(ours) - hold]
 
 
-def engine_matches_runtime(bundle: Path, mdir: Path, hf, prompts: list[str], ctx: int, cache: Path) -> int:
+def engine_matches_runtime(bundle: Path, mdir: Path, hf, prompts: list[str], ctx: int, cache: Path,
+                           **engine_kw) -> int:
     """Greedy text from LiteRT-LM == our runtime's greedy tokens, detokenized; returns the longest
-    prompt (with BOS) in tokens."""
+    prompt (with BOS) in tokens. ``engine_kw``: more ``litert_lm.Engine`` options."""
     litert_lm = pytest.importorskip("litert_lm")
     from edge_sdk.litert.runtime import LiteRTModel
 
     ref = LiteRTModel(mdir)
-    eng = litert_lm.Engine(str(bundle), backend=litert_lm.Backend.CPU(), max_num_tokens=ctx, cache_dir=str(cache))
+    eng = litert_lm.Engine(str(bundle), backend=litert_lm.Backend.CPU(), max_num_tokens=ctx, cache_dir=str(cache),
+                           **engine_kw)
     stops, longest = eng.eos_token_ids, 0
     for p in prompts:
         body = eng.tokenize(p)
@@ -139,6 +141,16 @@ def test_engine_greedy_matches_litert_runtime(model, built, tmp_path):
     assert longest > T          # one prompt ran as prefill_<T> chunks plus leftover tokens
     # sliding layers carry ring buffers shorter than the context, and one prompt wraps them
     assert rings and longest > max(rings) and max(rings) < ctx
+
+
+def test_engine_ringbuffer_option_changes_nothing(model, built, tmp_path):
+    """The rings live in the graph: LiteRT-LM's ``use_ringbuffers_local_attention`` on (or off)
+    gives the same greedy text as our runtime, prompts past the ring included."""
+    mdir, _, _, ctx, T = model
+    hf = _tokenizer(model)
+    for flag in (True, False):
+        engine_matches_runtime(built.path, mdir, hf, ["The quick brown fox", _long_prompt(hf, ctx - 12)], ctx,
+                               tmp_path, use_ringbuffers_local_attention=flag)
     assert built.manifest["model"]["bos_token_id"] == json.loads((mdir / "model.json").read_text())["bos_token_id"]
 
 
