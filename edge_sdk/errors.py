@@ -5,6 +5,10 @@ that ran and failed."""
 from __future__ import annotations
 
 from os import PathLike
+from pathlib import Path
+
+DISTRIBUTION = "gemma-edge-sdk"    # our name on PyPI (import package edge_sdk, command edge-sdk); "edge-sdk"
+                                   # there is an unrelated project: never tell anyone to install that
 
 
 class EdgeSdkError(Exception):
@@ -57,3 +61,12 @@ class CheckFailed(EdgeSdkError):
     """A check ran and failed (budget, quality, non-finite outputs)."""
 
     exit_code = 1
+
+
+def install_fix(extra: str) -> str:
+    """How to install the optional ``extra`` of *this* code: from its checkout when it runs from
+    one (an editable install), else the distribution by its own name."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file() and (root / "edge_sdk" / "__init__.py").is_file():
+        return f"pip install -e '{root}[{extra}]'"
+    return f"pip install '{DISTRIBUTION}[{extra}]'"

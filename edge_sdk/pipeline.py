@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import open_checkpoint
-from .errors import InputError
+from .errors import InputError, install_fix
 from .outputs import check_replaceable_dir, is_nonempty_dir
 from .quant.codebooks import CODEBOOKS_NAME, read_qat_codebooks
 from .quant.memory import MemoryEstimate, estimate_memory
@@ -283,7 +283,7 @@ def bundle_model(model_dir: str | Path, out_file: str | Path, *, tokenizer: str 
         from .bundle import bundle
     except ImportError as e:
         raise InputError(f"bundling needs LiteRT-LM's builder ({e.name or e} is not installed)",
-                         fix="pip install 'edge-sdk[bundle]'") from None
+                         fix=install_fix("bundle")) from None
 
     planned = None
     try:

@@ -53,8 +53,10 @@ def manifest_path_for(bundle: str | Path) -> Path:
 
 
 def versions() -> dict:
-    out = {}
-    for dist in ("edge-sdk", "litert-lm-builder", "ai-edge-litert"):
+    from .. import __version__
+
+    out = {"edge-sdk": __version__}    # this code's own version (PyPI's "edge-sdk" is another project)
+    for dist in ("litert-lm-builder", "ai-edge-litert"):
         try:
             out[dist] = importlib_metadata.version(dist)
         except importlib_metadata.PackageNotFoundError:
