@@ -1,6 +1,7 @@
 """The int8 KV cache as the converted models store it, and the same fake-quantization in NumPy.
 
-What the converter emits (``edge_sdk.litert.gemma4``): every cache buffer ``kv_cache_k_i`` /
+Which buffers exist, their shapes (sliding layers: ring buffers) and bytes: ``edge_sdk.quant.kv_layout``,
+the one owner of the layout. What the converter emits (``edge_sdk.litert.gemma4``): every cache buffer ``kv_cache_k_i`` /
 ``kv_cache_v_i`` is an int8 graph input/output with ONE per-tensor scale (zero point 0). New K/V
 are written with QUANTIZE and the whole cache is read back with DEQUANTIZE, inside the graph.
 LiteRT-LM's engine carries such int8 state buffers unchanged between calls (LITERTLM_GEMMA4.md
