@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import open_checkpoint
+from .checkpoint import has_weight_files, open_checkpoint
 from .errors import InputError, install_fix
 from .outputs import check_replaceable_dir, is_nonempty_dir
 from .quant.codebooks import CODEBOOKS_NAME, read_qat_codebooks
@@ -15,8 +15,6 @@ from .quant.presets import load_recipe
 from .quant.scales import SIDECAR_NAME, parse_ct_config, read_qat_sidecar
 from .spec import Binding, Inventory, ModelSpec, bind, inventory_from_spec, spec_from_config, spec_from_path
 from .units import parse_size
-
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
 @dataclass(frozen=True)
@@ -31,7 +29,8 @@ class Source:
 
 
 def has_weights(path: Path) -> bool:
-    return path.is_dir() and any(p.suffix in _WEIGHT_SUFFIXES for p in path.iterdir())
+    """A checkpoint directory (weights, an index or pickles), not a bare config."""
+    return has_weight_files(path)
 
 
 def open_source(path: str | Path) -> Source:

@@ -391,3 +391,31 @@ def test_writer_is_deterministic_atomic_and_streams(tmp_path):
     expect(CheckpointError, lambda: write_safetensors(a, [("d", np.zeros(1)), ("d", np.zeros(1))]), a, "d")
     assert a.read_bytes() == before  # failed writes leave the old file alone
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors", "b.safetensors"]
+
+
+@pytest.mark.parametrize("present", [0, 1])
+def test_index_naming_a_missing_shard_is_refused_by_inspect_and_convert(multimodal_ckpt, tmp_path, capsys, present):
+    """Not "counted from config.json alone": a directory with an index is a checkpoint, and a shard
+    it names that is not there is one line, exit 2, naming the shard (all shards gone, or one of two)."""
+    from safetensors.numpy import load_file
+
+    from edge_sdk.cli import main
+
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "config.json").write_bytes((multimodal_ckpt / "config.json").read_bytes())
+    tensors = load_file(str(multimodal_ckpt / "model.safetensors"))
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    if present:
+        first = "model-00001-of-00002.safetensors"
+        write_safetensors(d / first, [(n, tensors[n]) for n in shards[first]])
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {n: s for s, ns in shards.items() for n in ns}}))
+    missing = "model-00002-of-00002.safetensors" if present else "model-00001-of-00002.safetensors"
+    for argv in (["inspect", str(d)], ["convert", str(d), "-o", str(tmp_path / "out"), "--text-only"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(d / missing) in err and "missing" in err and "fix:" in err, err
+    assert not (tmp_path / "out").exists()

@@ -11,7 +11,7 @@ Every problem raises ``edge_sdk.errors.CheckpointError`` (``ConfigError`` for co
 file, the tensor where there is one, and a fix.
 """
 
-from .directory import Checkpoint, open_checkpoint
+from .directory import Checkpoint, has_weight_files, open_checkpoint
 from .safetensors_io import DTYPES, TensorInfo, read_safetensors_header
 from .writer import LazyTensor, write_safetensors
 
@@ -20,6 +20,7 @@ __all__ = [
     "Checkpoint",
     "LazyTensor",
     "TensorInfo",
+    "has_weight_files",
     "open_checkpoint",
     "read_safetensors_header",
     "write_safetensors",

@@ -110,7 +110,9 @@ def _sharded_tensors(directory: Path, index: Path) -> dict[str, TensorInfo]:
     for shard in sorted(by_shard):
         file = directory / shard
         if not file.is_file():
-            raise CheckpointError(f"shard listed in {INDEX_NAME} is missing", path=file,
+            missing = [s for s in sorted(by_shard) if not (directory / s).is_file()]
+            also = f" ({len(missing)} of {len(by_shard)} shards are missing)" if len(missing) > 1 else ""
+            raise CheckpointError(f"shard {shard} named in {INDEX_NAME} is missing{also}", path=file,
                                   tensor=sorted(by_shard[shard])[0],
                                   fix="copy every shard named in the index into the directory")
         header = read_safetensors_header(file)
@@ -125,6 +127,21 @@ def _sharded_tensors(directory: Path, index: Path) -> dict[str, TensorInfo]:
                                       path=file, tensor=name, fix="re-save the checkpoint")
             tensors[name] = info
     return tensors
+
+
+def has_weight_files(directory: str | os.PathLike) -> bool:
+    """``directory`` claims to hold weights: ``model.safetensors``, the index (even when the shards it
+    names are missing), any other ``*.safetensors``, or pickle weights. Such a directory is a
+    checkpoint and ``open_checkpoint`` must accept it (or say what is wrong); only a directory with
+    none of these may be read as a bare config."""
+    d = Path(directory)
+    if not d.is_dir():
+        return False
+    try:
+        names = [e.name for e in os.scandir(d)]
+    except OSError:
+        return True     # unreadable: let open_checkpoint say so
+    return any(n == INDEX_NAME or n.endswith(".safetensors") or n.endswith(PICKLE_SUFFIXES) for n in names)
 
 
 def _weight_tensors(directory: Path) -> dict[str, TensorInfo]:
