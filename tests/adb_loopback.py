@@ -279,6 +279,7 @@ class LoopbackAdbDevice:
         os.makedirs(self.root, exist_ok=True)
         self.python = None if python is None else os.fspath(python)
         self._bin: str | None = None      # holds the device's python3 wrapper (outside root)
+        self.features = tuple(features)
         self.banner = ("device::ro.product.name=loopback;ro.product.model=Loopback;"
                        "ro.product.device=loopback;features=" + ",".join(features))
         self.disconnect_after_bytes = disconnect_after_bytes

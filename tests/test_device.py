@@ -21,10 +21,10 @@ import pytest
 adbutils = pytest.importorskip("adbutils")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from adb_loopback import LoopbackAdbDevice  # noqa: E402
+from adb_loopback import DEFAULT_FEATURES, V1_FEATURES, LoopbackAdbDevice  # noqa: E402
 
 from edge_sdk.errors import DeviceError  # noqa: E402
-from edge_sdk.validate.device import AdbSession, quote_argv  # noqa: E402
+from edge_sdk.validate.device import AdbSession, _v1_command, quote_argv  # noqa: E402
 
 TMP = "/data/local/tmp"
 
@@ -55,9 +55,12 @@ def adb(tmp_path_factory):
             assert not session.server_running()
 
 
-@pytest.fixture(scope="module")
-def device(adb, tmp_path_factory):
-    with LoopbackAdbDevice(tmp_path_factory.mktemp("device")) as dev:
+@pytest.fixture(scope="module", params=["shell_v2", "shell_v1"])
+def device(adb, tmp_path_factory, request):
+    """The loopback device, once with shell v2 and once without it (older Android, embedded Linux
+    adbd): then adbutils speaks the v1 shell (merged output, no exit status stream)."""
+    features = DEFAULT_FEATURES if request.param == "shell_v2" else V1_FEATURES
+    with LoopbackAdbDevice(tmp_path_factory.mktemp("device"), features=features) as dev:
         adb.connect(dev.serial)
         try:
             yield dev
@@ -107,6 +110,27 @@ def test_list_and_pick_the_only_device(adb, device):
     with pytest.raises(DeviceError, match=f"not connected.*{device.serial}") as e:
         adb.pick_device("127.0.0.1:1")
     assert e.value.exit_code == 2
+
+
+def test_pick_connects_a_host_port_serial(adb, tmp_path):
+    """``--device HOST:PORT`` for a device adb has not connected yet: connected as `adb connect`
+    would; nothing listening there: one line that says how to fix it."""
+    with LoopbackAdbDevice(tmp_path / "new") as dev:
+        assert dev.serial not in [d.serial for d in adb.list_devices()]
+        try:
+            assert adb.pick_device(dev.serial) == dev.serial
+            assert (dev.serial, "device") in [tuple(d) for d in adb.list_devices()]
+            assert adb.run(dev.serial, ["echo", "hi"]).stdout == "hi\n"
+        finally:
+            adb.disconnect(dev.serial)
+    nobody = f"127.0.0.1:{_free_port()}"
+    with pytest.raises(DeviceError) as e:
+        adb.pick_device(nobody)
+    msg = str(e.value)
+    assert "\n" not in msg and f"{nobody} is not connected" in msg and f"adb connect {nobody}" in msg, msg
+    assert nobody not in [d.serial for d in adb.list_devices()]
+    with pytest.raises(DeviceError, match="not connected"):
+        adb.pick_device("R58M12345")          # a USB serial is never "connected" over the network
 
 
 def test_pick_auto_with_two_devices_names_both(adb, device, tmp_path):
@@ -244,10 +268,18 @@ def test_no_space_left_on_device(adb, tmp_path):
 
 # ---------------------------------------------------------------------------- commands
 def test_shell_exit_codes_and_stderr(adb, device):
+    v2 = "shell_v2" in device.features
+    assert adb.features(device.serial) >= {"cmd", "stat_v2"} and ("shell_v2" in adb.features(device.serial)) is v2
     assert adb.shell(device.serial, ["sh", "-c", "exit 7"]).exit_code == 7
     code, out, err = adb.shell(device.serial, ["sh", "-c", "echo out; echo err >&2; exit 3"])
-    assert (code, out, err) == (3, "out\n", "err\n")
+    assert (code, out, err) == ((3, "out\n", "err\n") if v2 else (3, "out\nerr\n", ""))   # v1: merged
     assert adb.run(device.serial, ["echo", "fine"]).stdout == "fine\n"
+    assert adb.shell(device.serial, ["printf", "no newline"]) == (0, "no newline", "")
+    # output that imitates the v1 exit-status line does not fool it (the real one has a random nonce)
+    fake = "\n" + _v1_command("x")[1].decode() + "9\n"
+    assert adb.shell(device.serial, ["sh", "-c", 'printf "$1"; exit 4', "sh", fake]) == (4, fake, "")
+    sha = adb.run(device.serial, ["sh", "-c", "printf abc | sha256sum"]).stdout.split()[0]
+    assert sha == hashlib.sha256(b"abc").hexdigest()
     with pytest.raises(DeviceError, match="exit code 3: err") as e:
         adb.run(device.serial, ["sh", "-c", "echo err >&2; exit 3"])
     assert e.value.exit_code == 2
@@ -295,7 +327,10 @@ def test_real_adb_cli_against_the_loopback_device(adb, device, tmp_path):
                               env=env, capture_output=True, text=True, timeout=20)
 
     r = cli("shell", "echo hi; echo oops >&2; exit 5")  # shell v2: exit status and stderr
-    assert (r.returncode, r.stdout, r.stderr) == (5, "hi\n", "oops\n")
+    if "shell_v2" in device.features:
+        assert (r.returncode, r.stdout, r.stderr) == (5, "hi\n", "oops\n")
+    else:                                                # a v1-only daemon: adb itself falls back
+        assert (r.returncode, r.stdout) == (0, "hi\noops\n")
     r = cli("shell", "-x", "echo v1; echo e1 >&2; exit 4")  # -x: the v1 raw shell, merged output
     assert (r.returncode, sorted(r.stdout.split())) == (0, ["e1", "v1"])
     src = _random_file(tmp_path / "cli.bin", 300_000)

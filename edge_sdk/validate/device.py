@@ -9,7 +9,11 @@ port) when a connection fails; the session's client does not.
 
 Devices are named by serial (a ``str``). Commands are argv lists: every argument is quoted with
 ``shlex.quote`` before it reaches the device shell, so paths with spaces, ``;``, ``$(..)``,
-backticks or quotes stay one argument. Exit statuses come from the shell v2 protocol. Every failure (no or
+backticks or quotes stay one argument. Exit statuses come from the shell v2 protocol where the device
+offers it (feature ``shell_v2``); daemons without it (older Android, embedded Linux boards) speak
+the v1 shell: one merged output stream (``stdout``, ``stderr`` empty) and no exit status, which we
+recover from a marker line with a random nonce that the command line prints last. A ``HOST:PORT``
+serial that the adb server does not know yet is connected first, as ``adb connect`` would. Every failure (no or
 ambiguous device, device gone mid-transfer or mid-run, device full, non-zero exit in ``run``) is a
 ``DeviceError`` (CLI exit code 2) whose message says what happened and, where there is one, the fix.
 """
@@ -19,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
+import secrets
 import shlex
 import signal
 import socket
@@ -131,6 +137,34 @@ def describe_exit(code: int) -> str:
     return text
 
 
+_NETWORK_SERIAL = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\]):\d{1,5}")
+
+
+def is_network_serial(serial: str) -> bool:
+    """``HOST:PORT`` (``adb connect``'s form), not a USB serial or ``emulator-N``."""
+    return bool(_NETWORK_SERIAL.fullmatch(serial)) and 0 < int(serial.rsplit(":", 1)[1]) < 65536
+
+
+def _v1_command(cmd: str) -> tuple[str, bytes]:
+    """``cmd`` for a v1 shell, followed by a line that carries its exit status, and that line's
+    marker. The marker holds a random nonce, so the command's own output cannot imitate it; the
+    leading newline is ours (stripped again), so output without a final newline stays intact."""
+    marker = f"__edge_sdk_rc_{secrets.token_hex(8)}="
+    return f"{cmd}\nprintf '\\n{marker}%s\\n' \"$?\"", marker.encode()
+
+
+def _parse_v1(raw: bytes, marker: bytes, cmd: str) -> tuple[int, bytes]:
+    """(exit status, output) from a v1 shell's merged output (``_v1_command``)."""
+    raw = raw.replace(b"\r\n", b"\n")    # v1 daemons that run commands in a PTY send CRLF
+    at = raw.rfind(b"\n" + marker)
+    tail = raw[at + 1 + len(marker):].strip() if at >= 0 else b""
+    if at < 0 or not tail.isdigit():
+        raise DeviceError(f"`{cmd}` ended without reporting its exit status (v1 adb shell; the device "
+                          f"shell may have been killed): {raw[-300:].decode('utf-8', 'replace').strip()!r}",
+                          fix="retry; if it persists, check the device's /bin/sh")
+    return int(tail), raw[:at]
+
+
 class AdbSession:
     """A connection to one adb server (see the module docstring)."""
 
@@ -151,6 +185,7 @@ class AdbSession:
         self.server_env = dict(server_env or {})
         self._client = _client_class()(host=LOOPBACK, port=self.port)
         self._devices: dict[str, object] = {}
+        self._features: dict[str, frozenset[str]] = {}
         if start:
             self.start_server()
 
@@ -204,6 +239,7 @@ class AdbSession:
         with self.errors(f"disconnecting {address}"):
             self._client.disconnect(address)
         self._devices.pop(address, None)
+        self._features.pop(address, None)
 
     def wait_for(self, serial: str, state: str = "device", timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
@@ -228,6 +264,9 @@ class AdbSession:
         devices = self.list_devices()
         if serial_or_auto != "auto":
             found = {d.serial: d.state for d in devices}
+            if serial_or_auto not in found and is_network_serial(serial_or_auto):
+                self._connect_for_pick(serial_or_auto, ", ".join(found) or "none")
+                found = {d.serial: d.state for d in self.list_devices()}
             if serial_or_auto not in found:
                 listed = ", ".join(found) or "none"
                 raise DeviceError(f"device {serial_or_auto} is not connected "
@@ -248,6 +287,27 @@ class AdbSession:
                                for d in devices)
             raise DeviceError(f"no usable adb device: {detail}")
         raise DeviceError("no adb device is connected", fix=USB_DEBUGGING_HELP)
+
+    def _connect_for_pick(self, address: str, listed: str) -> None:
+        """``adb connect HOST:PORT`` for a serial the server does not know yet; one clear line if not."""
+        try:
+            self.connect(address)
+        except DeviceError as e:
+            raise DeviceError(f"device {address} is not connected (connected: {listed}) and connecting "
+                              f"to it failed: {e.detail}",
+                              fix=f"check that the device listens on {address} (on the device: "
+                                  f"`adb tcpip {address.rsplit(':', 1)[1]}`), then `adb connect {address}`"
+                              ) from None
+
+    def features(self, serial: str) -> frozenset[str]:
+        """The device daemon's feature list (``shell_v2``, ``stat_v2``, ...), asked once per device."""
+        feats = self._features.get(serial)
+        if feats is None:
+            dev = self.adb_device(serial)
+            with self.errors(f"asking {serial} for its features", serial):
+                feats = frozenset(f.strip() for f in dev.get_features().split(",") if f.strip())
+            self._features[serial] = feats
+        return feats
 
     def adb_device(self, serial: str):
         """The adbutils ``AdbDevice`` for ``serial`` (cached: it remembers the feature list)."""
@@ -291,13 +351,21 @@ class AdbSession:
     # ------------------------------------------------------------------ commands
     def shell(self, serial: str, argv: Sequence[str], *,
               timeout: float | None = None) -> ShellResult:
-        """Run ``argv`` (each element quoted) on the device; never raises for a non-zero exit."""
+        """Run ``argv`` (each element quoted) on the device; never raises for a non-zero exit.
+        Shell v2: stdout and stderr apart. v1 (no ``shell_v2`` feature): both merged in ``stdout``,
+        ``stderr`` empty, the exit status from a marker line (see ``_v1_command``)."""
         cmd = quote_argv(argv)
         dev = self.adb_device(serial)
+        if "shell_v2" in self.features(serial):
+            with self.errors(f"running `{cmd}`", serial):
+                r = dev.shell2(cmd, timeout=timeout or self.timeout, encoding=None, v2=True)
+            return ShellResult(r.returncode, r.stdout.decode("utf-8", "replace"),
+                               r.stderr.decode("utf-8", "replace"))
+        line, marker = _v1_command(cmd)
         with self.errors(f"running `{cmd}`", serial):
-            r = dev.shell2(cmd, timeout=timeout or self.timeout, encoding=None, v2=True)
-        return ShellResult(r.returncode, r.stdout.decode("utf-8", "replace"),
-                           r.stderr.decode("utf-8", "replace"))
+            raw = dev.shell(line, timeout=timeout or self.timeout, encoding=None)
+        code, out = _parse_v1(raw, marker, cmd)
+        return ShellResult(code, out.decode("utf-8", "replace"), "")
 
     def run(self, serial: str, argv: Sequence[str], *,
             timeout: float | None = None) -> ShellResult:
