@@ -26,6 +26,17 @@ def command(name: str, help: str):
     return deco
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (one line, exit 2 otherwise)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} must be at least 1")
+    return n
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # usage errors: one line, exit 2
         raise EdgeSdkError(f"{self.prog}: {message}")
@@ -42,9 +53,16 @@ def _inspect(sub: argparse.ArgumentParser | None = None, args: argparse.Namespac
         sub.add_argument("path", help="checkpoint directory, config.json, or converted model directory")
         sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
         return 0
+    import struct
+
+    from .errors import InputError
     from .inspect import inspect_path
 
-    report = inspect_path(args.path)
+    try:
+        report = inspect_path(args.path)
+    except (struct.error, IndexError, ValueError, TypeError) as e:   # a malformed flatbuffer or JSON
+        raise InputError(f"cannot be read: truncated or malformed file ({type(e).__name__})", path=args.path,
+                         fix="re-run `edge-sdk convert` (or restore the checkpoint's files)") from None
     if args.json:
         _print_json(report.to_json())
     else:
@@ -158,8 +176,8 @@ def _convert(sub=None, args=None) -> int:
         sub.add_argument("--recipe", default="mobile", help="preset (float, int8, int4, mobile) or recipe .json")
         sub.add_argument("--text-only", action="store_true",
                          help="convert the text decoder alone (required when the checkpoint has vision/audio towers)")
-        sub.add_argument("--context", type=int, default=512, help="KV cache length in tokens (default 512)")
-        sub.add_argument("--prefill", type=int, default=32, help="prefill chunk length T (default 32)")
+        sub.add_argument("--context", type=_positive_int, default=512, help="KV cache length in tokens (default 512)")
+        sub.add_argument("--prefill", type=_positive_int, default=32, help="prefill chunk length T (default 32)")
         sub.add_argument("--no-score", action="store_true",
                          help="omit the score_<T> signature (logits of every prompt position)")
         sub.add_argument("--overwrite", action="store_true",
@@ -186,11 +204,11 @@ def _run(sub=None, args=None) -> int:
         src = sub.add_mutually_exclusive_group(required=True)
         src.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model directory)")
         src.add_argument("--ids", help="prompt token ids, comma-separated")
-        sub.add_argument("-n", type=int, default=16, help="greedy decode steps (default 16)")
+        sub.add_argument("-n", type=_positive_int, default=16, help="greedy decode steps (default 16)")
         sub.add_argument("--logits-out", default=None, help="save the prompt's logits, float32 [prompt_len, vocab] .npy")
         sub.add_argument("--backend", default="xnnpack", choices=("xnnpack", "builtin"))
         sub.add_argument("--api", default="interpreter", choices=("interpreter", "compiled"))
-        sub.add_argument("--threads", type=int, default=None)
+        sub.add_argument("--threads", type=_positive_int, default=None)
         return 0
     from pathlib import Path
 
@@ -200,6 +218,9 @@ def _run(sub=None, args=None) -> int:
     from .litert.runtime import LiteRTModel, OutputCheckError, check_logits
 
     mdir = Path(args.model_dir)
+    if args.logits_out and not Path(args.logits_out).absolute().parent.is_dir():
+        raise InputError("the directory for --logits-out does not exist", path=Path(args.logits_out).parent,
+                         fix="create it first, or pass a path in an existing directory")
     if not (mdir / "model.json").is_file():
         raise InputError("not a converted model directory (no model.json)", path=mdir,
                          fix="pass the OUT_DIR written by `edge-sdk convert`")
@@ -294,6 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgeSdkError as e:
         print(f"edge-sdk: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:    # the environment: a read-only or missing directory, a full disk
+        where = e.filename or ""
+        print(f"edge-sdk: error: {where}{': ' if where else ''}{e.strerror or e} (fix: check that the path "
+              "exists and is writable, and that the disk has room)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("edge-sdk: interrupted", file=sys.stderr)
         return 130

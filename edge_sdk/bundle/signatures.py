@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import mmap
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,8 +92,9 @@ def read_tflite(path: str | Path) -> TfliteInfo:
                 meta[md.Name().decode()] = data.rstrip(b"\0")
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror or e}", path=p) from None
-    except (IndexError, ValueError, TypeError) as e:
-        raise InputError(f"malformed LiteRT flatbuffer ({e})", path=p) from None
+    except (IndexError, ValueError, TypeError, struct.error) as e:
+        raise InputError(f"truncated or malformed LiteRT flatbuffer ({type(e).__name__})", path=p,
+                         fix="re-run `edge-sdk convert`") from None
     return TfliteInfo(p, sigs, meta)
 
 

@@ -95,6 +95,15 @@ class Preparer:
         w = self.ckpt.read(self.binding.text[canonical])
         role = tp.role if tp.name != "lm_head" else "embed_tokens"
         if role in self.sidecar:
+            given = np.asarray(self.sidecar[role])
+            per_channel = given.ndim == 1 or (given.ndim == 2 and given.shape[1] == 1)
+            if per_channel != (cfg.block_size is None):
+                asked = f"{cfg.bits}-bit " + ("per-channel" if cfg.block_size is None else f"block-{cfg.block_size}")
+                raise CheckpointError(
+                    f"the checkpoint's QAT scales for {role} are {'per-channel' if per_channel else 'blockwise'} "
+                    f"but the recipe asks for {asked} weights; precomputed scales are never recalibrated",
+                    path=self.ckpt.path, tensor=self.binding.text[canonical],
+                    fix="use the recipe the checkpoint was trained for (e.g. --recipe mobile)")
             qt = quantize(w.astype(np.float32), cfg, scales=self.sidecar[role])
             return Prepared(tp, qt, "qat_sidecar", qt.error)
         rec = recover_grid_scales(w, cfg.bits, cfg.granularity, cfg.block_size)

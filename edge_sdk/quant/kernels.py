@@ -138,7 +138,9 @@ def _check_scales(scales, shape, cfg: AffineConfig, nb: int) -> np.ndarray:
     if nb == 0 and s.shape == (shape[0], 1):
         s = s.reshape(shape[0])
     if s.shape != want:
-        raise RecipeError(f"scales have shape {s.shape}, expected {want} for {cfg}")
+        what = f"{cfg.bits}-bit " + ("per-channel" if nb == 0 else f"block-{cfg.block_size}")
+        raise RecipeError(f"scales have shape {tuple(s.shape)}, expected {want} for {what} weights",
+                          fix="use a recipe whose granularity matches the scales the checkpoint carries")
     s32 = s.astype(np.float32)
     if not (np.all(np.isfinite(s32)) and np.all(s32 > 0)):
         raise RecipeError("given scales must be finite and > 0")
