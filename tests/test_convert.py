@@ -22,7 +22,7 @@ import pytest
 
 from edge_sdk.cli import main
 from edge_sdk.litert.reader import read_tflite
-from edge_sdk.litert.runtime import LiteRTModel, OutputCheckError, check_logits
+from edge_sdk.litert.runtime import LiteRTModel, OutputCheckError, check_logits, file_key
 
 QAT_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-gemma4" / "qat"
 GEO = ["--context", "64", "--prefill", "8"]
@@ -106,12 +106,13 @@ def test_float_matches_transformers(variant, ckpts, converted, load_hf, capsys, 
 
 
 def test_compiled_model_api(converted):
-    """CompiledModel with XNNPACK (weight cache file named with the model's sha256) and with
-    builtin kernels gives the Interpreter's results."""
+    """CompiledModel with XNNPACK (weight cache file named by the file's identity and change
+    stamps) and with builtin kernels, the KV cache updated in place, gives the Interpreter's
+    results."""
     out, ids = converted("kv_eq", "mobile"), PROMPTS["kv_eq"]
     base = LiteRTModel(out, backend="builtin")
     want, want_toks = base.prefill(ids), base.greedy(ids, 8)
-    sha = json.loads((out / "model.json").read_text())["files"]["prefill_decode"]["sha256"]
+    key = file_key(str(out / "prefill_decode.tflite"))
     for backend in ("xnnpack", "builtin"):
         m = LiteRTModel(out, backend=backend, api="compiled")
         got = m.prefill(ids)
@@ -122,7 +123,8 @@ def test_compiled_model_api(converted):
         info = m.backend_info
         assert info["api"] == "compiled" and info["backend"] == backend
         cache = info["weight_cache"].get("prefill_decode", "")   # XNNPACK only
-        assert (sha in os.path.basename(cache) and os.path.getsize(cache) > 0) == (backend == "xnnpack")
+        assert (key in os.path.basename(cache) and os.path.getsize(cache) > 0) == (backend == "xnnpack")
+        assert info["kv_cache"].startswith("in place")
 
 
 # ---- mobile: LiteRT vs the NumPy reference with the same quantized weights and int8 KV --------------

@@ -22,16 +22,20 @@ Masks: additive float32 [1, 1, T, C], 0 where key position j <= the query's posi
 -1e30 (causal over the whole cache; sliding windows are applied inside the graph).
 
 Backends: ``backend="xnnpack"`` (the Interpreter's default delegate, or CompiledModel with
-CpuKernelMode.XNNPACK and an XNNPACK weight cache FILE named with the model's sha256, since the
-cache is never invalidated when a model changes; it lives in ``OUT_DIR/.xnnpack_cache/``, or a temp
-directory when OUT_DIR is read-only) or ``"builtin"`` (the reference kernels:
+CpuKernelMode.XNNPACK and an XNNPACK weight cache FILE named by ``file_key`` (the file's identity and
+change stamps, since the cache is never invalidated when a model changes; never its bytes' hash,
+which would read the whole file into the page cache at every load); it lives in
+``OUT_DIR/.xnnpack_cache/``, or a temp directory when OUT_DIR is read-only) or ``"builtin"`` (the reference kernels:
 ``BUILTIN_WITHOUT_DEFAULT_DELEGATES`` / CpuKernelMode.BUILTIN; weights are read in place from the
 mmapped file). ``backend_info`` says what was asked for and set up.
 
 Memory: the Interpreter's XNNPACK delegate repacks the weights of every signature it runs into
 anonymous memory (prefill, decode and score each: up to ~3x the weights); CompiledModel with the
 weight cache holds one packed copy, file-backed. Measure memory with ``api="compiled"`` (or
-builtin kernels).
+builtin kernels). With CompiledModel the KV cache lives in one host buffer per cache tensor,
+bound as both input and output of every signature, so the graph updates it in place (the
+Interpreter API copies it in and out of each step). The lookup tables (``embedder``,
+``per_layer_embedder``) get ``madvise(MADV_RANDOM)``: a looked-up row faults in its own pages.
 
 ``check_logits`` refuses non-finite or constant logits (e.g. an INT2-blockwise model, which the
 builtin kernels run as all zeros, silently).
@@ -42,11 +46,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
 
 import numpy as np
 
+try:
+    from edge_sdk.litert import paging
+except ImportError:  # standalone on a device: paging.py pushed beside this file
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import paging  # type: ignore[no-redef]
+
 MASKED = np.float32(-1e30)
+TABLE_FILES = ("embedder", "per_layer_embedder")   # memory-mapped lookup tables: only looked-up rows count
 
 
 class OutputCheckError(RuntimeError):
@@ -65,20 +77,21 @@ def check_logits(logits: np.ndarray, what: str = "logits") -> None:
                                f"(all {float(a[0, 0]):g}); the kernels computed nothing useful")
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
+def file_key(path: str) -> str:
+    """What names a file's XNNPACK weight cache: a digest of its identity and every stamp a change
+    moves (device, inode, size, mtime and ctime in ns; ctime cannot be set back by any user call,
+    so a file patched in place, even at the same size and with its mtime restored, gets a new key).
+    Reading the file to hash its bytes would pull all of it into the page cache on every load."""
+    st = os.stat(path)
+    ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
 
 class _Session:
     """One .tflite file under one API/kernel choice: ``run(signature, feeds) -> outputs``."""
 
-    def __init__(self, path: str, backend: str, api: str, threads: int | None, cache_dir: str | None,
-                 sha256: str | None = None):
-        self.path, self.api, self.weight_cache = path, api, None
+    def __init__(self, path: str, backend: str, api: str, threads: int | None, cache_dir: str | None):
+        self.path, self.api, self.weight_cache, self.cache_was_built = path, api, None, False
         if api == "interpreter":
             from ai_edge_litert.interpreter import Interpreter, OpResolverType
             kind = (OpResolverType.AUTO if backend == "xnnpack"
@@ -91,7 +104,8 @@ class _Session:
             kw = {"num_threads": int(threads or 0)}
             if backend == "xnnpack":
                 kw["kernel_mode"] = CpuKernelMode.XNNPACK
-                self.weight_cache = self._cache_file(path, cache_dir, sha256)
+                self.weight_cache = self.cache_file(path, cache_dir)
+                self.cache_was_built = not os.path.isfile(self.weight_cache)
                 kw["xnnpack_weight_cache_path"] = self.weight_cache
             else:
                 kw["kernel_mode"] = CpuKernelMode.BUILTIN
@@ -101,7 +115,7 @@ class _Session:
             raise ValueError(f"api must be 'interpreter' or 'compiled', not {api!r}")
 
     @staticmethod
-    def _cache_file(path: str, cache_dir: str | None, sha256: str | None) -> str:
+    def cache_file(path: str, cache_dir: str | None) -> str:
         d = cache_dir
         if d is None:
             d = os.path.join(os.path.dirname(os.path.abspath(path)), ".xnnpack_cache")
@@ -113,23 +127,36 @@ class _Session:
                 d = os.path.join(tempfile.gettempdir(), "edge_sdk_xnnpack_cache")
         os.makedirs(d, exist_ok=True)
         stem = os.path.splitext(os.path.basename(path))[0]
-        return os.path.join(d, f"{stem}-{sha256 or _sha256(path)}.xnnpack_cache")
+        return os.path.join(d, f"{stem}-{file_key(path)}.xnnpack_cache")
 
-    def run(self, sig: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def close(self) -> None:
+        """Release the runtime's model (its buffers, arenas and mappings)."""
+        self._bufs = {}
+        cm = getattr(self, "_cm", None)
+        if cm is not None:
+            cm.close()
+            self._cm = None
+        self._it = self._runners = None
+
+    def run(self, sig: str, feeds: dict[str, np.ndarray], state: dict | None = None) -> dict[str, np.ndarray]:
+        """Run ``sig``. ``state`` (CompiledModel only): {name: TensorBuffer} bound as BOTH the input
+        and the output of that name, so the graph updates it in place (the KV cache: one live
+        copy, never copied in or out); those names are not in the returned dict."""
         if self.api == "interpreter":
             r = self._runners.get(sig)
             if r is None:
                 r = self._runners[sig] = self._it.get_signature_runner(sig)
             return r(**feeds)
+        state = state or {}
         if sig not in self._bufs:
-            details = self._cm.get_output_tensor_details(sig)
+            details = {k: d for k, d in self._cm.get_output_tensor_details(sig).items() if k not in state}
             ins = {k: self._cm.create_input_buffer_by_name(sig, k) for k in feeds}
             outs = {k: self._cm.create_output_buffer_by_name(sig, k) for k in details}
             self._bufs[sig] = (ins, outs, details)
         ins, outs, details = self._bufs[sig]
         for k, v in feeds.items():
             ins[k].write(np.ascontiguousarray(v))
-        self._cm.run_by_name(sig, ins, outs)
+        self._cm.run_by_name(sig, {**ins, **state}, {**outs, **state})
         return {k: outs[k].read(int(np.prod(d["shape"])), np.dtype(d["dtype"])).reshape(d["shape"])
                 for k, d in details.items()}
 
@@ -150,26 +177,65 @@ class LiteRTModel:
         self.context, self.prefill_length = int(m["context"]), int(m["prefill"])
         self.vocab_size = int(m["vocab_size"])
         self.signatures = m["signatures"]
-        self._s = {}
-        for k, v in m["files"].items():
-            path = os.path.join(self.out_dir, v["file"])
-            # the weight cache is named by the sha256 of the file as it is now (never model.json's
-            # record: a file patched in place at the same size would silently reuse a stale cache)
-            self._s[k] = _Session(path, backend, api, threads, cache_dir, None)
+        self.paths = {k: os.path.join(self.out_dir, v["file"]) for k, v in m["files"].items()}
+        self._s = {k: _Session(p, backend, api, threads, cache_dir) for k, p in self.paths.items()}
+        # A first run packs the weights into the cache files and keeps the packing buffers (~0.2 GB
+        # on E2B) for the model's lifetime; reopened, the model maps the finished cache instead.
+        self.weight_cache_built = any(s.cache_was_built for s in self._s.values())
+        if self.weight_cache_built:
+            self.close()
+            paging.malloc_trim()
+            self._s = {k: _Session(p, backend, api, threads, cache_dir) for k, p in self.paths.items()}
+        # the lookup tables are mapped: a row read should fault in its own pages, not 128 KiB of
+        # read-around each (1000 rows would otherwise bring in ~10x the rows' bytes)
+        self.advised_bytes = paging.advise([self.paths[k] for k in TABLE_FILES if k in self.paths], "random")
+        # with the XNNPACK weight cache the kernels read packed weights from the cache file: the
+        # model file's pages that loading touched (packing on a first run; scales and metadata
+        # always) are not read again, and the heap buffers packing used are free
+        self.released_bytes = 0
+        if api == "compiled" and backend == "xnnpack":
+            self.released_bytes = paging.advise([s.path for s in self._s.values() if s.weight_cache], "dontneed")
+            paging.malloc_trim()
         self._buffers = m["kv_cache"]["buffers"]
+        self.cache: dict[str, np.ndarray] = {}   # Interpreter API: the cache as arrays
+        self._state: dict = {}                   # CompiledModel: one live buffer per cache tensor
+        if api == "compiled":
+            pd = self._s["prefill_decode"]
+            sig = self.signatures["prefill_decode"]["decode"]
+            self._state = {b["name"]: pd._cm.create_input_buffer_by_name(sig, b["name"]) for b in self._buffers}
         self.reset()
+
+    def close(self) -> None:
+        """Release every model file's runtime (the object cannot run afterwards)."""
+        self._state = {}
+        for sess in self._s.values():
+            sess.close()
+
+    @staticmethod
+    def weight_cache_path(path: str, cache_dir: str | None = None) -> str:
+        """The XNNPACK weight cache file the CompiledModel path uses for model file ``path``."""
+        return _Session.cache_file(path, cache_dir)
 
     # ---- state ----------------------------------------------------------------------
     def reset(self) -> None:
         """Empty the KV cache; the next token goes to position 0."""
         self.pos = 0
-        self.cache = {b["name"]: np.zeros(b["shape"], np.dtype(b["dtype"])) for b in self._buffers}
+        if self._state:
+            for b in self._buffers:
+                self._state[b["name"]].write(np.zeros(b["shape"], np.dtype(b["dtype"])))
+        else:
+            self.cache = {b["name"]: np.zeros(b["shape"], np.dtype(b["dtype"])) for b in self._buffers}
 
     @property
     def backend_info(self) -> dict:
         return {"backend": self.backend, "api": self.api, "threads": self.threads,
                 "kernels": ("XNNPACK delegate" if self.backend == "xnnpack" else "builtin (reference) kernels"),
                 "weight_cache": {k: s.weight_cache for k, s in self._s.items() if s.weight_cache},
+                "kv_cache": "in place (one buffer per cache, bound as input and output)" if self._state
+                else "copied in and out of every step",
+                "tables_madv_random_bytes": self.advised_bytes,
+                "released_after_load_bytes": self.released_bytes,
+                "weight_cache_built": self.weight_cache_built,
                 "signatures": self.signatures}
 
     # ---- pieces ---------------------------------------------------------------------
@@ -193,8 +259,11 @@ class LiteRTModel:
         feeds = self._embed(ids, "decode" if role == "decode" else "prefill")
         feeds["input_pos"] = np.arange(self.pos, self.pos + t, dtype=np.int32)
         feeds["mask"] = self._mask(self.pos, t)
+        sig = self.signatures["prefill_decode"][role]
+        if self._state:
+            return self._s["prefill_decode"].run(sig, feeds, self._state).get("logits")
         feeds.update(self.cache)
-        out = self._s["prefill_decode"].run(self.signatures["prefill_decode"][role], feeds)
+        out = self._s["prefill_decode"].run(sig, feeds)
         for k in self.cache:
             self.cache[k] = out[k]
         return out.get("logits")
