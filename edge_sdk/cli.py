@@ -98,7 +98,8 @@ def _plan(sub=None, args=None) -> int:
 @command("validate", "run a converted model on the host interpreter: memory vs budget, speed, quality vs float")
 def _validate(sub=None, args=None) -> int:
     if sub is not None:
-        sub.add_argument("model_dir", help="converted model directory (edge-sdk convert OUT_DIR)")
+        sub.add_argument("model_dir", help="converted model directory (edge-sdk convert OUT_DIR), or a .litertlm "
+                                           "(then memory and speed in LiteRT-LM only)")
         sub.add_argument("--reference", default=None,
                          help="float checkpoint to compare against (default: the float sibling of a "
                               "'qat' source, else the source checkpoint in conversion.json)")
@@ -127,6 +128,17 @@ def _validate(sub=None, args=None) -> int:
                               "'all' (every connected device at once; one report each under --report DIR)")
         sub.add_argument("--runner-binary", default=None, metavar="PATH",
                          help="Android devices (no python3): LiteRT's benchmark_model for the device's ABI")
+        sub.add_argument("--runtime", default="both", choices=("both", "litert-lm", "edge_sdk"),
+                         help="where memory and speed are measured: LiteRT-LM's engine (what an app runs), our "
+                              "runner, or both (default); quality always comes from our runner")
+        sub.add_argument("--bundle", default=None, metavar="FILE.litertlm",
+                         help="the bundle LiteRT-LM measures (default: one packed from MODEL_DIR for the run)")
+        sub.add_argument("--warm", action="store_true",
+                         help="leave the model's files in the page cache (default: evict them first, as a phone's "
+                              "first launch after an install reads them)")
+        sub.add_argument("--no-first-run", dest="first_run", action="store_false",
+                         help="measure only the steady state (default: also the first run, which builds the "
+                              "XNNPACK weight cache; the budget is checked against the larger)")
         return 0
     from .pipeline import validate_all_devices, validate_model
 
@@ -134,7 +146,8 @@ def _validate(sub=None, args=None) -> int:
               budget=args.budget, context=args.context, threads=args.threads,
               backend=args.backend, api=args.api, max_kld=args.max_kld, min_top1=args.min_top1,
               quality=not args.no_quality, max_tokens=args.max_tokens, runs=args.runs,
-              decode_tokens=args.decode_tokens, strict_backend=args.strict_backend, runner_binary=args.runner_binary)
+              decode_tokens=args.decode_tokens, strict_backend=args.strict_backend, runner_binary=args.runner_binary,
+              runtime=args.runtime, bundle=args.bundle, warm=args.warm, first_run=args.first_run)
     if args.device == "all":
         if not args.report:
             raise EdgeSdkError("--device all needs --report DIR (one report per device under it)")

@@ -175,18 +175,73 @@ def planned_memory(model_dir: str | Path, context: int, distinct_tokens: int) ->
             "kv_sliding": "ring" if kv.ring_layers else "full-length"}
 
 
+RUNTIMES = ("both", "litert-lm", "edge_sdk")
+
+
+def _engine_bundle(model_dir: Path, bundle: str | Path | None, scratch: Path) -> tuple[Path, list]:
+    """The .litertlm that LiteRT-LM measures (``bundle``, or one packed from ``model_dir`` into
+    ``scratch``) and its sections as [[begin, end, name], ...]. InputError when none can be had."""
+    from .bundle.container import read_header
+
+    if bundle is not None:
+        path = Path(bundle)
+        if not path.is_file():
+            raise InputError("no such bundle", path=path, fix="pass the .litertlm written by `edge-sdk bundle`")
+    else:
+        path = scratch / "model.litertlm"
+        bundle_model(model_dir, path)
+    _, _, sections = read_header(path)
+    return path, [[x.begin, x.end, x.model_type or x.data_type] for x in sections]
+
+
+def bundle_context(path: str | Path) -> int:
+    """LiteRT-LM's ``max_num_tokens`` recorded in a .litertlm's LlmMetadata."""
+    from litert_lm_builder.runtime.proto import llm_metadata_pb2
+
+    from .bundle.container import read_header
+    _, _, sections = read_header(path)
+    meta = next((x for x in sections if x.data_type == "LlmMetadataProto"), None)
+    if meta is None:
+        raise InputError("the bundle has no LlmMetadata section", path=path)
+    with open(path, "rb") as f:
+        f.seek(meta.begin)
+        msg = llm_metadata_pb2.LlmMetadata.FromString(f.read(meta.end - meta.begin))
+    if msg.max_num_tokens <= 0:
+        raise InputError("the bundle's LlmMetadata has no max_num_tokens", path=path, fix="pass --context N")
+    return int(msg.max_num_tokens)
+
+
 def validate_model(model_dir: str | Path, *, reference: str | Path | None = None, text: str | Path | None = None,
                    tokens: str | Path | None = None, budget: str | int | None = None, context: int | None = None,
                    report: str | Path | None = None, threads: int | None = None, backend: str = "xnnpack",
-                   api: str = "interpreter", max_kld: float | None = None, min_top1: float | None = None,
+                   api: str = "compiled", max_kld: float | None = None, min_top1: float | None = None,
                    quality: bool = True, max_tokens: int | None = None, runs: int = 5,
                    decode_tokens: int = 32, strict_backend: bool = False, device: str | None = None,
-                   runner_binary: str | Path | None = None):
-    """Run a converted model on the host interpreter (or, with ``device`` = serial or "auto", on
-    an adb device through ``validate.remote.DeviceRunner``) and judge memory, speed and quality
-    (``edge_sdk.validate.validator.validate``); returns its ``ValidationReport``."""
-    from .validate.validator import DEFAULT_MAX_KLD, DEFAULT_MIN_TOP1, validate
+                   runner_binary: str | Path | None = None, runtime: str = "both", bundle: str | Path | None = None,
+                   warm: bool = False, first_run: bool = True):
+    """Run a converted model (or a ``.litertlm``) and judge memory, speed and quality
+    (``edge_sdk.validate.validator.validate``); returns its ``ValidationReport``.
 
+    Memory is measured cold (the files evicted from the page cache; ``warm`` skips it), on the
+    first run (weight cache built) and the steady state (``first_run=False``: steady only), in
+    LiteRT-LM's engine (``runtime`` "both" or "litert-lm": the ``bundle`` given, or one packed
+    from ``model_dir`` for the measurement) and in our runner ("both" or "edge_sdk"; quality
+    always comes from our runner's logits). A ``.litertlm`` alone is measured in LiteRT-LM only.
+    With ``device`` (serial or "auto") our runner runs on an adb device
+    (``validate.remote.DeviceRunner``) instead."""
+    import tempfile
+
+    from .validate.validator import DEFAULT_MAX_KLD, DEFAULT_MIN_TOP1, validate, validate_bundle
+
+    if runtime not in RUNTIMES:
+        raise InputError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    src = Path(model_dir)
+    if src.suffix == ".litertlm":
+        if not src.is_file():
+            raise InputError("no such bundle", path=src)
+        return validate_bundle(src, context=context or bundle_context(src), budget=budget, report=report,
+                               threads=threads, decode_tokens=decode_tokens, cold=not warm, first_run=first_run,
+                               sections=_engine_bundle(src, src, src.parent)[1])
     executor, target = None, "host"
     if device is not None:
         from .validate.device import AdbSession
@@ -195,14 +250,24 @@ def validate_model(model_dir: str | Path, *, reference: str | Path | None = None
         session = AdbSession()
         target = session.pick_device(device)
         executor = DeviceRunner(session, target, runner_binary=runner_binary)
-
-    return validate(model_dir, reference=reference, text=text, tokens=tokens, budget=budget, context=context,
-                    report=report, threads=threads, backend=backend, api=api,
-                    max_kld=DEFAULT_MAX_KLD if max_kld is None else max_kld,
-                    min_top1=DEFAULT_MIN_TOP1 if min_top1 is None else min_top1, quality=quality,
-                    max_tokens=max_tokens, runs=runs, decode_tokens=decode_tokens, strict_backend=strict_backend,
-                    plan_memory=lambda ctx, distinct: planned_memory(model_dir, ctx, distinct),
-                    target=target, executor=executor)
+    with tempfile.TemporaryDirectory(prefix="edge-sdk-bundle-") as scratch:
+        engine, sections, notes = None, None, []
+        if executor is None and runtime in ("both", "litert-lm"):
+            try:
+                engine, sections = _engine_bundle(src, bundle, Path(scratch))
+            except (InputError, ImportError) as e:
+                if runtime == "litert-lm" or bundle is not None:
+                    raise
+                notes.append(f"LiteRT-LM not measured: no bundle could be packed for it ({e}); pass --bundle "
+                             "FILE.litertlm (edge-sdk bundle) to measure the runtime the app uses")
+        return validate(model_dir, reference=reference, text=text, tokens=tokens, budget=budget, context=context,
+                        report=report, threads=threads, backend=backend, api=api,
+                        max_kld=DEFAULT_MAX_KLD if max_kld is None else max_kld,
+                        min_top1=DEFAULT_MIN_TOP1 if min_top1 is None else min_top1, quality=quality,
+                        max_tokens=max_tokens, runs=runs, decode_tokens=decode_tokens, strict_backend=strict_backend,
+                        plan_memory=lambda ctx, distinct: planned_memory(model_dir, ctx, distinct),
+                        target=target, executor=executor, cold=not warm, first_run=first_run, bundle=engine,
+                        bundle_sections=sections, ours=runtime != "litert-lm" or quality, notes=tuple(notes))
 
 
 def validate_all_devices(model_dir: str | Path, *, report: str | Path, **kwargs) -> list[dict]:

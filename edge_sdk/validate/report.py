@@ -75,15 +75,22 @@ class ValidationReport:
         }
 
     def summary(self) -> str:
-        """One line for the terminal."""
+        """A few lines for the terminal: the verdict and the gated memory figure, one line per
+        memory run, quality."""
         m, s = self.memory, self.speed
         line = (f"{self.verdict.upper()}: model share {fmt_bytes(m['model_peak_bytes'])} of peak RSS "
-                f"{fmt_bytes(m['peak_rss_bytes'])}; prefill {_num(s['prefill_tokens_per_s'])} tok/s, "
-                f"decode {_num(s['decode_tokens_per_s'])} tok/s")
+                f"{fmt_bytes(m['peak_rss_bytes'])}" + (f" ({m['gated_run']}, the largest run)" if m.get("gated_run") else "")
+                + f"; prefill {_num(s.get('prefill_tokens_per_s'))} tok/s, "
+                f"decode {_num(s.get('decode_tokens_per_s'))} tok/s")
+        for run in m.get("runs") or []:
+            sp = run.get("speed") or {}
+            line += (f"\n  {run['label']:<28} model share {fmt_bytes(run['model_peak_bytes']):>10}  "
+                     f"(anon +{fmt_bytes(run['anon_growth_bytes'])}, file +{fmt_bytes(run['file_growth_bytes'])}); "
+                     f"prefill {_num(sp.get('prefill_tokens_per_s'))}, decode {_num(sp.get('decode_tokens_per_s'))} tok/s")
         if self.quality:
             q = self.quality
-            line += (f"; PPL {q['ppl']:.3f} (ref {q['ppl_reference']:.3f}), KLD {q['kld_mean']:.4f}, "
-                     f"top-1 {q['top1_agreement']:.1%}")
+            line += (f"\n  quality (our runner vs float): PPL {q['ppl']:.3f} (ref {q['ppl_reference']:.3f}), "
+                     f"KLD {q['kld_mean']:.4f}, top-1 {q['top1_agreement']:.1%}")
         return line + "".join(f"\n  - {r}" for r in self.reasons)
 
     def to_markdown(self) -> str:
@@ -91,12 +98,16 @@ class ValidationReport:
         out = [f"# Validation: {'PASS' if self.passed else 'FAIL'}", ""]
         out += [f"- {r}" for r in self.reasons] or ["All gates passed."]
         out += [f"- warning: {w}" for w in self.warnings]
+        threads = self.kernels.get("threads")
         out += ["", f"`{self.model_dir}` on **{self.target}**, backend **{self.backend}** "
-                f"({self.kernels.get('api')}, threads {self.kernels.get('threads')}); "
-                f"context {self.evaluation.get('context')}.", ""]
-        out += [_kernels_line(self.kernels), ""]
+                f"({self.kernels.get('api')}" + (f", {threads} threads" if threads else ", the runtime's default threads")
+                + f"); context {self.evaluation.get('context')}.", ""]
+        kl = _kernels_line(self.kernels)
+        out += [kl, ""] if kl else []
+        out += _runs_markdown(m, self.evaluation, limit=b.get("limit_bytes"))
         limit = b.get("limit_bytes")
         out += ["## Memory (GB = 10^9 bytes)", "",
+                f"The gated run: {m.get('gated_run', 'the only run')}.", "",
                 "| figure | measured | planned |", "|---|---:|---:|",
                 f"| **model share** = peak − baseline (gated) | **{fmt_bytes(m['model_peak_bytes'])}** | "
                 f"{_pl(self.planned, 'peak_bytes')} |",
@@ -119,12 +130,13 @@ class ValidationReport:
                     f"The whole-process peak is {fmt_bytes(m['peak_rss_bytes'])}.", ""]
         else:
             out += ["No budget given.", ""]
-        out += ["## Speed (median of runs, [min–max])", "", "| figure | value |", "|---|---:|",
-                f"| time to first token ({s['prompt_tokens']}-token prompt) | "
-                f"{_num(s['time_to_first_token_s'], 3)} s {_rng(s['time_to_first_token_spread'], 3)} |",
-                f"| prefill | {_num(s['prefill_tokens_per_s'])} tok/s {_rng(s['prefill_spread'])} |",
-                f"| decode | {_num(s['decode_tokens_per_s'])} tok/s {_rng(s['decode_spread'])} |",
-                f"| load | {_num(s['load_s'], 3)} s |", ""]
+        if "prompt_tokens" in s:
+            out += ["## Speed in our runner (median of runs, [min–max])", "", "| figure | value |", "|---|---:|",
+                    f"| time to first token ({s['prompt_tokens']}-token prompt) | "
+                    f"{_num(s['time_to_first_token_s'], 3)} s {_rng(s['time_to_first_token_spread'], 3)} |",
+                    f"| prefill | {_num(s['prefill_tokens_per_s'])} tok/s {_rng(s['prefill_spread'])} |",
+                    f"| decode | {_num(s['decode_tokens_per_s'])} tok/s {_rng(s['decode_spread'])} |",
+                    f"| load | {_num(s['load_s'], 3)} s |", ""]
         q = self.quality
         if q:
             g = self.gates
@@ -155,14 +167,48 @@ class ValidationReport:
         return paths
 
 
+def _runs_markdown(m: dict, ev: dict, limit: int | None) -> list[str]:
+    """One row per memory run (which runtime, first launch or steady state, cold or warm) and the
+    per-mapping growth of the gated run near its peak."""
+    runs = m.get("runs") or []
+    if not runs:
+        return []
+    out = ["## Memory runs (GB = 10^9 bytes; model share = VmHWM − RSS after the runtime library loaded)", "",
+           "| run | model share | anon growth | file growth | peak phase | prefill tok/s | decode tok/s | "
+           "budget |", "|---|---:|---:|---:|---|---:|---:|---|"]
+    for r in runs:
+        sp = r.get("speed") or {}
+        verdict = "" if limit is None else ("fits" if r["model_peak_bytes"] <= limit else "**over**")
+        out.append(f"| {r['label']} | {fmt_bytes(r['model_peak_bytes'])} | {fmt_bytes(r['anon_growth_bytes'])} | "
+                   f"{fmt_bytes(r['file_growth_bytes'])} | {r.get('peak_phase') or ''} | "
+                   f"{_num(sp.get('prefill_tokens_per_s'))} | {_num(sp.get('decode_tokens_per_s'))} | {verdict} |")
+    out += ["", "Cold: the model's files (and its weight cache) were evicted from the page cache before each run, "
+            "as on the first launch after an install." if ev.get("cold") else
+            "Warm: the files were left in the page cache (--warm); a phone's first launch reads them cold.", ""]
+    gated = next((r for r in runs if r["label"] == m.get("gated_run")), runs[-1])
+    rows = [(k, v) for k, v in (gated.get("breakdown") or {}).items() if abs(v.get("rss", 0)) >= 1 << 20]
+    if rows:
+        out += [f"Where the memory of **{gated['label']}** went (growth per mapping since the baseline, "
+                "from /proc/self/smaps near the peak):", "",
+                "| mapping | RSS | anonymous | file-backed | mapped size |", "|---|---:|---:|---:|---:|"]
+        out += [f"| {k} | {fmt_bytes(v['rss'])} | {fmt_bytes(v['anon'])} | {fmt_bytes(v['file'])} | "
+                f"{fmt_bytes(v.get('size', 0))} |" for k, v in rows]
+        out.append("")
+    return out
+
+
 def _kernels_line(k: dict) -> str:
+    if "census" not in k:
+        return ""
     parts = []
     for name, c in (k.get("census") or {}).items():
         if "ops" not in c:
             continue
         glue = ", ".join(f"{op}×{n}" for op, n in c["builtin_ops"].items())
         parts.append(f"{name}: {c['delegated_ops']}/{c['ops']} ops in XNNPACK" + (f" (builtin: {glue})" if glue else ""))
-    line = "Kernels: " + ("; ".join(parts) if parts else "no census") + "."
+    if not parts:
+        return "".join(f"**Unexpected: {f}.** " for f in k.get("fallbacks", [])).strip()
+    line = "Kernels: " + "; ".join(parts) + "."
     return line + "".join(f" **Unexpected: {f}.**" for f in k.get("fallbacks", []))
 
 

@@ -38,61 +38,20 @@ import os
 import platform
 import resource
 import sys
-import threading
 import time
 
 import numpy as np
 
 try:
     from edge_sdk.litert.runtime import LiteRTModel
-except ImportError:  # standalone on a device: runtime.py pushed beside this file
+    from edge_sdk.validate import memwatch
+except ImportError:  # standalone on a device: runtime.py, memwatch.py, paging.py pushed beside this file
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import memwatch  # type: ignore[no-redef]
     from runtime import LiteRTModel  # type: ignore[no-redef]
 
-RESULT_VERSION = 1
-_FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")
+RESULT_VERSION = 2
 _NAMES = {"VmRSS": "rss", "RssAnon": "rss_anon", "RssFile": "rss_file", "RssShmem": "rss_shmem"}
-
-
-def read_status(path: str = "/proc/self/status") -> dict[str, int]:
-    """The memory lines of a /proc status file, in bytes (the file states kB = 1024 bytes)."""
-    out = {}
-    with open(path) as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in _FIELDS:
-                out[key] = int(rest.split()[0]) * 1024
-    return out
-
-
-class PeakSampler(threading.Thread):
-    """Reads /proc/self/status every ``interval`` seconds; keeps the sample with the largest VmRSS."""
-
-    def __init__(self, interval: float):
-        super().__init__(daemon=True, name="rss-sampler")
-        self.interval = interval
-        self.phase = "baseline"
-        self.samples = 0
-        self.peak: dict = {"VmRSS": -1}
-        self._stop_event = threading.Event()
-        self._lock = threading.Lock()
-
-    def sample(self) -> None:
-        s = read_status()
-        with self._lock:
-            self.samples += 1
-            if s.get("VmRSS", 0) > self.peak["VmRSS"]:
-                self.peak = dict(s, phase=self.phase, t=time.perf_counter())
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            self.sample()
-            self._stop_event.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-        self.sample()
 
 
 class LogitSink:
@@ -254,6 +213,23 @@ def _model_meta(model_dir: str) -> dict:
         return {}
 
 
+def _model_files(model_dir: str) -> dict[str, str]:
+    """{real path: file name} of the model's .tflite files (the rows of the smaps breakdown)."""
+    meta = _model_meta(model_dir)
+    names = [v["file"] for v in (meta.get("files") or {}).values() if isinstance(v, dict) and "file" in v]
+    return {os.path.realpath(os.path.join(model_dir, n)): n for n in names}
+
+
+def _weight_cache_files(model_dir: str, api: str, backend: str, cache_dir: str | None) -> list[str]:
+    """The XNNPACK weight cache files this model's files would use now (empty: this run builds them)."""
+    if api != "compiled" or backend != "xnnpack":
+        return []
+    from_meta = _model_meta(model_dir).get("files") or {}
+    paths = [LiteRTModel.weight_cache_path(os.path.join(model_dir, v["file"]), cache_dir)
+             for v in from_meta.values() if isinstance(v, dict) and "file" in v]
+    return sorted(p for p in paths if os.path.isfile(p))
+
+
 def _jsonable(obj):
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -272,22 +248,27 @@ def run(args: argparse.Namespace) -> dict:
     import ai_edge_litert.interpreter  # noqa: F401
     if args.api == "compiled":
         import ai_edge_litert.compiled_model  # noqa: F401
-    baseline = read_status()
+    model_files = _model_files(args.model)
+    cache_files = _weight_cache_files(args.model, args.api, args.backend, args.cache_dir)
+    evicted = memwatch.evict(list(model_files) + cache_files) if args.cold else {}
+    state = "steady" if cache_files else ("first" if args.api == "compiled" and args.backend == "xnnpack" else "n/a")
+    baseline = memwatch.read_status()
     hwm_before = baseline.get("VmHWM", 0)
-    sampler = PeakSampler(args.sample_ms / 1000.0)
-    sampler.sample()
+    smaps_base = memwatch.smaps_breakdown(model_files)
+    sampler = memwatch.Sampler(args.sample_ms / 1000.0, model_files=model_files)
+    sampler.sample(force_point=True)
     sampler.start()
 
-    sampler.phase = "load"
+    sampler.set_phase("load")
     t0 = time.perf_counter()
-    model = LiteRTModel(args.model, backend=args.backend, api=args.api, threads=args.threads)
+    model = LiteRTModel(args.model, backend=args.backend, api=args.api, threads=args.threads,
+                        cache_dir=args.cache_dir)
     load_s = time.perf_counter() - t0
-    sampler.sample()
-    after_load = read_status()
+    after_load = memwatch.read_status()
     meta = _model_meta(args.model)
     chunk = args.chunk or getattr(model, "prefill_length", None) or meta.get("prefill") or 128
 
-    sampler.phase = "eval"
+    sampler.set_phase("eval")
     vocab = int(getattr(model, "vocab_size", None) or meta["vocab_size"])
     rows = sum(len(x) for x in windows) + args.decode_tokens
     sink = LogitSink(args.logits, rows, vocab) if args.logits else None
@@ -306,7 +287,7 @@ def run(args: argparse.Namespace) -> dict:
         sampler.sample()
     check.close()
 
-    sampler.phase = "speed"
+    sampler.set_phase("speed")
     prompt = windows[0][: max(1, min(args.prompt_tokens, len(windows[0])))]
     ttft, prefill_tps, decode_tps = [], [], []
     for _ in range(args.runs):
@@ -322,17 +303,23 @@ def run(args: argparse.Namespace) -> dict:
             decode_tps.append(len(times) / sum(times))
         sampler.sample()
 
-    sampler.phase = "end"
+    sampler.set_phase("end")
+    smaps_end = memwatch.smaps_breakdown(model_files)
     sampler.stop()
-    end = read_status()
+    end = memwatch.read_status()
     ru_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
     peak = sampler.peak
+    series = sampler.to_json()
+    near = memwatch.nearest_to_peak(series.get("smaps_near_peak"), smaps_end)
     info = getattr(model, "backend_info", None)
     return _jsonable({
         "version": RESULT_VERSION,
         "pid": os.getpid(), "python": sys.version.split()[0], "platform": platform.platform(),
         "machine": platform.machine(), "page_size": os.sysconf("SC_PAGE_SIZE"),
-        "model_dir": os.path.abspath(args.model),
+        "model_dir": os.path.abspath(args.model), "runtime": "edge_sdk",
+        "cold": bool(args.cold), "evicted": evicted, "state": state,
+        "weight_cache_files": {os.path.basename(p): os.path.getsize(p) for p in _weight_cache_files(
+            args.model, args.api, args.backend, args.cache_dir)},
         "requested": {"backend": args.backend, "api": args.api, "threads": args.threads},
         "backend_info": info() if callable(info) else info,
         "kernels": kernel_census(model),
@@ -344,6 +331,9 @@ def run(args: argparse.Namespace) -> dict:
             **{f"{n}_at_peak_bytes": peak.get(k) for k, n in _NAMES.items() if k != "VmRSS"},
             "peak_phase": peak.get("phase"), "samples": sampler.samples, "sample_interval_s": sampler.interval,
         },
+        "smaps": {"baseline": smaps_base, "near_peak": near, "end": smaps_end,
+                  "growth_near_peak": memwatch.diff_breakdown(near["rows"], smaps_base)},
+        "series": series,
         "timing": {
             "load_s": load_s,
             "chunk": chunk,
@@ -382,7 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--prompt-tokens", type=int, default=128, help="prompt length of the speed runs")
     ap.add_argument("--decode-tokens", type=int, default=32, help="greedy decode steps per run")
     ap.add_argument("--chunk", type=int, default=None, help="prefill chunk (default: model's prefill length)")
-    ap.add_argument("--sample-ms", type=float, default=2.0, help="RSS sampling interval")
+    ap.add_argument("--sample-ms", type=float, default=5.0, help="RSS sampling interval")
+    ap.add_argument("--cache-dir", default=None,
+                    help="directory of the XNNPACK weight cache (default: MODEL/.xnnpack_cache)")
+    ap.add_argument("--cold", action="store_true",
+                    help="evict the model's files and its weight cache from the page cache before loading")
     return ap
 
 

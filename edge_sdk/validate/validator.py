@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import EdgeSdkError, InputError
 from ..units import fmt_bytes, parse_size
+from . import memory_runs as M
 from . import quality as Q
 from .report import ValidationReport
 
@@ -126,24 +127,31 @@ def synthetic_window(length: int, vocab: int, context: int, seed: int = 0) -> np
 
 def run_runner(model_dir: Path, windows: list[np.ndarray], work: Path, *, logits: bool, backend: str,
                api: str, threads: int | None, runs: int, prompt_tokens: int, decode_tokens: int,
-               timeout: float = RUNNER_TIMEOUT_S, keep_log: bool = True, executor=None) -> dict:
+               timeout: float = RUNNER_TIMEOUT_S, keep_log: bool = True, executor=None, cold: bool = False,
+               cache_dir: Path | None = None, tag: str = "") -> dict:
     """Spawn the runner child process; its result dict (raises EdgeSdkError when it fails).
-    With ``executor`` (``remote.DeviceRunner``) the runner runs on an adb device instead."""
-    ids = work / "ids.json"
+    With ``executor`` (``remote.DeviceRunner``) the runner runs on an adb device instead.
+    ``cold``: the child evicts the model's files (and weight cache) from the page cache first;
+    ``cache_dir``: where its XNNPACK weight cache lives; ``tag`` names its result and log files."""
+    ids = work / f"ids{tag}.json"
     ids.write_text(json.dumps({"windows": [w.tolist() for w in windows]}))
     if executor is not None:
         opts = ["--backend", backend, "--api", api, "--runs", str(runs), "--prompt-tokens", str(prompt_tokens),
                 "--decode-tokens", str(decode_tokens)] + ([] if threads is None else ["--threads", str(threads)])
-        return executor(model_dir, ids, work, opts, logits=logits, timeout=timeout)
-    out = work / "runner_result.json"
+        return executor(model_dir, ids, work, opts + (["--cold"] if cold else []), logits=logits, timeout=timeout)
+    out = work / f"runner_result{tag}.json"
     cmd = [sys.executable, "-m", "edge_sdk.validate.runner", "--model", str(model_dir), "--ids-file", str(ids),
            "--out", str(out), "--backend", backend, "--api", api, "--runs", str(runs),
            "--prompt-tokens", str(prompt_tokens), "--decode-tokens", str(decode_tokens)]
+    if cold:
+        cmd.append("--cold")
+    if cache_dir is not None:
+        cmd += ["--cache-dir", str(cache_dir)]
     if logits:
         cmd += ["--logits", str(work / "logits.npy")]
     if threads is not None:
         cmd += ["--threads", str(threads)]
-    log = work / "runner.log"
+    log = work / f"runner{tag}.log"
     # Through a small shell that forks the runner: Linux folds the RSS of the process that execs into
     # the new program's ru_maxrss (exec keeps signal->maxrss), so a runner spawned straight from a
     # large parent (pytest with torch: 400+ MB) would report the parent's RSS in getrusage; a forked
@@ -211,7 +219,7 @@ def memory_figures(r: dict) -> dict:
 
 
 def speed_figures(r: dict) -> dict:
-    t = r["timing"]
+    t = r.get("speed_run") or r["timing"]
     return {
         "prefill_tokens_per_s": t["prefill_tokens_per_s"]["median"],
         "decode_tokens_per_s": t["decode_tokens_per_s"]["median"],
@@ -239,6 +247,13 @@ def sanity_reasons(r: dict) -> list[str]:
     return out
 
 
+def _fill(windows: list[np.ndarray], length: int) -> np.ndarray:
+    """``length`` ids from the evaluation windows, repeated as needed (a memory run fills the
+    cache to the context with one window)."""
+    stream = np.concatenate(windows)
+    return np.tile(stream, math.ceil(length / max(1, len(stream))))[:length]
+
+
 def work_dir(report: str | Path | None) -> tuple[tempfile.TemporaryDirectory | None, Path]:
     """(temp dir to clean up or None, work dir): ``report`` when given (kept), else a temp dir."""
     if report is not None:
@@ -255,7 +270,9 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
              api: str = "compiled", max_kld: float = DEFAULT_MAX_KLD, min_top1: float = DEFAULT_MIN_TOP1,
              quality: bool = True, max_tokens: int | None = None, runs: int = 5, prompt_tokens: int = 128,
              decode_tokens: int = 32, strict_backend: bool = False, target: str = "host",
-             plan_memory: Callable[[int, int], dict | None] | None = None, executor=None) -> ValidationReport:
+             plan_memory: Callable[[int, int], dict | None] | None = None, executor=None, cold: bool = True,
+             first_run: bool = True, bundle: str | Path | None = None,
+             bundle_sections: list | None = None, ours: bool = True, notes: tuple[str, ...] = ()) -> ValidationReport:
     """Run ``model_dir`` in a child process and judge it. ``plan_memory(context, distinct_tokens)``
     (from the pipeline) gives the planner's figures for the report; ``report`` is a directory for
     report.json / report.md / memory.png (and the logits, ids and raw runner result)."""
@@ -294,13 +311,44 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
 
     tmp, work = work_dir(report)
     try:
-        r = run_runner(mdir, windows, work, logits=quality, backend=backend, api=api, threads=threads,
-                       runs=runs, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
-                       keep_log=report is not None, executor=executor)
-        reasons, warnings = sanity_reasons(r), []
-        ran, kernels, fallbacks = kernel_report(backend, api, threads, r)
-        (reasons if strict_backend else warnings).extend(fallbacks)
-        mem = memory_figures(r)
+        runs_out: list = []   # (MemoryRun, raw result) of every memory measurement
+        common = dict(backend=backend, api=api, threads=threads, prompt_tokens=prompt_tokens,
+                      decode_tokens=decode_tokens, keep_log=report is not None)
+        mem_window = windows[-1] if len(windows[-1]) == window else _fill(windows, window)
+        cached = api == "compiled" and backend == "xnnpack"
+        cache_dir = None   # on a device: its own MODEL/.xnnpack_cache beside the pushed model
+        if executor is None and cached:
+            cache_dir = work / "weight_cache"   # our scratch directory: the first run builds it here
+            if first_run and cache_dir.is_dir():
+                for f in cache_dir.iterdir():
+                    f.unlink()
+        states = (("first", "steady") if first_run else ("steady",)) if cached else ("only",)
+        for st in states if ours else ():
+            rr = run_runner(mdir, [mem_window], work, logits=False, runs=1 if st == "first" else runs,
+                            cold=cold, cache_dir=cache_dir, tag=f"_{st}", executor=executor, **common)
+            runs_out.append((M.summarize(rr, "edge_sdk", rr.get("state") if cached else st), rr))
+        r = runs_out[-1][1] if runs_out else None
+        if quality:   # every position's logits (the score signature): a run of its own, not measured
+            r = run_runner(mdir, windows, work, logits=True, runs=1, cache_dir=cache_dir, tag="",
+                           executor=executor, **common)
+            if runs_out:
+                r["speed_run"] = runs_out[-1][1]["timing"]
+        if bundle is not None and executor is None:
+            runs_out += M.engine_runs(Path(bundle), work, context=ctx, decode_tokens=decode_tokens,
+                                      threads=threads, cold=cold, first_run=first_run, sections=bundle_sections)
+        if not runs_out:
+            raise InputError("nothing to measure: no runtime was selected", path=mdir)
+        reasons, warnings = (sanity_reasons(r) if r else []), list(notes)
+        if r is not None:
+            ran, kernels, fallbacks = kernel_report(backend, api, threads, r)
+            (reasons if strict_backend else warnings).extend(fallbacks)
+        else:
+            ran, kernels = "litert-lm", {"requested": "litert-lm CPU", "ran": "litert-lm CPU", "api": "litert-lm",
+                                         "threads": threads, "fallbacks": []}
+        gated, gated_raw = max(runs_out, key=lambda x: x[0].model_peak_bytes)
+        mem = memory_figures(gated_raw)
+        mem["gated_run"] = gated.label
+        mem["runs"] = [m.to_json() for m, _ in runs_out]
         qual = None
         if quality:
             qual = _quality(work, windows, r, ref_path, decode_tokens, report is not None)
@@ -314,16 +362,19 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
                                    f"{min_top1:.0%} required")
         passed_budget = None if limit is None else mem["model_peak_bytes"] <= limit
         if passed_budget is False:
-            reasons.append(f"memory: model share of peak RSS {fmt_bytes(mem['model_peak_bytes'])} "
+            reasons.append(f"memory ({gated.label}): model share of peak RSS {fmt_bytes(mem['model_peak_bytes'])} "
                            f"({mem['model_peak_bytes']} bytes = VmHWM {fmt_bytes(mem['peak_rss_bytes'])} − "
                            f"baseline {fmt_bytes(mem['baseline_rss_bytes'])}) exceeds the budget "
                            f"{fmt_bytes(limit)} by {fmt_bytes(mem['model_peak_bytes'] - limit)}")
-        distinct = len(set(np.concatenate(windows).tolist()) | set(r.get("generated", [])))
+        distinct = len(set(np.concatenate(windows).tolist()) | set((r or {}).get("generated", [])))
         planned = plan_memory(ctx, distinct) if plan_memory else None
+        speed = speed_figures(r) if r else dict(runs_out[-1][0].speed)
+        speed["by_run"] = {m.label: m.speed for m, _ in runs_out}
         rep = ValidationReport(
             model_dir=str(mdir.resolve()), target=target, backend=ran, kernels=kernels, memory=mem,
-            speed=speed_figures(r), quality=qual, planned=planned,
-            budget={"limit_bytes": limit, "checked": "model_peak_bytes", "measured_bytes": mem["model_peak_bytes"],
+            speed=speed, quality=qual, planned=planned,
+            budget={"limit_bytes": limit, "checked": "model_peak_bytes", "run": gated.label,
+                    "measured_bytes": mem["model_peak_bytes"],
                     "whole_process_peak_bytes": mem["peak_rss_bytes"], "passed": passed_budget},
             gates={"max_kld": max_kld if quality else None, "min_top1": min_top1 if quality else None,
                    "budget_bytes": limit, "sanity": "finite, non-constant, input-dependent logits",
@@ -331,9 +382,55 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
             evaluation={"text": source, "reference": str(ref_path) if ref_path else None, "context": ctx,
                         "model_context": model_ctx, "window_tokens": window, "windows": len(windows),
                         "tokens": int(sum(len(w) for w in windows)), "decode_tokens": decode_tokens,
-                        "distinct_tokens": distinct, "max_tokens": max_tokens,
+                        "distinct_tokens": distinct, "max_tokens": max_tokens, "cold": cold,
+                        "memory_runs": [m.label for m, _ in runs_out], "bundle": str(bundle) if bundle else None,
                         "method": "chunked: non-overlapping windows, each from an empty cache"},
-            passed=not reasons, reasons=tuple(reasons), warnings=tuple(warnings), runner=r)
+            passed=not reasons, reasons=tuple(reasons), warnings=tuple(warnings), runner=r or gated_raw)
+        if report is not None:
+            rep.save(work)
+        return rep
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def validate_bundle(bundle: str | Path, *, context: int, budget: str | int | None = None,
+                    report: str | Path | None = None, threads: int | None = None, decode_tokens: int = 32,
+                    cold: bool = True, first_run: bool = True, sections: list | None = None) -> ValidationReport:
+    """A ``.litertlm`` alone (ours or anyone's): memory and speed in LiteRT-LM's engine, first run
+    and steady state; no quality (the engine returns no logits)."""
+    path = Path(bundle)
+    limit = None if budget is None else parse_size(budget)
+    if context < 2:
+        raise InputError(f"--context {context} is too small", path=path, fix="use --context >= 2")
+    decode_tokens = max(1, min(decode_tokens, context - 1))
+    tmp, work = work_dir(report)
+    try:
+        runs_out = M.engine_runs(path, work, context=context, decode_tokens=decode_tokens, threads=threads,
+                                 cold=cold, first_run=first_run, sections=sections)
+        gated, raw = max(runs_out, key=lambda x: x[0].model_peak_bytes)
+        mem = memory_figures(raw)
+        mem.update(gated_run=gated.label, runs=[m.to_json() for m, _ in runs_out])
+        passed = None if limit is None else gated.model_peak_bytes <= limit
+        reasons = [] if passed is not False else [
+            f"memory ({gated.label}): model share of peak RSS {fmt_bytes(gated.model_peak_bytes)} exceeds the "
+            f"budget {fmt_bytes(limit)} by {fmt_bytes(gated.model_peak_bytes - limit)}"]
+        speed = dict(runs_out[-1][0].speed, by_run={m.label: m.speed for m, _ in runs_out})
+        rep = ValidationReport(
+            model_dir=str(path.resolve()), target="host", backend="litert-lm CPU",
+            kernels={"requested": "litert-lm CPU", "ran": "litert-lm CPU", "api": "litert-lm", "threads": threads,
+                     "fallbacks": []},
+            memory=mem, speed=speed, quality=None, planned=None,
+            budget={"limit_bytes": limit, "checked": "model_peak_bytes", "run": gated.label,
+                    "measured_bytes": gated.model_peak_bytes, "whole_process_peak_bytes": gated.peak_rss_bytes,
+                    "passed": passed},
+            gates={"budget_bytes": limit, "max_kld": None, "min_top1": None},
+            evaluation={"context": context, "decode_tokens": decode_tokens, "cold": cold, "bundle": str(path),
+                        "memory_runs": [m.label for m, _ in runs_out],
+                        "text": "the engine's benchmark prompt", "method": "LiteRT-LM benchmark mode"},
+            passed=not reasons, reasons=tuple(reasons),
+            warnings=("quality not measured: a .litertlm alone gives no logits (validate the converted model "
+                      "directory for PPL/KLD/top-1)",), runner=raw)
         if report is not None:
             rep.save(work)
         return rep

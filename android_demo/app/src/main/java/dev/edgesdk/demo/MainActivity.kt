@@ -83,6 +83,21 @@ class MainActivity : AppCompatActivity() {
                     maxNumTokens = manifest.maxNumTokens,   // never more than the bundle's KV cache
                     cacheDir = cacheDir.absolutePath,
                 )
+                // First launch: LiteRT-LM packs the weights into its XNNPACK weight cache and keeps
+                // the packing buffers (~0.2 GB on E2B) for the engine's lifetime. A throw-away
+                // engine builds the cache; the real one then maps the finished file, so the first
+                // launch peaks no higher than every later one (docs/memory.md).
+                val marker = java.io.File(cacheDir, "edge_sdk_weight_cache_${located.model.length()}_" +
+                    "${located.model.lastModified()}")
+                if (!marker.exists()) {
+                    val builder = Engine(config)
+                    try {
+                        builder.initialize()
+                    } finally {
+                        builder.close()
+                    }
+                    marker.writeText(located.model.name)
+                }
                 val e = Engine(config)
                 e.initialize()
                 engine = e
