@@ -95,6 +95,10 @@ class PlanReport:
             f"  KV cache ({kv_name})  {fmt_bytes(mem.kv_cache_bytes):>11}  "
             f"({len(mem.kv_by_layer)} KV layers, {len(kv.buffers)} buffers; {kv.describe()})",
             f"  activation arena          {fmt_bytes(mem.activation_bytes):>11}  (estimate)",
+            f"  runtime ({mem.runtime}){'':<{max(0, 15 - len(mem.runtime))}}{fmt_bytes(mem.runtime_bytes):>11}  "
+            f"KV copies {fmt_bytes(mem.kv_extra_copy_bytes)}, float KV reads {fmt_bytes(mem.kv_read_bytes)}, "
+            f"quant metadata {fmt_bytes(mem.quant_metadata_bytes)}, model head {fmt_bytes(mem.model_head_bytes)}, "
+            f"fixed {fmt_bytes(mem.runtime_fixed_bytes)} (measured)",
             f"  peak estimate             {fmt_bytes(mem.peak_bytes):>11}  (worst case {fmt_bytes(mem.peak_worst_bytes)})",
         ]
         if kv.adaptation:
@@ -121,9 +125,13 @@ class PlanReport:
                        "from_weights": inv.from_weights},
             "bytes": {"resident": mem.resident_bytes, "mapped": mem.mapped_bytes,
                       "mapped_touched": mem.mapped_touched_bytes, "kv_cache": mem.kv_cache_bytes,
-                      "activations": mem.activation_bytes, "peak_estimate": mem.peak_bytes,
+                      "activations": mem.activation_bytes, "runtime": mem.runtime_bytes,
+                      "runtime_terms": {"kv_extra_copies": mem.kv_extra_copy_bytes, "kv_read": mem.kv_read_bytes,
+                                        "quant_metadata": mem.quant_metadata_bytes,
+                                        "model_head": mem.model_head_bytes, "fixed": mem.runtime_fixed_bytes},
+                      "peak_estimate": mem.peak_bytes,
                       "peak_worst_case": mem.peak_worst_bytes},
-            "distinct_tokens": mem.distinct_tokens,
+            "distinct_tokens": mem.distinct_tokens, "runtime": mem.runtime,
             "components": self.plan.ledger(),
             "kv_cache": {"bits": self.plan.kv_cache.bits, "by_layer": dict(mem.kv_by_layer),
                          "layout": mem.kv.to_json()},
@@ -135,25 +143,30 @@ class PlanReport:
 
 def plan_model(source: str | Path, *, recipe: str | Path = "mobile", text_only: bool = False,
                context: int = 4096, prefill: int = 32, budget: str | int | None = None,
-               distinct_tokens: int | None = None) -> PlanReport:
+               distinct_tokens: int | None = None, runtime: str = "litert-lm") -> PlanReport:
     if context < 1 or prefill < 1:
         raise InputError(f"context ({context}) and prefill ({prefill}) must be positive")
     src = open_source(source)
     plan = make_plan(src.spec, load_recipe(recipe), scale_sources=src.scale_sources)
-    mem = estimate_memory(plan, context, prefill, distinct_tokens=distinct_tokens)
+    try:
+        mem = estimate_memory(plan, context, prefill, distinct_tokens=distinct_tokens, runtime=runtime)
+    except ValueError as e:
+        raise InputError(str(e), fix="use --runtime litert-lm or edge_sdk") from None
     limit = None if budget is None else parse_size(budget)
     return PlanReport(src, plan, mem, text_only, limit)
 
 
-def planned_memory(model_dir: str | Path, context: int, distinct_tokens: int) -> dict | None:
+def planned_memory(model_dir: str | Path, context: int, distinct_tokens: int, runtime: str | None = None) -> dict | None:
     """The planner's figures for a converted model: its plan (source checkpoint's config + the recipe
     ``conversion.json`` records) with the KV cache the model actually carries (the layout recorded in
     ``model.json['kv_cache']``, ``KvLayout.from_json``) and ``distinct_tokens`` looked-up rows.
     ``context`` is the evaluated context, recorded beside the model's. None when the source is not
-    at hand."""
+    at hand. The figures are for ``runtime`` (default: LiteRT-LM, what an app runs); ``by_runtime``
+    gives the peak for each runtime the planner knows."""
     import json
 
     from .quant.kv_layout import KvLayout
+    from .quant.memory import DEFAULT_RUNTIME, RUNTIMES
     from .quant.recipe import recipe_from_dict
     try:
         conv = json.loads((Path(model_dir) / "conversion.json").read_text())
@@ -166,12 +179,18 @@ def planned_memory(model_dir: str | Path, context: int, distinct_tokens: int) ->
     except (OSError, ValueError, KeyError, TypeError, InputError):
         return None
     plan = make_plan(spec, recipe)
-    m = estimate_memory(plan, kv_len, prefill, distinct_tokens=distinct_tokens, kv=kv)
-    return {"context": kv_len, "evaluated_context": context, "prefill": m.prefill,
+    by = {rt: estimate_memory(plan, kv_len, prefill, distinct_tokens=distinct_tokens, kv=kv, runtime=rt)
+          for rt in RUNTIMES}
+    m = by[runtime or DEFAULT_RUNTIME]
+    return {"context": kv_len, "evaluated_context": context, "prefill": m.prefill, "runtime": m.runtime,
             "distinct_tokens": m.distinct_tokens, "resident_bytes": m.resident_bytes,
             "mapped_bytes": m.mapped_bytes, "mapped_touched_bytes": m.mapped_touched_bytes,
             "kv_cache_bytes": m.kv_cache_bytes, "activation_bytes": m.activation_bytes,
-            "peak_bytes": m.peak_bytes, "recipe": plan.recipe.name,
+            "kv_extra_copy_bytes": m.kv_extra_copy_bytes, "kv_read_bytes": m.kv_read_bytes,
+            "quant_metadata_bytes": m.quant_metadata_bytes, "model_head_bytes": m.model_head_bytes,
+            "runtime_fixed_bytes": m.runtime_fixed_bytes, "runtime_bytes": m.runtime_bytes,
+            "model_bytes": m.model_bytes, "peak_bytes": m.peak_bytes,
+            "by_runtime": {rt: e.peak_bytes for rt, e in by.items()}, "recipe": plan.recipe.name,
             "kv_sliding": "ring" if kv.ring_layers else "full-length"}
 
 

@@ -25,19 +25,46 @@ def run_json(capsys, *argv):
     return code, (json.loads(out) if out.strip() else None), err
 
 
-def test_e2b_mobile_text_only_fits_084gb(capsys):
+def test_e2b_mobile_text_only_fits_1gb_with_the_runtime_counted(capsys):
+    """The model's own bytes fit Google's 0.84 GB; the runtime's additions (KV copies, float KV
+    reads, quantization metadata, model head pages, a measured fixed part) take it over: the plan
+    says so rather than promising what no runtime measures (docs/benchmarks.md)."""
     code, r, err = run_json(capsys, "plan", E2B, "--recipe", "mobile", "--text-only", "--context", "4096",
-                            "--budget", "0.84GB")
+                            "--budget", "1GB")
     assert code == 0, err
     assert r["params"]["total"] == 5_104_298_467
     assert r["params"]["kept"] == 4_628_569_379
     b = r["bytes"]
-    assert b["peak_estimate"] <= 0.84e9
-    assert b["peak_estimate"] == b["resident"] + b["mapped_touched"] + b["kv_cache"] + b["activations"]
+    model = b["resident"] + b["mapped_touched"] + b["kv_cache"] + b["activations"]
+    assert model <= 0.84e9 < b["peak_estimate"] <= 1e9
+    assert b["peak_estimate"] == model + b["runtime"] == model + sum(b["runtime_terms"].values())
+    t = b["runtime_terms"]
+    assert r["runtime"] == "litert-lm" and t["kv_extra_copies"] == b["kv_cache"]   # input + output copies
+    assert t["model_head"] > t["quant_metadata"] > 0 and t["kv_read"] > 0 and t["fixed"] > 0
     ple = [t for t in r["tensors"] if t["role"] == "embed_tokens_per_layer"][0]
     assert ple["mapped"] and ple["scheme"] == "dict4x16/r64"
     assert b["mapped"] >= ple["data_bytes"] + ple["overhead_bytes"]
-    assert r["budget"] == {"limit": 840_000_000, "fits": True}
+    assert r["budget"] == {"limit": 1_000_000_000, "fits": True}
+    code, r, _ = run_json(capsys, "plan", E2B, "--recipe", "mobile", "--text-only", "--context", "4096",
+                          "--budget", "0.84GB")
+    assert code == 1 and r["budget"]["fits"] is False
+
+
+def test_runtime_terms_follow_the_runtime_and_the_context():
+    """Our runner keeps one KV copy and releases the model head; float KV reads grow with the
+    context (the largest full-attention layer's cache, dequantized, per running signature)."""
+    spec = spec_from_path(E2B)
+    plan = make_plan(spec, PRESETS["mobile"])
+    lm, ours = (estimate_memory(plan, 4096, runtime=rt) for rt in ("litert-lm", "edge_sdk"))
+    assert ours.kv_extra_copy_bytes == 0 and ours.model_head_bytes == 0
+    assert lm.kv_extra_copy_bytes == lm.kv_cache_bytes and lm.model_head_bytes > 0
+    assert lm.model_bytes == ours.model_bytes
+    full = max(ly.head_dim for ly in spec.text.layers)
+    for ctx in (512, 4096, 32768):
+        m = estimate_memory(plan, ctx, runtime="edge_sdk")
+        assert m.kv_read_bytes == 2 * 2 * ctx * full * 4   # 2 signatures x (K + V) x float32, 1 KV head
+    with pytest.raises(ValueError, match="runtime"):
+        estimate_memory(plan, 4096, runtime="tflite")
 
 
 def test_over_budget_exits_1(capsys):

@@ -18,7 +18,8 @@ _COLORS = {"resident weights": "#4C72B0", "mapped rows touched": "#8172B2", "KV 
            "activations": "#CCB974", "weight cache (packed weights)": "#3A5A8C",
            "mapped tables (rows touched)": "#A291D1", "anonymous (KV, arenas, heap)": "#55A868",
            "model file pages": "#64B5CD", "libraries, other": "#937860", "between samples / unattributed": "#BBBBBB",
-           "model RssAnon": "#55A868", "model RssFile": "#64B5CD"}
+           "model RssAnon": "#55A868", "model RssFile": "#64B5CD", "runtime: KV copies, float KV reads": "#E8A87C",
+           "runtime: quant metadata, model head": "#C5B3E6", "runtime: fixed (measured)": "#C9B79C"}
 _RUN_COLORS = ["#C44E52", "#55A868", "#4C72B0", "#8172B2", "#DD8452", "#64B5CD"]
 
 
@@ -49,9 +50,13 @@ def _bars(report) -> list[tuple[str, list[tuple[str, float]]]]:
     m, p = report.memory, report.planned
     bars = []
     if p:
-        bars.append((f"planned\n(context {p['context']})",
+        bars.append((f"planned, {p.get('runtime', '')}\n(context {p['context']})",
                      [("resident weights", p["resident_bytes"]), ("mapped rows touched", p["mapped_touched_bytes"]),
-                      ("KV cache", p["kv_cache_bytes"]), ("activations", p["activation_bytes"])]))
+                      ("KV cache", p["kv_cache_bytes"]), ("activations", p["activation_bytes"]),
+                      ("runtime: KV copies, float KV reads", p.get("kv_extra_copy_bytes", 0) + p.get("kv_read_bytes", 0)),
+                      ("runtime: quant metadata, model head", p.get("quant_metadata_bytes", 0)
+                       + p.get("model_head_bytes", 0)),
+                      ("runtime: fixed (measured)", p.get("runtime_fixed_bytes", 0))]))
     runs = m.get("runs") or []
     gated = next((r for r in runs if r["label"] == m.get("gated_run")), None)
     if gated is not None and gated.get("breakdown"):

@@ -104,7 +104,7 @@ class ValidationReport:
                 + f"); context {self.evaluation.get('context')}.", ""]
         kl = _kernels_line(self.kernels)
         out += [kl, ""] if kl else []
-        out += _runs_markdown(m, self.evaluation, limit=b.get("limit_bytes"))
+        out += _runs_markdown(m, self.evaluation, limit=b.get("limit_bytes"), planned=self.planned)
         limit = b.get("limit_bytes")
         out += ["## Memory (GB = 10^9 bytes)", "",
                 f"The gated run: {m.get('gated_run', 'the only run')}.", "",
@@ -120,10 +120,15 @@ class ValidationReport:
                 f"| getrusage ru_maxrss (cross-check) | {fmt_bytes(m['ru_maxrss_bytes'])} | |", ""]
         p = self.planned
         if p:
-            out += [f"Planned at context {p['context']}: resident weights {fmt_bytes(p['resident_bytes'])} + "
-                    f"mapped rows touched {fmt_bytes(p['mapped_touched_bytes'])} + KV cache "
-                    f"{fmt_bytes(p['kv_cache_bytes'])} + activations {fmt_bytes(p['activation_bytes'])} = "
-                    f"{fmt_bytes(p['peak_bytes'])} (mapped sections {fmt_bytes(p['mapped_bytes'])} on disk).", ""]
+            out += [f"Planned at context {p['context']} in {p.get('runtime', 'the runtime')}: resident weights "
+                    f"{fmt_bytes(p['resident_bytes'])} + mapped rows touched {fmt_bytes(p['mapped_touched_bytes'])} "
+                    f"+ KV cache {fmt_bytes(p['kv_cache_bytes'])} + activations {fmt_bytes(p['activation_bytes'])}"
+                    + (f" + the runtime's own {fmt_bytes(p['runtime_bytes'])} (KV copies "
+                       f"{fmt_bytes(p['kv_extra_copy_bytes'])}, float KV read copies {fmt_bytes(p['kv_read_bytes'])}, "
+                       f"quantization metadata {fmt_bytes(p['quant_metadata_bytes'])}, model head pages "
+                       f"{fmt_bytes(p['model_head_bytes'])}, fixed {fmt_bytes(p['runtime_fixed_bytes'])})"
+                       if "runtime_bytes" in p else "")
+                    + f" = {fmt_bytes(p['peak_bytes'])} (mapped sections {fmt_bytes(p['mapped_bytes'])} on disk).", ""]
         if limit is not None:
             out += [f"Budget {fmt_bytes(limit)} checked against the **model share** "
                     f"({fmt_bytes(b['measured_bytes'])}): {'passed' if b['passed'] else 'FAILED'}. "
@@ -167,19 +172,22 @@ class ValidationReport:
         return paths
 
 
-def _runs_markdown(m: dict, ev: dict, limit: int | None) -> list[str]:
+def _runs_markdown(m: dict, ev: dict, limit: int | None, planned: dict | None = None) -> list[str]:
     """One row per memory run (which runtime, first launch or steady state, cold or warm) and the
     per-mapping growth of the gated run near its peak."""
     runs = m.get("runs") or []
     if not runs:
         return []
     out = ["## Memory runs (GB = 10^9 bytes; model share = VmHWM − RSS after the runtime library loaded)", "",
-           "| run | model share | anon growth | file growth | peak phase | prefill tok/s | decode tok/s | "
-           "budget |", "|---|---:|---:|---:|---|---:|---:|---|"]
+           "| run | model share | planned (error) | anon growth | file growth | peak phase | prefill tok/s | "
+           "decode tok/s | budget |", "|---|---:|---:|---:|---:|---|---:|---:|---|"]
+    by = (planned or {}).get("by_runtime") or {}
     for r in runs:
         sp = r.get("speed") or {}
         verdict = "" if limit is None else ("fits" if r["model_peak_bytes"] <= limit else "**over**")
-        out.append(f"| {r['label']} | {fmt_bytes(r['model_peak_bytes'])} | {fmt_bytes(r['anon_growth_bytes'])} | "
+        p = by.get(r["runtime"])
+        pl = "–" if not p else f"{fmt_bytes(p)} ({100 * (p - r['model_peak_bytes']) / r['model_peak_bytes']:+.1f}%)"
+        out.append(f"| {r['label']} | {fmt_bytes(r['model_peak_bytes'])} | {pl} | {fmt_bytes(r['anon_growth_bytes'])} | "
                    f"{fmt_bytes(r['file_growth_bytes'])} | {r.get('peak_phase') or ''} | "
                    f"{_num(sp.get('prefill_tokens_per_s'))} | {_num(sp.get('decode_tokens_per_s'))} | {verdict} |")
     out += ["", "Cold: the model's files (and its weight cache) were evicted from the page cache before each run, "
