@@ -13,8 +13,8 @@ what the runtime itself adds to run this model (``RuntimeProfile``):
 - Quantization metadata: the runtime unpacks every per-channel scale and zero point of every
   subgraph into its heap (float32 + int32 per channel; prefill holds only the layers that feed a
   cache, decode and score hold all).
-- Model head: the flatbuffer before the external weights (tensor tables, the same quantization
-  parameters as float32 + int64, inline constants). LiteRT-LM keeps its pages; our runner
+- Model head: the flatbuffer before the external weights (tensor tables, each weight's
+  quantization parameters once as float32 + int64, inline constants). LiteRT-LM keeps its pages; our runner
   releases them after load, as the weights are read from the XNNPACK weight cache.
 - Fixed: library code and data paged in by running, interpreter and delegate structures,
   allocator slack: measured, one constant per runtime (``RUNTIMES``).
@@ -157,11 +157,21 @@ def _layer_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _quantized(plan: QuantPlan) -> list:
+    return [t for t in plan.tensors if t.model == "prefill_decode" and t.config is not None and t.scheme != "float32"]
+
+
+def unique_quant_channels(plan: QuantPlan) -> int:
+    """Per-channel quantization parameters stored in the model file: once per weight (the writer
+    shares one table among the subgraphs that use it)."""
+    return sum(t.shape[0] for t in _quantized(plan))
+
+
 def quant_channels(plan: QuantPlan) -> int:
     """Per-channel quantization parameters the runtime unpacks, over the signatures of
     prefill_decode: decode and score hold every quantized tensor, prefill only the layers up to the
     last one that writes a cache (the rest reach no output and are not in its graph)."""
-    q = [t for t in plan.tensors if t.model == "prefill_decode" and t.config is not None and t.scheme != "float32"]
+    q = _quantized(plan)
     kv_layers = [ly.index for ly in plan.spec.text.layers if not ly.kv_shared]
     last = max(kv_layers) if kv_layers else -1
     every = sum(t.shape[0] for t in q)
@@ -205,6 +215,6 @@ def estimate_memory(plan: QuantPlan, context: int, prefill: int = 32, *,
         mapped_touched_worst_bytes=mapped_touched_bytes(plan, context), kv=kv,
         runtime=runtime, kv_extra_copy_bytes=(rt.kv_copies - 1) * kv.bytes, kv_read_bytes=kv_read_bytes(kv),
         quant_metadata_bytes=8 * channels,
-        model_head_bytes=(12 * channels + HEAD_CONSTANT_BYTES) if rt.keeps_model_head else 0,
+        model_head_bytes=(12 * unique_quant_channels(plan) + HEAD_CONSTANT_BYTES) if rt.keeps_model_head else 0,
         runtime_fixed_bytes=rt.fixed_bytes,
     )
