@@ -33,7 +33,9 @@ model.json (no timestamps; conversion.json alone records wall time and peak RSS)
   layer), layouts, update rule (sliding layers: ring buffers of min(C, W + T - 1) slots);
 - ``mask``: input name, shape [1, 1, T, C], attend 0.0, masked -1e30 (any <= -1e9), causal over
   the cache; ``logits``: shapes per signature (prefill: none), ``softcapped``;
-- ``tokenizer``: {file: "tokenizer.json" | null, files: [copied tokenizer/generation files]}.
+- ``tokenizer``: {file: "tokenizer.json" | null, files: [copied tokenizer/generation files]};
+- ``requires_xnnpack``: null, or {reason, tensors} when some weights are right only in XNNPACK
+  (``requires_xnnpack``); runners refuse ``backend="builtin"`` for such a model.
 """
 
 from __future__ import annotations
@@ -232,6 +234,7 @@ def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Bin
                    "section_type": SECTION_TYPES[k]} for k, p in files.items()}
     plan_doc = plan_json(plan, bank.records, models)
     model_doc = model_json(spec, plan, geo, outputs, text_only, copied, _generation_eos(ckpt))
+    model_doc["requires_xnnpack"] = requires_xnnpack(bank.requires_xnnpack)
     _write_json(staging / "plan.json", plan_doc)
     inputs = {p.name: sha256_file(p) for p in sorted(Path(ckpt.path).iterdir())
               if p.is_file() and not p.name.startswith(".")}
@@ -269,6 +272,19 @@ def _generation_eos(ckpt: Checkpoint) -> list[int]:
     return [int(x) for x in (v if isinstance(v, list) else [] if v is None else [v])]
 
 
+def requires_xnnpack(tensors: dict[str, str]) -> dict | None:
+    """model.json ``requires_xnnpack``: null when every CPU kernel path computes the model right;
+    else {reason, tensors {name: why}}: weights only XNNPACK computes right (per-channel INT8
+    codes holding -128, see ``gemma4_weights.WeightBank._full_range``). Runners refuse the
+    builtin kernels for such a model."""
+    if not tensors:
+        return None
+    first = next(iter(sorted(tensors)))
+    return {"reason": (f"{len(tensors)} weight tensor(s) (first: {first}) hold the most negative "
+                       "code, which LiteRT's builtin FULLY_CONNECTED kernel miscomputes; XNNPACK is right"),
+            "tensors": dict(sorted(tensors.items()))}
+
+
 def plan_json(plan: QuantPlan, records: dict, models: list[str]) -> dict:
     rows = []
     for t in plan.tensors:
@@ -281,6 +297,8 @@ def plan_json(plan: QuantPlan, records: dict, models: list[str]) -> dict:
         d["rerounding_error"] = r.get("error")
         if r.get("note"):
             d["note"] = r["note"]
+        if r.get("encoding"):
+            d["encoding"] = r["encoding"]
         d["file"] = f"{t.model}.tflite"
         rows.append(d)
     return {"format": "edge_sdk.plan", "version": 1, "recipe": plan.recipe.name,

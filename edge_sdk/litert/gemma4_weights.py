@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import InputError, RecipeError
 from ..quant.apply import Prepared
 from ..quant.config import DictionaryConfig, Granularity
-from ..quant.kernels import QuantizedTensor, quantize
+from ..quant.kernels import QuantizedTensor, full_range, quantize
 from ..quant.plan import QuantPlan, TensorPlan
 from .dtypes import INT_DTYPE_FOR_BITS, Quantization, check_code_range, tensor_nbytes, to_bytes
 from .gemma4_rows import RowSlicer
@@ -64,7 +64,9 @@ class WeightBank:
         self._consts: dict[tuple[int, str], Tensor] = {}
         self._sides: dict[str, list[tuple[str, Callable]]] = {}   # tensor -> side buffers
         self._side_cache: dict[str, dict[int, bytes]] = {}        # side buffer -> block bytes
+        self._low: dict[str, bool] = {}                           # holds code -2^(bits-1)
         self.records: dict[str, dict] = {}
+        self.requires_xnnpack: dict[str, str] = {}                # tensor -> why builtin is wrong
         self.on_data = on_data
 
     # ---- preparing ------------------------------------------------------------------
@@ -86,8 +88,10 @@ class WeightBank:
         p = self._prepare(self.plan_of(name))
         self._last = (name, p)
         self._check_scales(name, p, 0)
+        enc = self.records.get(name, {}).get("encoding")   # chosen in the graph pass
         self.records[name] = {"scale_source": p.scale_source, "error": float(p.error),
-                              **({"note": p.note} if p.note else {})}
+                              **({"note": p.note} if p.note else {}),
+                              **({"encoding": enc} if enc else {})}
         return p
 
     def _block(self, name: str, r0: int, r1: int) -> Prepared:
@@ -122,6 +126,7 @@ class WeightBank:
             twin = "embed_tokens.weight" if name == "lm_head" else None   # the tied head: same tensor
             if twin in self._scales and self.plan_of(twin).config == self.plan_of(name).config:
                 self._scales[name], self.records[name] = self._scales[twin], dict(self.records[twin])
+                self._low[name] = self._low.get(twin, False)
                 return self._scales[name]
             blocks = self.blocks(name)
             parts = ([self.prepared(name).value] if blocks is None else
@@ -129,15 +134,20 @@ class WeightBank:
             if not all(isinstance(v, QuantizedTensor) for v in parts):
                 raise InputError("expected an affine quantized tensor", tensor=name)
             self._scales[name] = np.concatenate([np.asarray(v.scales, np.float32) for v in parts])
+            lo = full_range(self.plan_of(name).config.bits)[0]
+            self._low[name] = any(bool((v.codes == lo).any()) for v in parts)
             self._last = None  # drop the codes until the data pass
         return self._scales[name]
 
-    def _channel_codes(self, g: GraphBuilder, name: str, tp: TensorPlan, cfg, dt: str) -> BufferRef:
+    def _channel_codes(self, g: GraphBuilder, name: str, tp: TensorPlan, cfg, dt: str,
+                       full: bool = False) -> BufferRef:
         """The codes buffer of a per-channel tensor. With a row slicer, the data pass quantizes the
         stored rows with the scales the first pass took (``quantize(w, cfg, scales)``: the codes
-        the Preparer gives for those scales), instead of recovering the scales a second time."""
+        the Preparer gives for those scales), instead of recovering the scales a second time.
+        ``full``: codes may hold -2^(bits-1) (an encoding chosen for it, ``_full_range_fc``)."""
         def check(c):
-            check_code_range(c, cfg.bits, tensor=name)
+            if not full:
+                check_code_range(c, cfg.bits, tensor=name)
         if self._rows is None or not self._rows.can_slice(tp):
             return self._buffer(g, name, name, tp.shape, dt, lambda p: p.value.codes, main=True, check=check)
         blocks = self.blocks(name) or [(0, tp.shape[0])]
@@ -224,6 +234,8 @@ class WeightBank:
         dt = INT_DTYPE_FOR_BITS[cfg.bits]
         if cfg.granularity is Granularity.CHANNEL:
             scale = self._channel_scales(name)
+            if self._low[name] and cfg.bits != 2:
+                return self._full_range(g, name, tp, cfg, scale, lookup)
             ref = self._channel_codes(g, name, tp, cfg, dt)
             q = Quantization(scale=tuple(scale.tolist()), zero_point=(0,) * scale.size)
             return g.const(name, ref, shape=tp.shape, dtype=dt, quantization=q)
@@ -241,6 +253,51 @@ class WeightBank:
         st = g.const(f"{name}_scales", sref, shape=(rows, cols // cfg.block_size), dtype="float16")
         q = Quantization(block_scales=st.index, block_size=cfg.block_size)
         return g.const(name, ref, dtype="int4", shape=tp.shape, quantization=q, block_scales=st)
+
+    def _full_range(self, g: GraphBuilder, name: str, tp: TensorPlan, cfg, scale: np.ndarray,
+                    lookup: bool) -> Tensor:
+        """Per-channel codes holding -8 / -128 (compressed-tensors' default min-max scales), kept
+        exactly. LiteRT's builtin FULLY_CONNECTED reads INT4 -8 as +8 and INT8 -128 as +128 (where
+        the input is negative); XNNPACK is right. Measured (tests/test_ct_full_range.py):
+        - INT4 with BlockwiseQuantization, one block per row (block_size = K, FLOAT16 scales [N, 1])
+          is right in both, for K >= 32 and even (K < 32 or odd: all zeros in both). Exact when the
+          scales are float16 numbers (bf16/fp16 checkpoints: always, above 2^-24); no extra bytes.
+        - else INT4 with K < 32 or odd: the codes widened to INT8 per channel (right in both;
+          -8 is an ordinary int8 code), exact, twice the bytes of that (small) tensor.
+        - INT8 (no blockwise INT8 in XNNPACK, no zero point in hybrid FC) and INT4 with float32
+          scales that float16 cannot hold: per channel over the full range, and the model is
+          marked as needing XNNPACK (``requires_xnnpack``)."""
+        rows, cols = tp.shape
+        s16 = scale.astype(np.float16)
+        f16_exact = bool(np.all(np.isfinite(s16)) and np.all(s16 > 0)
+                         and np.array_equal(s16.astype(np.float32), scale))
+        codes = lambda p: p.value.codes  # noqa: E731
+        if lookup:   # EMBEDDING_LOOKUP computes -128 / -8 right in both kernel paths
+            ref = self._channel_codes(g, name, tp, cfg, INT_DTYPE_FOR_BITS[cfg.bits], full=True)
+            self.records[name]["encoding"] = f"int{cfg.bits} per channel, full range"
+            q = Quantization(scale=tuple(scale.tolist()), zero_point=(0,) * scale.size)
+            return g.const(name, ref, shape=tp.shape, dtype=INT_DTYPE_FOR_BITS[cfg.bits], quantization=q)
+        if cfg.bits == 4 and cols >= 32 and cols % 2 == 0 and f16_exact:
+            ref = self._buffer(g, name, name, tp.shape, "int4", codes, main=True)
+            st = g.const(f"{name}_scales", s16.reshape(rows, 1), dtype="float16")
+            self.records[name]["encoding"] = "int4 blockwise, one block per row (float16 scales)"
+            q = Quantization(block_scales=st.index, block_size=cols)
+            return g.const(name, ref, dtype="int4", shape=tp.shape, quantization=q, block_scales=st)
+        if cfg.bits == 4 and (cols < 32 or cols % 2):
+            ref = self._buffer(g, name, name, tp.shape, "int8", codes, main=True)
+            dt = "int8"
+            self.records[name]["encoding"] = "int4 codes stored as int8 per channel (K < 32 or odd)"
+        else:
+            ref = self._channel_codes(g, name, tp, cfg, INT_DTYPE_FOR_BITS[cfg.bits], full=True)
+            dt = INT_DTYPE_FOR_BITS[cfg.bits]
+            why = (f"int{cfg.bits} per-channel codes hold {full_range(cfg.bits)[0]}, which LiteRT's "
+                   "builtin FULLY_CONNECTED miscomputes (XNNPACK is right)")
+            if cfg.bits == 4:
+                why += "; its float32 scales are not float16 numbers, so no blockwise form is exact"
+            self.requires_xnnpack[name] = why
+            self.records[name]["encoding"] = f"int{cfg.bits} per channel, full range (XNNPACK only)"
+        q = Quantization(scale=tuple(scale.tolist()), zero_point=(0,) * scale.size)
+        return g.const(name, ref, shape=tp.shape, dtype=dt, quantization=q)
 
     # ---- lookups --------------------------------------------------------------------
     def lookup(self, g: GraphBuilder, name: str, ids: Tensor) -> Tensor:

@@ -173,6 +173,15 @@ class LiteRTModel:
         with open(os.path.join(self.out_dir, "model.json"), encoding="utf-8") as f:
             self.meta = json.load(f)
         m = self.meta
+        need = m.get("requires_xnnpack")
+        if backend == "builtin" and need:   # model.json says: builtin kernels compute it wrong
+            msg, where = (f"the builtin kernels compute this model wrong: {need.get('reason')}",
+                          os.path.join(self.out_dir, "model.json"))
+            try:
+                from edge_sdk.errors import InputError
+            except ImportError:   # standalone on a device
+                raise ValueError(f"{where}: {msg} (fix: use --backend xnnpack)") from None
+            raise InputError(msg, path=where, fix="run it with --backend xnnpack (the default)")
         self.backend, self.api, self.threads = backend, api, threads
         self.context, self.prefill_length = int(m["context"]), int(m["prefill"])
         self.vocab_size = int(m["vocab_size"])

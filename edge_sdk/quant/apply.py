@@ -68,7 +68,8 @@ class Preparer:
         if scheme is None:
             raise CheckpointError("compressed-tensors parts but no quantization_config scheme for them",
                                   path=self.ckpt.path, tensor=module)
-        return read_ct_weight(lambda n: self.ckpt.read(n) if n in self.ckpt.tensors else None, module, scheme)
+        return read_ct_weight(lambda n: self.ckpt.read(n) if n in self.ckpt.tensors else None, module, scheme,
+                              path=self.ckpt.path)
 
     def prepare(self, tp: TensorPlan) -> Prepared:
         canonical = "embed_tokens.weight" if tp.name == "lm_head" else tp.name

@@ -182,14 +182,27 @@ def quantize(w: np.ndarray, cfg: AffineConfig, scales: np.ndarray | None = None
     return QuantizedTensor(codes, s, cfg, err)
 
 
-def from_codes(codes: np.ndarray, scales: np.ndarray, cfg: AffineConfig) -> QuantizedTensor:
-    """Wrap existing codes + scales (e.g. from compressed-tensors) after checking them."""
+def full_range(bits: int) -> tuple[int, int]:
+    """Every code a ``bits``-bit two's-complement integer holds: int8 [-128, 127], int4 [-8, 7],
+    int2 [-2, 1]. Given codes (compressed-tensors min-max scales put the row's largest negative
+    weight on -128 / -8) may use all of it; ``gemma4_weights`` picks an encoding LiteRT runs."""
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def from_codes(codes: np.ndarray, scales: np.ndarray, cfg: AffineConfig, *,
+               tensor: str | None = None, path=None) -> QuantizedTensor:
+    """Wrap existing codes + scales (e.g. from compressed-tensors) after checking them. Codes
+    may span the full two's-complement range (``full_range``), not only ``cfg.qmin..qmax``."""
     codes = np.asarray(codes)
     if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
-        raise RecipeError(f"codes must be a 2-D integer array, got {codes.dtype} {codes.shape}")
-    if codes.size and (codes.min() < cfg.qmin or codes.max() > cfg.qmax):
+        raise RecipeError(f"codes must be a 2-D integer array, got {codes.dtype} {codes.shape}",
+                          tensor=tensor, path=path)
+    lo, hi = full_range(cfg.bits)
+    if codes.size and (codes.min() < lo or codes.max() > hi):
         raise RecipeError(f"codes span [{codes.min()}, {codes.max()}], outside the "
-                          f"{cfg.bits}-bit range [{cfg.qmin}, {cfg.qmax}]")
+                          f"{cfg.bits}-bit range [{lo}, {hi}]", tensor=tensor, path=path,
+                          fix="the checkpoint's num_bits does not match its stored codes; "
+                              "re-export it")
     nb = _check_blocks(codes.shape, cfg)
     return QuantizedTensor(codes.astype(np.int8), _check_scales(scales, codes.shape, cfg, nb), cfg)
 

@@ -146,6 +146,8 @@ class CTWeight:
     scales: np.ndarray
     zero_points: np.ndarray | None
     scheme: CTScheme
+    module: str = ""
+    path: str | None = None     # the checkpoint (for messages)
 
     def affine_config(self) -> AffineConfig:
         s = self.scheme
@@ -154,16 +156,28 @@ class CTWeight:
         return AffineConfig(bits=s.num_bits, granularity="channel")
 
     def to_quantized(self) -> QuantizedTensor:
-        """As our ``QuantizedTensor`` (scales as stored; refuses non-zero zero points)."""
+        """As our ``QuantizedTensor``: codes and scales exactly as stored, over the full
+        two's-complement range (-8 / -128 included); refuses non-zero zero points."""
+        s = self.scheme
         if self.zero_points is not None:
-            raise RecipeError("asymmetric compressed-tensors weights (non-zero zero points) "
-                              "cannot run in LiteRT's FULLY_CONNECTED",
-                              fix="export the checkpoint with symmetric=true")
-        return from_codes(self.codes, self.scales, self.affine_config())
+            raise RecipeError(
+                f"asymmetric weights (config group {s.name!r}: symmetric false, non-zero "
+                "weight zero points): LiteRT's FULLY_CONNECTED has no weight zero point",
+                path=self.path, tensor=f"{self.module}.weight_zero_point",
+                fix=f"re-quantize with symmetric: true in the {s.name!r} weights args "
+                    "(llm-compressor's W4A16 / W8A16 schemes are symmetric)")
+        try:
+            return from_codes(self.codes, self.scales, self.affine_config(),
+                              tensor=self.module, path=self.path)
+        except RecipeError as e:
+            if e.tensor:
+                raise
+            raise RecipeError(e.detail, path=self.path,
+                              tensor=f"{self.module}.weight_scale", fix=e.fix) from None
 
 
 def read_ct_weight(get: Callable[[str], np.ndarray | None] | Mapping[str, np.ndarray],
-                   module: str, scheme: CTScheme) -> CTWeight:
+                   module: str, scheme: CTScheme, path: str | PathLike | None = None) -> CTWeight:
     """Read ``<module>.weight_packed|weight``, ``weight_scale``, ``weight_zero_point``,
     ``weight_shape`` through ``get(name)`` (missing → None) or a mapping; exact, no rounding."""
     fetch = get.get if isinstance(get, Mapping) else get
@@ -210,7 +224,8 @@ def read_ct_weight(get: Callable[[str], np.ndarray | None] | Mapping[str, np.nda
         zp = np.broadcast_to(zp.astype(np.int8).reshape(-1) if scheme.strategy == "tensor"
                              else zp.astype(np.int8).reshape(want), want)
         zp = None if not zp.any() else np.ascontiguousarray(zp)
-    return CTWeight(codes, np.ascontiguousarray(scales, dtype=np.float32), zp, scheme)
+    return CTWeight(codes, np.ascontiguousarray(scales, dtype=np.float32), zp, scheme, module,
+                    None if path is None else str(path))
 
 
 # ---------------------------------------------------------------- our QAT sidecar
