@@ -2,16 +2,36 @@
 
 Exit codes everywhere: 0 ok, 1 a check that ran and failed, 2 bad input or usage (one line on
 stderr naming the file and, where relevant, the tensor; no traceback).
+
+Conventions shared by every verb (``tests/test_cli_ux.py`` holds them):
+
+- Quiet: LiteRT and LiteRT-LM log from native code straight to file descriptor 2 (accelerator
+  registry, plugin loading, "Created TensorFlow Lite XNNPACK delegate") and neither honours
+  ``TF_CPP_MIN_LOG_LEVEL``; ai-edge-litert does not export the C API's
+  ``LiteRtSetMinLoggerSeverity``. So while a verb runs, fd 2 (inherited by child processes) points
+  at a scratch file, and Python's ``sys.stderr`` (our messages, progress, the stats line, errors)
+  at the real stderr. ``-v`` leaves fd 2 alone. A native crash still reaches the terminal
+  (``faulthandler`` writes to the real stderr).
+- Progress on stderr for every long step (``edge_sdk.progress``): a live bar on a terminal, one
+  line per stage with its elapsed time otherwise.
+- ``-o/--output`` is the output of every verb that writes one (convert: OUT_DIR, validate: the
+  report directory, bundle: the .litertlm); every flag's help shows its default.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
+from . import __version__
 from .errors import EdgeSdkError
+
+DEFAULT_PLAN_CONTEXT = 4096   # plan: the context a phone app is planned for
+DEFAULT_CONVERT_CONTEXT = 512  # convert: the KV cache the converted model carries
 
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -40,6 +60,86 @@ def _positive_int(text: str) -> int:
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # usage errors: one line, exit 2
         raise EdgeSdkError(f"{self.prog}: {message}")
+
+
+class _Help(argparse.HelpFormatter):
+    """Every flag's help ends with its default: ``(default: X)``, ``(default: off)`` for a switch;
+    a flag whose default is not a plain value says it in words (the help already has 'default')."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default is argparse.SUPPRESS:
+            return text
+        if isinstance(action, argparse._StoreTrueAction):
+            return f"{text} (default: off)"
+        if isinstance(action, argparse._StoreFalseAction):
+            return f"{text} (default: on)"
+        if action.default is not None:
+            return f"{text} (default: %(default)s)"
+        return text
+
+
+def _versions() -> str:
+    from importlib import metadata
+
+    parts = []
+    for dist in ("ai-edge-litert", "litert-lm-api"):
+        try:
+            parts.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return f"edge-sdk {__version__}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+@contextmanager
+def quiet_native_logs(enabled: bool = True, restore: bool = True) -> Iterator[None]:
+    """Keep the runtimes' native log lines (written to fd 2) off the terminal while the block runs;
+    ``sys.stderr`` keeps writing to the real stderr. See the module docstring. ``restore=False``
+    (the ``edge-sdk`` process itself) leaves fd 2 on the scratch file after the block: LiteRT's
+    global environment logs again when it is destroyed at exit."""
+    if not enabled:
+        yield
+        return
+    import faulthandler
+    import tempfile
+
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except (OSError, ValueError):
+            pass
+    real_fd = os.dup(2)
+    sink = tempfile.TemporaryFile(prefix="edge-sdk-runtime-log-")
+    old_stderr = sys.stderr
+    real = None
+    try:
+        is_fd2 = old_stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):   # pytest's capsys: not a file descriptor
+        is_fd2 = False
+    if is_fd2:
+        real = os.fdopen(os.dup(real_fd), "w", buffering=1, encoding=getattr(old_stderr, "encoding", None)
+                         or "utf-8", errors="backslashreplace")
+        sys.stderr = real
+    own_fh = real is not None and not faulthandler.is_enabled()   # else whoever enabled it keeps it
+    if own_fh:
+        faulthandler.enable(file=real)
+    os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        if restore:
+            os.dup2(real_fd, 2)
+            if own_fh:
+                faulthandler.disable()
+            os.close(real_fd)
+            sys.stderr = old_stderr
+            if real is not None:
+                real.close()
+            sink.close()
 
 
 def _print_json(obj) -> None:
@@ -76,21 +176,28 @@ def _plan(sub=None, args=None) -> int:
         sub.add_argument("source", help="checkpoint directory or config.json")
         sub.add_argument("--recipe", default="mobile", help="preset (float, int8, int4, mobile) or recipe .json")
         sub.add_argument("--text-only", action="store_true", help="drop vision and audio towers")
-        sub.add_argument("--context", type=int, default=4096, help="context length for the KV cache (tokens)")
+        sub.add_argument("--context", type=int, default=None,
+                         help=f"context length for the KV cache, tokens (default: {DEFAULT_PLAN_CONTEXT}, "
+                              f"what a phone app is planned for; convert's default is {DEFAULT_CONVERT_CONTEXT})")
         sub.add_argument("--prefill", type=int, default=32, help="prefill chunk length (activation arena)")
         sub.add_argument("--distinct-tokens", type=int, default=None,
-                         help="distinct tokens in the context (mapped rows touched); default context/4")
-        sub.add_argument("--budget", default=None, help="memory budget, e.g. 1GB (10^9) or 900MiB")
-        sub.add_argument("--json", action="store_true")
+                         help="distinct tokens in the context (mapped rows touched) (default: context/4)")
+        sub.add_argument("--budget", default=None,
+                         help="memory budget, e.g. 1GB (10^9) or 900MiB (default: none, no fit verdict)")
+        sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
         return 0
     from .pipeline import plan_model
 
-    report = plan_model(args.source, recipe=args.recipe, text_only=args.text_only, context=args.context,
+    context = DEFAULT_PLAN_CONTEXT if args.context is None else args.context
+    report = plan_model(args.source, recipe=args.recipe, text_only=args.text_only, context=context,
                         prefill=args.prefill, budget=args.budget, distinct_tokens=args.distinct_tokens)
     if args.json:
         _print_json(report.to_json())
     else:
         print(report.to_text())
+        if args.context is None:
+            print(f"  (context {context} is plan's default; --context N plans another, e.g. the "
+                  f"{DEFAULT_CONVERT_CONTEXT} convert writes by default)")
     fits = report.to_json()["budget"]["fits"]
     return 1 if fits is False else 0
 
@@ -104,19 +211,29 @@ def _validate(sub=None, args=None) -> int:
                          help="float checkpoint to compare against (default: the float sibling of a "
                               "'qat' source, else the source checkpoint in conversion.json)")
         sub.add_argument("--text", default=None, help="evaluation text file (default: tiny model's held-out split)")
-        sub.add_argument("--tokens", default=None, help="evaluation token ids (.npy or .json) instead of text")
+        sub.add_argument("--tokens", default=None,
+                         help="evaluation token ids (.npy or .json) instead of text (default: the --text)")
         sub.add_argument("--budget", default=None, help="memory budget for the model's share of peak RSS, "
-                                                        "e.g. 1GB (10^9) or 900MiB")
+                                                        "e.g. 1GB (10^9) or 900MiB (default: none, not gated)")
         sub.add_argument("--context", type=int, default=None,
                          help="tokens per evaluation window / KV fill (default: the model's context)")
-        sub.add_argument("--max-tokens", type=int, default=None, help="evaluate at most this many tokens")
-        sub.add_argument("--report", default=None, help="directory for report.json, report.md, memory.png")
-        sub.add_argument("--threads", type=int, default=None)
-        sub.add_argument("--backend", default="xnnpack", choices=("xnnpack", "builtin"))
+        sub.add_argument("--max-tokens", type=int, default=None,
+                         help="evaluate at most this many tokens (default: all of the text)")
+        sub.add_argument("-o", "--output", "--report", dest="report", default=None, metavar="DIR",
+                         help="directory for report.json, report.md, memory.png and the runs' logs "
+                              "(default: none, a temporary directory)")
+        sub.add_argument("--keep-logits", action="store_true",
+                         help="also keep logits.npy and reference_logits.npy in the report directory "
+                              "(positions x vocab x 4 bytes each: 165 MB for the tiny model, GBs for a real one)")
+        sub.add_argument("--threads", type=_positive_int, default=None,
+                         help="CPU threads for the runtime (default: the runtime's default, one thread)")
+        sub.add_argument("--backend", default="xnnpack", choices=("xnnpack", "builtin"),
+                         help="CPU kernels: XNNPACK, or LiteRT's builtin reference kernels")
         sub.add_argument("--api", default="compiled", choices=("interpreter", "compiled"),
-                         help="compiled: CompiledModel with an XNNPACK weight cache (weights ~1x in memory; default)")
-        sub.add_argument("--max-kld", type=float, default=None, help="gate on mean KLD (default 0.5)")
-        sub.add_argument("--min-top1", type=float, default=None, help="gate on top-1 agreement (default 0.6)")
+                         help="compiled: CompiledModel with an XNNPACK weight cache (weights ~1x in memory); "
+                              "interpreter: the classic Interpreter (per-op kernel census)")
+        sub.add_argument("--max-kld", type=float, default=None, help="gate on mean KLD (default: 0.5)")
+        sub.add_argument("--min-top1", type=float, default=None, help="gate on top-1 agreement (default: 0.6)")
         sub.add_argument("--no-quality", action="store_true", help="skip the float reference comparison")
         sub.add_argument("--runs", type=int, default=5, help="timed speed runs (median reported)")
         sub.add_argument("--decode-tokens", type=int, default=32, help="greedy decode steps per run")
@@ -125,9 +242,11 @@ def _validate(sub=None, args=None) -> int:
         sub.add_argument("--json", action="store_true", help="print report.json instead of a summary")
         sub.add_argument("--device", default=None, metavar="SERIAL|auto|all",
                          help="run on an adb device instead of the host: a serial, 'auto' (the only one), or "
-                              "'all' (every connected device at once; one report each under --report DIR)")
+                              "'all' (every connected device at once; one report each under -o DIR) "
+                              "(default: none, the host)")
         sub.add_argument("--runner-binary", default=None, metavar="PATH",
-                         help="Android devices (no python3): LiteRT's benchmark_model for the device's ABI")
+                         help="Android devices (no python3): LiteRT's benchmark_model for the device's ABI "
+                              "(default: none, the Python runner)")
         sub.add_argument("--runtime", default="both", choices=("both", "litert-lm", "edge_sdk"),
                          help="where memory and speed are measured: LiteRT-LM's engine (what an app runs), our "
                               "runner, or both (default); quality always comes from our runner")
@@ -147,10 +266,11 @@ def _validate(sub=None, args=None) -> int:
               backend=args.backend, api=args.api, max_kld=args.max_kld, min_top1=args.min_top1,
               quality=not args.no_quality, max_tokens=args.max_tokens, runs=args.runs,
               decode_tokens=args.decode_tokens, strict_backend=args.strict_backend, runner_binary=args.runner_binary,
-              runtime=args.runtime, bundle=args.bundle, warm=args.warm, first_run=args.first_run)
+              runtime=args.runtime, bundle=args.bundle, warm=args.warm, first_run=args.first_run,
+              keep_logits=args.keep_logits)
     if args.device == "all":
         if not args.report:
-            raise EdgeSdkError("--device all needs --report DIR (one report per device under it)")
+            raise EdgeSdkError("--device all needs -o/--output DIR (one report per device under it)")
         rows = validate_all_devices(args.model_dir, report=args.report, **kw)
         _print_device_table(rows)
         print(f"summary: {args.report}/summary.json")
@@ -185,12 +305,15 @@ def _print_device_table(rows: list[dict]) -> None:
 def _convert(sub=None, args=None) -> int:
     if sub is not None:
         sub.add_argument("checkpoint", help="checkpoint directory (config.json + *.safetensors)")
-        sub.add_argument("-o", "--out", required=True, help="output directory (created; must be new or empty)")
+        sub.add_argument("-o", "--output", "--out", dest="out", required=True, metavar="OUT_DIR",
+                         help="output directory (created; must be new or empty; required, no default)")
         sub.add_argument("--recipe", default="mobile", help="preset (float, int8, int4, mobile) or recipe .json")
         sub.add_argument("--text-only", action="store_true",
                          help="convert the text decoder alone (required when the checkpoint has vision/audio towers)")
-        sub.add_argument("--context", type=_positive_int, default=512, help="KV cache length in tokens (default 512)")
-        sub.add_argument("--prefill", type=_positive_int, default=32, help="prefill chunk length T (default 32)")
+        sub.add_argument("--context", type=_positive_int, default=None,
+                         help=f"KV cache length in tokens (default: {DEFAULT_CONVERT_CONTEXT}; plan's default "
+                              f"is {DEFAULT_PLAN_CONTEXT})")
+        sub.add_argument("--prefill", type=_positive_int, default=32, help="prefill chunk length T")
         sub.add_argument("--no-score", action="store_true",
                          help="omit the score_<T> signature (logits of every prompt position)")
         sub.add_argument("--overwrite", action="store_true",
@@ -199,30 +322,102 @@ def _convert(sub=None, args=None) -> int:
         return 0
     from .pipeline import convert
 
-    res = convert(args.checkpoint, args.out, recipe=args.recipe, text_only=args.text_only, context=args.context,
+    context = DEFAULT_CONVERT_CONTEXT if args.context is None else args.context
+    res = convert(args.checkpoint, args.out, recipe=args.recipe, text_only=args.text_only, context=context,
                   prefill=args.prefill, score=not args.no_score, overwrite=args.overwrite)
     if args.json:
         _print_json(res.model)
     else:
         files = ", ".join(f"{v['file']} ({v['bytes']:,} B)" for v in res.model["files"].values())
-        print(f"{res.out_dir}: {files}; recipe {res.model['recipe']}, context {res.model['context']}, "
+        note = " (the default; --context N for another)" if args.context is None else ""
+        print(f"{res.out_dir}: {files}; recipe {res.model['recipe']}, context {res.model['context']}{note}, "
               f"prefill {res.model['prefill']}, KV cache {res.model['kv_cache']['dtype']}; {res.wall_s:.1f} s")
     return 0
 
 
-@command("run", "run a converted model in LiteRT: prefill a prompt, then greedy decoding")
+@command("run", "run a converted model in LiteRT: prefill a prompt, then stream greedy decoding to stdout")
 def _run(sub=None, args=None) -> int:
     if sub is not None:
         sub.add_argument("model_dir", help="converted model directory (edge-sdk convert -o OUT_DIR)")
         src = sub.add_mutually_exclusive_group(required=True)
-        src.add_argument("--prompt", help="prompt text (needs tokenizer.json in the model directory)")
-        src.add_argument("--ids", help="prompt token ids, comma-separated")
-        sub.add_argument("-n", type=_positive_int, default=16, help="greedy decode steps (default 16)")
-        sub.add_argument("--logits-out", default=None, help="save the prompt's logits, float32 [prompt_len, vocab] .npy")
-        sub.add_argument("--backend", default="xnnpack", choices=("xnnpack", "builtin"))
-        sub.add_argument("--api", default="interpreter", choices=("interpreter", "compiled"))
-        sub.add_argument("--threads", type=_positive_int, default=None)
+        src.add_argument("--prompt", help="prompt text, or - to read it from stdin (needs tokenizer.json in the "
+                                          "model directory; the generated text streams to stdout) (default: none)")
+        src.add_argument("--ids", help="prompt token ids, comma-separated; prints ids and runs exactly -n steps "
+                                       "(default: none)")
+        sub.add_argument("--chat", action="store_true",
+                         help="wrap the prompt in the checkpoint's chat template (chat_template.jinja) as one "
+                              "user turn, with the generation prompt")
+        sub.add_argument("-n", "--max-tokens", dest="n", type=_positive_int, default=16,
+                         help="generate at most this many tokens (greedy)")
+        sub.add_argument("--ignore-eos", action="store_true",
+                         help="keep generating past an end-of-sequence token (--prompt stops at one)")
+        sub.add_argument("--logits-out", default=None,
+                         help="save the prompt's logits, float32 [prompt_len, vocab] .npy (default: not saved)")
+        sub.add_argument("--backend", default="xnnpack", choices=("xnnpack", "builtin"),
+                         help="CPU kernels: XNNPACK, or LiteRT's builtin reference kernels")
+        sub.add_argument("--api", default="interpreter", choices=("interpreter", "compiled"),
+                         help="LiteRT API: the Interpreter, or CompiledModel (XNNPACK weight cache file)")
+        sub.add_argument("--threads", type=_positive_int, default=None,
+                         help="CPU threads for the runtime (default: the runtime's default, one thread)")
         return 0
+    return _run_model(args)
+
+
+def _chat_prompt(mdir, user: str) -> str:
+    """``user`` as one user turn in the checkpoint's chat template (transformers' rendering:
+    a sandboxed Jinja environment with trim_blocks and lstrip_blocks)."""
+    from pathlib import Path
+
+    from .errors import InputError, install_fix
+
+    tpl_file, cfg_file = Path(mdir) / "chat_template.jinja", Path(mdir) / "tokenizer_config.json"
+    cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+    template = tpl_file.read_text() if tpl_file.is_file() else cfg.get("chat_template")
+    if not isinstance(template, str):
+        raise InputError("--chat needs the checkpoint's chat template (chat_template.jinja, or chat_template in "
+                         "tokenizer_config.json) in the model directory", path=mdir,
+                         fix="copy it from the checkpoint, or run without --chat")
+    try:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:
+        raise InputError("--chat needs jinja2", fix=install_fix("bundle")) from None
+
+    def special(name):
+        v = cfg.get(name)
+        return v.get("content") if isinstance(v, dict) else v
+
+    def raise_exception(msg):
+        raise InputError(f"the chat template refused the prompt: {msg}", path=tpl_file)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(messages=[{"role": "user", "content": user}],
+                                            add_generation_prompt=True, bos_token=special("bos_token") or "",
+                                            eos_token=special("eos_token") or "")
+
+
+class _TextStream:
+    """Writes a growing token list's text to ``out`` as it grows: decodes the whole list each step
+    and writes what is new, holding back an incomplete UTF-8 sequence (decoded as U+FFFD)."""
+
+    def __init__(self, tok, out):
+        self.tok, self.out, self.ids, self.shown = tok, out, [], ""
+
+    def push(self, token: int) -> None:
+        self.ids.append(token)
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):
+            return
+        new = text[len(self.shown):] if text.startswith(self.shown) else text[len(self.shown):]
+        self.shown = text
+        if new:
+            self.out.write(new)
+            self.out.flush()
+
+
+def _run_model(args) -> int:
+    import resource
+    import time
     from pathlib import Path
 
     import numpy as np
@@ -237,6 +432,8 @@ def _run(sub=None, args=None) -> int:
     if not (mdir / "model.json").is_file():
         raise InputError("not a converted model directory (no model.json)", path=mdir,
                          fix="pass the OUT_DIR written by `edge-sdk convert`")
+    if args.chat and args.ids is not None:
+        raise InputError("--chat applies the chat template to --prompt text; --ids are used as given")
     tok = None
     if (mdir / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
@@ -250,37 +447,74 @@ def _run(sub=None, args=None) -> int:
     else:
         if tok is None:
             raise InputError("--prompt needs tokenizer.json in the model directory", path=mdir, fix="pass --ids")
-        ids = tok.encode(args.prompt).ids
+        prompt = args.prompt
+        if prompt == "-":
+            prompt = sys.stdin.read()
+            prompt = prompt[:-1] if prompt.endswith("\n") else prompt
+        if args.chat:
+            prompt = _chat_prompt(mdir, prompt)
+        ids = tok.encode(prompt).ids
         bos = meta.get("bos_token_id")
         if bos is not None and (not ids or ids[0] != bos):
             ids = [bos] + ids
     if not ids:
         raise InputError("empty prompt")
+    eos = meta.get("eos_token_id")
+    stops = set() if args.ids is not None or args.ignore_eos else set(eos if isinstance(eos, list) else [eos]) - {None}
+    out = sys.stdout
+    text = _TextStream(tok, out) if args.ids is None else None
+    generated: list[int] = []
+
+    def emit(token: int) -> None:
+        generated.append(token)
+        if text is not None:
+            text.push(token)
+        else:
+            out.write(("," if len(generated) > 1 else "generated ids: ") + str(token))
+            out.flush()
+
     try:
         model = LiteRTModel(mdir, backend=args.backend, api=args.api, threads=args.threads)
         if len(ids) + args.n > model.context:
-            raise InputError(f"{len(ids)} prompt tokens + {args.n} steps exceed the context {model.context}")
+            raise InputError(f"{len(ids)} prompt tokens + {args.n} steps exceed the context {model.context}",
+                             fix=f"use -n <= {max(1, model.context - len(ids))}, or convert with a longer --context")
         if min(ids) < 0 or max(ids) >= model.vocab_size:
             raise InputError(f"token id out of range [0, {model.vocab_size})")
+        t0 = time.perf_counter()
         logits = model.prefill(ids)
+        t_prompt = time.perf_counter() - t0
         check_logits(logits, "prompt logits")
-        out, last = [], logits[-1]
+        if args.ids is not None:
+            out.write("prompt ids:    " + ",".join(map(str, ids)) + "\n")
+        last, t1 = logits[-1], time.perf_counter()
         for step in range(args.n):
-            out.append(int(np.argmax(last)))
+            token = int(np.argmax(last))
+            if token in stops:
+                break
+            emit(token)
             if step + 1 < args.n:
-                last = model.decode(out[-1])
+                last = model.decode(token)
                 check_logits(last, f"decode step {step + 1} logits")
+        t_gen = time.perf_counter() - t1
     except OutputCheckError as e:
         raise CheckFailed(f"{e} ({args.backend} kernels)", path=mdir) from None
     except (RuntimeError, ValueError) as e:
         raise CheckFailed(f"LiteRT could not run the model with {args.backend} kernels: "
                           f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}", path=mdir) from None
+    except BrokenPipeError:   # `edge-sdk run ... | head`: the reader has gone; stop quietly
+        sys.stdout = open(os.devnull, "w")
+        return 0
     if args.logits_out:
         np.save(args.logits_out, np.asarray(logits, np.float32))
-    print("prompt ids:    " + ",".join(map(str, ids)))
-    print("generated ids: " + ",".join(map(str, out)))
-    if tok is not None:
-        print("text:          " + json.dumps(tok.decode(out, skip_special_tokens=False)))
+    out.write("\n")
+    if args.ids is not None and tok is not None:
+        out.write("text:          " + json.dumps(tok.decode(generated, skip_special_tokens=False)) + "\n")
+    out.flush()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9   # Linux: kB
+    decode_steps = max(0, len(generated) - 1)   # the first token comes from the prompt's logits
+    gen_rate = f"{decode_steps / t_gen:,.1f}" if decode_steps and t_gen > 0 else "-"
+    print(f"prompt: {len(ids)} tok, {len(ids) / t_prompt:,.1f} tok/s | generation: {len(generated)} tok, "
+          f"{gen_rate} tok/s | peak memory: {peak:.3f} GB", file=sys.stderr)
     return 0
 
 
@@ -288,14 +522,16 @@ def _run(sub=None, args=None) -> int:
 def _bundle(sub=None, args=None) -> int:
     if sub is not None:
         sub.add_argument("model_dir", help="converted model directory (edge-sdk convert OUT_DIR)")
-        sub.add_argument("-o", "--output", required=True, metavar="FILE.litertlm", help="bundle to write")
+        sub.add_argument("-o", "--output", required=True, metavar="FILE.litertlm",
+                         help="bundle to write (required, no default)")
         sub.add_argument("--tokenizer", default=None,
-                         help="tokenizer.json (or its directory) when the model directory has none")
+                         help="tokenizer.json (or its directory) when the model directory has none "
+                              "(default: MODEL_DIR/tokenizer.json)")
         sub.add_argument("--max-tokens", type=int, default=None,
                          help="LiteRT-LM max_num_tokens (default and maximum: the model's context)")
         sub.add_argument("--android", default=None, metavar="DIR",
                          help="android_demo directory: copy the bundle into its assets (<= 100 MB) or "
-                              "print the adb push commands")
+                              "print the adb push commands (default: none)")
         sub.add_argument("--overwrite", action="store_true",
                          help="replace an existing bundle (only one edge-sdk wrote)")
         sub.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -312,19 +548,28 @@ def _bundle(sub=None, args=None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="edge-sdk", description="QAT Gemma 4 → LiteRT for phones: convert, validate, ship.")
+    parser = _Parser(prog="edge-sdk", description="QAT Gemma 4 → LiteRT for phones: convert, validate, ship.",
+                     formatter_class=_Help)
+    parser.add_argument("--version", action="version", version=_versions(), help="print the version and exit")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="let LiteRT's and LiteRT-LM's own log lines through to stderr")
     subs = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name, (help_text, fn) in _COMMANDS.items():
-        sub = subs.add_parser(name, help=help_text, description=help_text)
+        sub = subs.add_parser(name, help=help_text, description=help_text, formatter_class=_Help)
+        sub.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="let LiteRT's and LiteRT-LM's own log lines through to stderr (default: off)")
         fn(sub, None)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import progress
+
     try:
         args = build_parser().parse_args(argv)
         _, fn = _COMMANDS[args.command]
-        return fn(None, args)
+        with quiet_native_logs(not args.verbose, restore=argv is not None), progress.reporting(args.command):
+            return fn(None, args)
     except EdgeSdkError as e:
         print(f"edge-sdk: error: {e}", file=sys.stderr)
         return e.exit_code

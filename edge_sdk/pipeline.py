@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import progress as P
 from .checkpoint import has_weight_files, open_checkpoint
 from .errors import InputError, install_fix
 from .outputs import check_replaceable_dir, is_nonempty_dir
@@ -208,7 +210,8 @@ def _engine_bundle(model_dir: Path, bundle: str | Path | None, scratch: Path) ->
             raise InputError("no such bundle", path=path, fix="pass the .litertlm written by `edge-sdk bundle`")
     else:
         path = scratch / "model.litertlm"
-        bundle_model(model_dir, path)
+        with P.stage("packing a .litertlm for LiteRT-LM"):
+            bundle_model(model_dir, path)
     _, _, sections = read_header(path)
     return path, [[x.begin, x.end, x.model_type or x.data_type] for x in sections]
 
@@ -237,7 +240,7 @@ def validate_model(model_dir: str | Path, *, reference: str | Path | None = None
                    quality: bool = True, max_tokens: int | None = None, runs: int = 5,
                    decode_tokens: int = 32, strict_backend: bool = False, device: str | None = None,
                    runner_binary: str | Path | None = None, runtime: str = "both", bundle: str | Path | None = None,
-                   warm: bool = False, first_run: bool = True):
+                   warm: bool = False, first_run: bool = True, keep_logits: bool = False):
     """Run a converted model (or a ``.litertlm``) and judge memory, speed and quality
     (``edge_sdk.validate.validator.validate``); returns its ``ValidationReport``.
 
@@ -246,6 +249,7 @@ def validate_model(model_dir: str | Path, *, reference: str | Path | None = None
     LiteRT-LM's engine (``runtime`` "both" or "litert-lm": the ``bundle`` given, or one packed
     from ``model_dir`` for the measurement) and in our runner ("both" or "edge_sdk"; quality
     always comes from our runner's logits). A ``.litertlm`` alone is measured in LiteRT-LM only.
+    The logits (``logits.npy``, ``reference_logits.npy``) stay in ``report`` only with ``keep_logits``.
     With ``device`` (serial or "auto") our runner runs on an adb device
     (``validate.remote.DeviceRunner``) instead."""
     import tempfile
@@ -286,7 +290,8 @@ def validate_model(model_dir: str | Path, *, reference: str | Path | None = None
                         max_tokens=max_tokens, runs=runs, decode_tokens=decode_tokens, strict_backend=strict_backend,
                         plan_memory=lambda ctx, distinct: planned_memory(model_dir, ctx, distinct),
                         target=target, executor=executor, cold=not warm, first_run=first_run, bundle=engine,
-                        bundle_sections=sections, ours=runtime != "litert-lm" or quality, notes=tuple(notes))
+                        bundle_sections=sections, ours=runtime != "litert-lm" or quality, notes=tuple(notes),
+                        keep_logits=keep_logits)
 
 
 def validate_all_devices(model_dir: str | Path, *, report: str | Path, **kwargs) -> list[dict]:
@@ -342,6 +347,13 @@ def convert(source: str | Path, out_dir: str | Path, *, recipe: str | Path = "mo
     out = Path(out_dir)
     if overwrite and is_nonempty_dir(out):
         check_replaceable_dir(out, sources=[source])   # before the work: only our own output is replaced
+    with P.stage("reading the checkpoint and planning") if progress is not False else nullcontext():
+        src, plan = _open_and_plan(source, recipe, text_only)
+    return export_model(open_checkpoint(src.path), src.spec, src.binding, plan, out_dir, text_only=text_only,
+                        context=context, prefill=prefill, score=score, overwrite=overwrite, progress=progress)
+
+
+def _open_and_plan(source: str | Path, recipe: str | Path, text_only: bool) -> tuple[Source, QuantPlan]:
     src = open_source(source)
     if src.binding is None:
         raise InputError("no weights here: convert needs a checkpoint directory (config.json + *.safetensors)",
@@ -350,9 +362,7 @@ def convert(source: str | Path, out_dir: str | Path, *, recipe: str | Path = "mo
     if towers and not text_only:
         raise InputError(f"the checkpoint has {' and '.join(towers)} towers, which cannot be converted to LiteRT",
                          path=src.path, fix="pass --text-only to convert the text decoder alone")
-    plan = make_plan(src.spec, load_recipe(recipe), scale_sources=src.scale_sources)
-    return export_model(open_checkpoint(src.path), src.spec, src.binding, plan, out_dir, text_only=text_only,
-                        context=context, prefill=prefill, score=score, overwrite=overwrite, progress=progress)
+    return src, make_plan(src.spec, load_recipe(recipe), scale_sources=src.scale_sources)
 
 
 def bundle_model(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path | None = None,
@@ -374,6 +384,8 @@ def bundle_model(model_dir: str | Path, out_file: str | Path, *, tokenizer: str 
     except (OSError, ValueError):
         context = None   # bundle() reports the missing or malformed model.json
     if isinstance(context, int) and context > 0:
-        planned = planned_memory(model_dir, context, None)
-    return bundle(model_dir, out_file, tokenizer=tokenizer, max_tokens=max_tokens, android=android,
-                  planned=planned, overwrite=overwrite)
+        with P.stage("planned memory from the source checkpoint"):
+            planned = planned_memory(model_dir, context, None)
+    with P.stage(f"writing {Path(out_file).name} (sections, sha256, manifest)"):
+        return bundle(model_dir, out_file, tokenizer=tokenizer, max_tokens=max_tokens, android=android,
+                      planned=planned, overwrite=overwrite)

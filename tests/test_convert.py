@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -280,8 +281,9 @@ def test_qat_tiny_model(tmp_path, capsys):
         from tokenizers import Tokenizer
         from pydoc_data.topics import topics
         ids = Tokenizer.from_file(str(out / "tokenizer.json")).encode(topics["with"][:400]).ids[:60]
-        assert main(["run", str(out), "--prompt", "The with statement", "-n", "8"]) == 0
-        assert "text:" in capsys.readouterr().out
+        assert main(["run", str(out), "--prompt", "The with statement", "-n", "8", "--ignore-eos"]) == 0
+        io = capsys.readouterr()
+        assert io.out.strip() and "generation: 8 tok" in io.err   # streamed text; stats on stderr
     kld, top1, _ = _compare_to_reference(QAT_DIR, out, ids, "xnnpack", "tiny QAT mobile")
     assert kld < MAX_KLD and top1 >= MIN_TOP1
 
@@ -390,13 +392,23 @@ def test_inspect_converted(converted, capsys):
     assert pd["ops"]["prefill_8"]["SOFTMAX"] < 8     # dead code (after the last KV layer) dropped
 
 
-def test_progress_bar_only_on_a_tty():
+def test_progress_bar_on_a_tty_stage_lines_otherwise(ckpts, tmp_path):
+    """convert reports each model file it writes: a bar on a terminal; without one (a log), a line
+    per stage with its elapsed time."""
     import io
 
-    from edge_sdk.litert.export import Progress
-    quiet, tty = io.StringIO(), type("Tty", (io.StringIO,), {"isatty": lambda self: True})()
-    for stream in (quiet, tty):
-        bar = Progress(2, 2_000_000, stream=stream)
-        bar("a", 1_000_000), bar("b", 1_000_000), bar.close()
-    assert quiet.getvalue() == ""
-    assert "tensor 2/2" in tty.getvalue() and "2.0/2.0 MB" in tty.getvalue() and "ETA" in tty.getvalue()
+    from edge_sdk import progress
+    from edge_sdk.pipeline import convert
+    log, tty = io.StringIO(), type("Tty", (io.StringIO,), {"isatty": lambda self: True})()
+    for i, stream in enumerate((log, tty)):
+        with progress.reporting("convert", stream=stream):
+            convert(ckpts["multimodal"], tmp_path / f"o{i}", recipe="mobile", text_only=True, context=32, prefill=8)
+    lines = [ln for ln in log.getvalue().splitlines() if not ln.endswith(" ...")]   # a start line after 1 s
+    assert [ln.split(": ")[1] for ln in lines] == ["reading the checkpoint and planning", "embedder.tflite",
+                                                     "per_layer_embedder.tflite", "prefill_decode.tflite",
+                                                     "sha256 of inputs and outputs"], lines
+    assert all(re.search(r": done in \d+\.\d s \(\d+\.\d s so far\)$", ln) for ln in lines), lines
+    assert "\r" not in log.getvalue()
+    out = tty.getvalue()
+    assert "prefill_decode.tflite" in out and "MB" in out and "ETA" in out and "[" in out and "\r" in out
+    assert "done   prefill_decode.tflite" in out

@@ -75,7 +75,8 @@ def _validate(model: Path, report: Path, *extra: str) -> int:
 @pytest.fixture(scope="session")
 def validated(converted, source, tmp_path_factory):
     rdir = tmp_path_factory.mktemp("report")
-    rc = _validate(converted, rdir, "--reference", str(source[1]), *source[2])
+    # --keep-logits: the tests below recompute the quality figures from the saved logits
+    rc = _validate(converted, rdir, "--reference", str(source[1]), "--keep-logits", *source[2])
     rep = json.loads((rdir / "report.json").read_text())
     return rc, rep, rdir
 

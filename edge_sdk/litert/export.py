@@ -46,13 +46,14 @@ import os
 import resource
 import secrets
 import shutil
-import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from .. import __version__
+from .. import progress as P
 from ..checkpoint import Checkpoint
 from ..errors import InputError
 from ..quant.apply import Preparer
@@ -82,36 +83,6 @@ class ConversionResult:
     model: dict                     # model.json
     conversion: dict                # conversion.json
     wall_s: float
-
-
-class Progress:
-    """``tensor i/n, MB written, ETA`` on stderr when it is a TTY; silent otherwise."""
-
-    def __init__(self, total_tensors: int, total_bytes: int, stream=None, enabled: bool | None = None):
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
-        self.n, self.total, self.done, self.bytes = total_tensors, total_bytes, 0, 0
-        self.t0 = time.monotonic()
-        self._last = 0.0
-
-    def __call__(self, name: str, nbytes: int) -> None:
-        self.done += 1
-        self.bytes += nbytes
-        now = time.monotonic()
-        if not self.enabled or (now - self._last < 0.1 and self.done < self.n):
-            return
-        self._last = now
-        el = now - self.t0
-        frac = self.bytes / self.total if self.total else 1.0
-        eta = el * (1 - frac) / frac if frac > 0 else 0.0
-        self.stream.write(f"\r  converting: tensor {self.done}/{self.n}  {self.bytes / 1e6:8.1f}/"
-                          f"{self.total / 1e6:.1f} MB  ETA {eta:5.0f} s ")
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -161,7 +132,9 @@ def export_model(ckpt: Checkpoint, spec: ModelSpec, binding: Binding, plan: Quan
                  out_dir: str | os.PathLike, *, text_only: bool, context: int, prefill: int,
                  score: bool = True, overwrite: bool = False, progress: bool | None = None,
                  fsync: bool = True) -> ConversionResult:
-    """Convert (see the module docstring). ``progress``: None = only on a TTY."""
+    """Convert (see the module docstring). Progress (one stage per model file, a bar on a
+    terminal, one line per stage otherwise) goes to the current ``edge_sdk.progress`` reporter:
+    ``progress`` None = whatever the caller set up (the CLI: on), True = on stderr, False = off."""
     t0 = time.monotonic()
     if prefill < 1 or context < 1:
         raise InputError(f"context ({context}) and prefill ({prefill}) must be positive")
@@ -201,25 +174,28 @@ def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Bin
     geo = Geometry(context=context, prefill=prefill, kv=layout, kv_scales=scales, score=score)
     models = ["embedder"] + (["per_layer_embedder"] if text.has_ple else []) + ["prefill_decode"]
     tensors = [t for t in plan.tensors if t.model in models]
-    bar = Progress(len(tensors), sum(t.data_bytes for t in tensors),
-                   enabled=progress)
-    bank = WeightBank(plan, prep.prepare, on_data=bar, rows=RowSlicer(prep))
+    live: list[P.Stage] = []
+    bank = WeightBank(plan, prep.prepare, on_data=lambda name, nbytes: live and live[-1].advance(nbytes),
+                      rows=RowSlicer(prep))
     files: dict[str, Path] = {}
     builders: dict[str, Callable[[LiteRTWriter], None]] = {
         "embedder": lambda w: build_embedder(w, text, bank, geo, per_layer=False),
         "per_layer_embedder": lambda w: build_embedder(w, text, bank, geo, per_layer=True),
         "prefill_decode": lambda w: build_prefill_decode(w, text, bank, geo),
     }
-    try:
+    with (P.reporting("convert") if progress else nullcontext()):
         for key in models:
             path = staging / f"{key}.tflite"
-            w = LiteRTWriter(path, description=f"edge_sdk {__version__}: Gemma 4 {key}", fsync=fsync)
-            with w:
-                builders[key](w)
-                w.finish()
+            total = sum(t.data_bytes for t in tensors if t.model == key)
+            stage = P.stage(f"{key}.tflite", total=total, unit="MB") if progress is not False else nullcontext()
+            with stage as st:
+                live[:] = [st] if st is not None else []
+                w = LiteRTWriter(path, description=f"edge_sdk {__version__}: Gemma 4 {key}", fsync=fsync)
+                with w:
+                    builders[key](w)
+                    w.finish()
             files[key] = path
-    finally:
-        bar.close()
+        live.clear()
     missing = [t.name for t in tensors if t.name not in bank.records]
     if missing:
         raise InputError(f"planned tensors not written to any model: {missing[:5]}")
@@ -230,14 +206,15 @@ def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Bin
         if src.is_file():
             shutil.copyfile(src, staging / name)
             copied.append(name)
-    outputs = {k: {"file": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size,
-                   "section_type": SECTION_TYPES[k]} for k, p in files.items()}
+    with (P.stage("sha256 of inputs and outputs") if progress is not False else nullcontext()):
+        outputs = {k: {"file": p.name, "sha256": sha256_file(p), "bytes": p.stat().st_size,
+                       "section_type": SECTION_TYPES[k]} for k, p in files.items()}
+        inputs = {p.name: sha256_file(p) for p in sorted(Path(ckpt.path).iterdir())
+                  if p.is_file() and not p.name.startswith(".")}
     plan_doc = plan_json(plan, bank.records, models)
     model_doc = model_json(spec, plan, geo, outputs, text_only, copied, _generation_eos(ckpt))
     model_doc["requires_xnnpack"] = requires_xnnpack(bank.requires_xnnpack)
     _write_json(staging / "plan.json", plan_doc)
-    inputs = {p.name: sha256_file(p) for p in sorted(Path(ckpt.path).iterdir())
-              if p.is_file() and not p.name.startswith(".")}
     wall = time.monotonic() - t0
     conv = {
         "format": "edge_sdk.conversion", "version": 1, "edge_sdk_version": __version__,

@@ -25,6 +25,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .. import progress as P
 from ..errors import EdgeSdkError
 
 ENGINE_TIMEOUT_S = 3600.0
@@ -108,8 +109,9 @@ def run_engine(bundle: Path, work: Path, *, cache_dir: Path, context: int, prefi
     # through /bin/sh, as for our runner: the child's getrusage then starts from the shell, not from us
     if os.path.exists("/bin/sh"):
         cmd = ["/bin/sh", "-c", '"$@"; rc=$?; exit $rc', "sh", *cmd]
+    what = {"first": "first run, builds the weight cache", "steady": "steady state"}.get(tag, tag)
     try:
-        with open(log, "w") as f:
+        with P.stage(f"LiteRT-LM engine ({what}{', cold' if cold else ''})", announce=True), open(log, "w") as f:
             rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
     except subprocess.TimeoutExpired:
         raise EdgeSdkError(f"LiteRT-LM did not finish within {timeout:.0f} s", path=bundle) from None

@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from .. import progress as P
 from ..errors import EdgeSdkError, InputError
 from ..units import fmt_bytes, parse_size
 from . import memory_runs as M
@@ -158,8 +159,10 @@ def run_runner(model_dir: Path, windows: list[np.ndarray], work: Path, *, logits
     # child of /bin/sh starts from the shell's ~1 MB. VmHWM is per address space and unaffected.
     if os.path.exists("/bin/sh"):
         cmd = ["/bin/sh", "-c", '"$@"; rc=$?; exit $rc', "sh", *cmd]
+    what = {"_first": "first run, builds the weight cache", "_steady": "steady state", "_only": "memory and speed",
+            "": "every position's logits, for quality"}.get(tag, tag.strip("_"))
     try:
-        with open(log, "w") as f:
+        with P.stage(f"our runner ({what}{', cold' if cold else ''})", announce=True), open(log, "w") as f:
             rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
     except subprocess.TimeoutExpired:
         raise EdgeSdkError(f"the runner did not finish within {timeout:.0f} s", path=model_dir) from None
@@ -272,10 +275,12 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
              decode_tokens: int = 32, strict_backend: bool = False, target: str = "host",
              plan_memory: Callable[[int, int], dict | None] | None = None, executor=None, cold: bool = True,
              first_run: bool = True, bundle: str | Path | None = None,
-             bundle_sections: list | None = None, ours: bool = True, notes: tuple[str, ...] = ()) -> ValidationReport:
+             bundle_sections: list | None = None, ours: bool = True, notes: tuple[str, ...] = (),
+             keep_logits: bool = False) -> ValidationReport:
     """Run ``model_dir`` in a child process and judge it. ``plan_memory(context, distinct_tokens)``
     (from the pipeline) gives the planner's figures for the report; ``report`` is a directory for
-    report.json / report.md / memory.png (and the logits, ids and raw runner result)."""
+    report.json / report.md / memory.png (and the ids and raw runner results; the model's and the
+    reference's logits .npy only with ``keep_logits``: vocab x positions x 4 bytes each)."""
     mdir = Path(model_dir)
     meta = model_meta(mdir)
     if backend not in ("xnnpack", "builtin"):
@@ -351,7 +356,9 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
         mem["runs"] = [m.to_json() for m, _ in runs_out]
         qual = None
         if quality:
-            qual = _quality(work, windows, r, ref_path, decode_tokens, report is not None)
+            qual = _quality(work, windows, r, ref_path, decode_tokens, report is not None and keep_logits)
+            if not keep_logits:
+                (work / "logits.npy").unlink(missing_ok=True)
             if not reasons:  # quality numbers of a model with NaN/constant logits say nothing more
                 if not qual["kld_mean"] <= max_kld:
                     reasons.append(f"KL divergence vs the float reference: mean {qual['kld_mean']:.4f} > "
@@ -445,7 +452,8 @@ def _quality(work: Path, windows: list[np.ndarray], r: dict, ref_path: Path, ext
     if logits.shape[0] != len(targets):
         raise EdgeSdkError(f"the runner wrote {logits.shape[0]} logit rows, expected {len(targets)}")
     n = int(sum(len(w) for w in windows))
-    ref = Q.reference_logits(ref_path, windows)
+    with P.stage(f"float reference logits ({n:,} positions, NumPy)"):
+        ref = Q.reference_logits(ref_path, windows)
     if ref.shape[1] != logits.shape[1]:
         raise InputError(f"reference vocabulary {ref.shape[1]} differs from the model's {logits.shape[1]}",
                          path=ref_path, fix="pass the float checkpoint this model was converted from")
