@@ -10,7 +10,6 @@ are never opened, so nothing in them can run.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError
 from .safetensors_io import TensorInfo, read_safetensors_header, read_tensor, to_f32
+from .strict_json import bad_name, loads, short
 
 CONFIG_NAME = "config.json"
 SINGLE_NAME = "model.safetensors"
@@ -66,16 +66,46 @@ class Checkpoint:
         return sorted({t.file for t in self.tensors.values()})
 
 
+def check_links(directory: Path) -> None:
+    """Refuse a symbolic link in ``directory`` whose target resolves outside it: nothing we read
+    may come from elsewhere. The one exception is the Hugging Face hub cache, whose
+    ``snapshots/<rev>/`` files link into ``../../blobs/`` of the same repository."""
+    root = os.path.realpath(directory)
+    allowed = [root + os.sep]
+    if directory.resolve().parent.name == "snapshots":
+        allowed.append(os.path.realpath(directory.resolve().parent.parent / "blobs") + os.sep)
+    try:
+        entries = [e for e in os.scandir(directory) if e.is_symlink()]
+    except OSError as e:
+        raise CheckpointError(f"cannot be listed ({e.strerror})", path=directory,
+                              fix="check the directory's permissions") from None
+    for entry in sorted(entries, key=lambda e: e.name):
+        real = os.path.realpath(entry.path)
+        if not (real + os.sep).startswith(tuple(allowed)):
+            raise CheckpointError(
+                f"{short(entry.name)} is a symbolic link to {short(real, 200)}, outside the checkpoint "
+                "directory; refused", path=directory,
+                fix="copy the file itself into the directory (e.g. cp -L)")
+
+
+def load_json(path: Path, error=CheckpointError, fix: str | None = None) -> object:
+    """One JSON file, parsed strictly (``strict_json.loads``); ``error`` naming the file otherwise."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise error(f"cannot be read ({e.strerror})", path=path, fix=fix) from None
+    try:
+        return loads(data)
+    except ValueError as e:
+        raise error(f"is not valid JSON ({e})", path=path, fix=fix) from None
+
+
 def _load_config(directory: Path) -> dict:
     path = directory / CONFIG_NAME
     if not path.is_file():
         raise ConfigError("config.json is missing", path=path,
                           fix="copy config.json from the model's original directory")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise ConfigError(f"is not valid JSON ({e})", path=path,
-                          fix="restore config.json from the model's original directory") from None
+    config = load_json(path, ConfigError, fix="restore config.json from the model's original directory")
     if not isinstance(config, dict):
         raise ConfigError(f"holds a JSON {type(config).__name__}, not an object", path=path,
                           fix="restore config.json from the model's original directory")
@@ -85,16 +115,17 @@ def _load_config(directory: Path) -> dict:
 def _load_index(index: Path) -> dict[str, str]:
     """The index's weight_map (tensor → shard file name), checked for shape and safe file names."""
     fix = "re-save the checkpoint so the index matches its shards"
-    try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"is not valid JSON ({e})", path=index, fix=fix) from None
+    data = load_json(index, CheckpointError, fix=fix)
     if not isinstance(data, dict) or not isinstance(data.get("weight_map"), dict):
         raise CheckpointError("has no 'weight_map' object", path=index, fix=fix)
     weight_map = data["weight_map"]
     for name, shard in weight_map.items():
-        if not isinstance(shard, str) or not shard or shard != Path(shard).name or shard in (".", ".."):
-            raise CheckpointError(f"weight_map names shard {shard!r}, not a file name in this directory",
+        why = bad_name(name)
+        if why:
+            raise CheckpointError(f"weight_map key {short(name)} {why}", path=index, fix=fix)
+        why = bad_name(shard)
+        if why or shard != Path(shard).name or shard in (".", ".."):
+            raise CheckpointError(f"weight_map names shard {short(shard)}, not a file name in this directory",
                                   path=index, tensor=name, fix=fix)
     if not weight_map:
         raise CheckpointError("weight_map is empty", path=index, fix=fix)
@@ -155,11 +186,11 @@ def _weight_tensors(directory: Path) -> dict[str, TensorInfo]:
     stray = [n for n in names if n.endswith(".safetensors")]
     if stray:
         raise CheckpointError(
-            f"has {', '.join(stray)} but neither {SINGLE_NAME} nor {INDEX_NAME}", path=directory,
+            f"has {', '.join(short(n) for n in stray)} but neither {SINGLE_NAME} nor {INDEX_NAME}", path=directory,
             fix=f"rename a single file to {SINGLE_NAME}, or add the {INDEX_NAME} that came with the shards")
     pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
     if pickles:
-        raise CheckpointError(f"holds only pickle weights ({', '.join(pickles)}), which are refused",
+        raise CheckpointError(f"holds only pickle weights ({', '.join(short(n) for n in pickles)}), which are refused",
                               path=directory, fix=_FIX_CONVERT)
     raise CheckpointError(f"holds no weights: neither {SINGLE_NAME} nor {INDEX_NAME}", path=directory,
                           fix="point at a Hugging Face model directory with safetensors weights")
@@ -181,6 +212,7 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
                                   fix=_FIX_CONVERT)
         raise CheckpointError("is a file, not a checkpoint directory", path=directory,
                               fix="point at the directory holding config.json and the safetensors files")
+    check_links(directory)
     tensors = _weight_tensors(directory)
     config = _load_config(directory)
     return Checkpoint(path=directory, config=config,

@@ -13,7 +13,6 @@ Lenient where harmless: gaps between tensors and trailing bytes after the last o
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import ml_dtypes
 import numpy as np
 
 from ..errors import CheckpointError
+from .strict_json import bad_name, loads, short
 
 #: safetensors dtype string → NumPy dtype (little-endian, as stored).
 DTYPES: dict[str, np.dtype] = {
@@ -45,6 +45,11 @@ DTYPES: dict[str, np.dtype] = {
 
 #: The reference implementation refuses headers above 100 MB; so do we (before reading them).
 MAX_HEADER_BYTES = 100_000_000
+#: NumPy's limit on dimensions; no real tensor comes near it.
+MAX_DIMS = 64
+#: Every dimension, and the element count of the nonzero dimensions × item size, stays below this
+#: (NumPy computes sizes in signed 64-bit even for an empty array).
+MAX_EXTENT = 2 ** 62
 
 _FIX_REEXPORT = "re-export the checkpoint (e.g. transformers save_pretrained(..., safe_serialization=True))"
 _FIX_RECOPY = "the file is incomplete or damaged: download or copy it again"
@@ -69,15 +74,6 @@ class TensorInfo:
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
 
 
 def _is_int(x: object) -> bool:
@@ -107,8 +103,8 @@ def _read_header_json(file: Path) -> tuple[dict, int, int]:
                                   path=file, fix=_FIX_REEXPORT)
         raw = f.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except (UnicodeDecodeError, ValueError) as e:
+        header = loads(raw)
+    except ValueError as e:
         raise CheckpointError(f"header is not valid JSON ({e})", path=file, fix=_FIX_REEXPORT) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"header is JSON {type(header).__name__}, not an object",
@@ -117,6 +113,8 @@ def _read_header_json(file: Path) -> tuple[dict, int, int]:
 
 
 def _check_metadata(file: Path, meta: object) -> None:
+    if meta is None:    # the safetensors library accepts "__metadata__": null
+        return
     if not isinstance(meta, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise CheckpointError("__metadata__ must be an object of string → string", path=file,
@@ -137,22 +135,38 @@ def _parse_entry(file: Path, name: str, entry: object, data_start: int, data_len
         raise bad(f"unknown dtype {dtype!r} (supported: {', '.join(DTYPES)})",
                   fix="store the tensor in one of the supported dtypes")
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        raise bad(f"shape {shape!r} is not a list of non-negative integers")
+        raise bad(f"shape {short(shape)} is not a list of non-negative integers")
+    if len(shape) > MAX_DIMS:
+        raise bad(f"shape has {len(shape)} dimensions, more than {MAX_DIMS}")
+    extent = DTYPES[dtype].itemsize
+    for d in shape:
+        if d >= MAX_EXTENT:
+            raise bad(f"shape has a dimension of {short(d)}, not below 2**62")
+        extent *= d or 1
+        if extent >= MAX_EXTENT:
+            raise bad(f"shape {_shape_text(shape)} is too large to address (over 2**62 bytes "
+                      "counting its nonzero dimensions)")
     if (not isinstance(offsets, list) or len(offsets) != 2
             or not all(_is_int(o) for o in offsets)):
-        raise bad(f"data_offsets {offsets!r} is not a pair of integers")
+        raise bad(f"data_offsets {short(offsets)} is not a pair of integers")
     begin, end = offsets
     if begin < 0 or end < begin or begin > data_len:
-        raise bad(f"data_offsets [{begin}, {end}] lie outside the data section [0, {data_len}]")
+        raise bad(f"data_offsets [{short(begin)}, {short(end)}] lie outside the data section [0, {data_len}]")
     if end > data_len:
-        raise bad(f"data ends at byte {end} of the data section but the file holds only {data_len} "
+        raise bad(f"data ends at byte {short(end)} of the data section but the file holds only {data_len} "
                   f"data bytes: truncated data", fix=_FIX_RECOPY)
     expected = math.prod(shape) * DTYPES[dtype].itemsize
     if expected != end - begin:
-        raise bad(f"shape {shape} × {dtype} is {expected} bytes but data_offsets [{begin}, {end}] "
-                  f"span {end - begin}")
+        raise bad(f"shape {_shape_text(shape)} × {dtype} is {expected} bytes but data_offsets "
+                  f"[{begin}, {end}] span {end - begin}")
     return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), file=file,
                       offset=data_start + begin, nbytes=end - begin)
+
+
+def _shape_text(shape: list[int]) -> str:
+    if len(shape) <= 8:
+        return str(list(shape))
+    return f"[{', '.join(map(str, shape[:4]))}, ... ({len(shape)} dims)]"
 
 
 def read_safetensors_header(file: str | os.PathLike) -> dict[str, TensorInfo]:
@@ -171,6 +185,9 @@ def read_safetensors_header(file: str | os.PathLike) -> dict[str, TensorInfo]:
         if name == "__metadata__":
             _check_metadata(file, entry)
             continue
+        why = bad_name(name)
+        if why:
+            raise CheckpointError(f"tensor name {short(name)} {why}", path=file, fix=_FIX_REEXPORT)
         infos[name] = _parse_entry(file, name, entry, data_start, data_len)
     previous: TensorInfo | None = None
     for info in sorted(infos.values(), key=lambda t: (t.offset, t.nbytes)):

@@ -129,6 +129,8 @@ def bind(spec: ModelSpec, stored: Mapping[str, StoredTensor], *, source=None) ->
         raise ConfigError(f"config.json implies {len(missing)} tensor(s) the weights lack, e.g. "
                           f"{[prefix + m for m in missing[:3]]}{more}", path=source, tensor=prefix + missing[0],
                           fix="use the config.json that was saved with these weights")
+    for tower in spec.towers:
+        _check_tower(tower, towers[tower.name], stored, source)
     for canonical, parts in quantized.items():
         if not any(p.endswith((".weight_packed", ".weight")) for p in parts):
             raise ConfigError("compressed-tensors module without weight_packed", path=source,
@@ -137,6 +139,28 @@ def bind(spec: ModelSpec, stored: Mapping[str, StoredTensor], *, source=None) ->
     inv = Inventory(by_component=by_comp, removed_by_text_only=removed, dtype=main_dtype, from_weights=True)
     return Binding(spec, prefix, text, {k: tuple(v) for k, v in towers.items()}, tuple(unused), inv,
                    {k: tuple(sorted(v)) for k, v in quantized.items()})
+
+
+def _check_tower(tower, names: list[str], stored: Mapping[str, StoredTensor], source) -> None:
+    """The stored vision/audio tensors are exactly those the tower's config implies, with its shapes
+    (nothing to check when the config alone cannot say: ``tower.tensors is None``)."""
+    if tower.tensors is None:
+        return
+    expected = dict(tower.tensors)
+    fix = "use the config.json that was saved with these weights"
+    for name in names:
+        shape = tuple(stored[name].shape)
+        if name not in expected:
+            raise ConfigError(f"config.json's {tower.name}_config implies no such {tower.name} tensor "
+                              f"(layer count or options differ)", path=source, tensor=name, fix=fix)
+        if shape != tuple(expected[name]):
+            raise ConfigError(f"config.json's {tower.name}_config implies shape {list(expected[name])} but "
+                              f"the weights hold {list(shape)}", path=source, tensor=name, fix=fix)
+    missing = [n for n in expected if n not in set(names)]
+    if missing and names:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ConfigError(f"config.json's {tower.name}_config implies {len(missing)} {tower.name} tensor(s) "
+                          f"the weights lack{more}", path=source, tensor=missing[0], fix=fix)
 
 
 _CT_SUFFIXES = (".weight_packed", ".weight_scale", ".weight_zero_point", ".weight_shape", ".weight_g_idx")

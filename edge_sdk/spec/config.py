@@ -8,12 +8,14 @@ defaults, held here as data.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint.directory import check_links, load_json
+from ..checkpoint.strict_json import short
 from ..errors import ConfigError
 from .model import LayerSpec, ModelSpec, RopeSpec, TextSpec, TowerSpec
+from .schema import validate_config
 
 SUPPORTED = {
     # model_type: (text lives in, text defaults key)
@@ -51,30 +53,31 @@ _LAYER_KIND = {"sliding_attention": "sliding", "full_attention": "full"}
 def load_config(path: str | Path) -> dict:
     p = Path(path)
     if p.is_dir():
+        check_links(p)
         p = p / "config.json"
     if not p.is_file():
         raise ConfigError("config.json not found", path=p,
                           fix="point at a Hugging Face checkpoint directory or a config.json file")
-    try:
-        cfg = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"not valid JSON ({e})", path=p) from None
+    cfg = load_json(p, ConfigError, fix="restore config.json from the model's original directory")
     if not isinstance(cfg, dict):
         raise ConfigError("config.json must hold a JSON object", path=p)
     return cfg
 
 
 def spec_from_config(cfg: dict, *, source: str | Path | None = None) -> ModelSpec:
+    validate_config(cfg, source)   # types and ranges of every key read below (spec/schema.py)
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED:
+        arch = cfg.get("architectures")
         raise ConfigError(
-            f"unknown architecture model_type={model_type!r} (architectures={cfg.get('architectures')}); "
+            f"unknown architecture model_type={short(model_type)} (architectures="
+            f"{'[' + ', '.join(short(a) for a in arch[:4]) + ']' if isinstance(arch, list) else short(arch)}); "
             f"supported: {', '.join(sorted(SUPPORTED))}", path=source)
     nest, defaults_key = SUPPORTED[model_type]
     if nest is not None:
         text_cfg = cfg.get(nest)
         if not isinstance(text_cfg, dict):
-            raise ConfigError(f"model_type {model_type!r} needs a '{nest}' object", path=source)
+            raise ConfigError(f"model_type {short(model_type)} needs a '{nest}' object", path=source)
     else:
         text_cfg = cfg
     text, form = _text_spec(text_cfg, _TEXT_DEFAULTS[defaults_key], source)
@@ -105,7 +108,7 @@ def _tower(name: str, tcfg: Any, text_hidden: int, model_type: str) -> TowerSpec
 def _req_int(c: dict, key: str, source, minimum: int = 0) -> int:
     v = c[key]
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise ConfigError(f"'{key}' must be an integer >= {minimum}, got {v!r}", path=source)
+        raise ConfigError(f"'{key}' must be an integer >= {minimum}, got {short(v)}", path=source)
     return v
 
 
@@ -119,7 +122,7 @@ def _text_spec(raw: dict, defaults: dict, source) -> tuple[TextSpec, str]:
         raise ConfigError("use_bidirectional_attention='all' is an encoder setup, not a causal decoder",
                           path=source)
     if c["hidden_activation"] not in ("gelu_pytorch_tanh", "gelu_tanh"):
-        raise ConfigError(f"hidden_activation {c['hidden_activation']!r} not supported "
+        raise ConfigError(f"hidden_activation {short(c['hidden_activation'])} not supported "
                           "(Gemma 4 uses gelu_pytorch_tanh)", path=source)
 
     layer_types = c.get("layer_types")
@@ -140,12 +143,14 @@ def _text_spec(raw: dict, defaults: dict, source) -> tuple[TextSpec, str]:
         rp = rope_params.get(lt)
         if not isinstance(rp, dict) or "rope_theta" not in rp:
             raise ConfigError(f"rope_parameters['{lt}'] missing or without rope_theta", path=source)
-        kind = rp.get("rope_type", "default")
+        kind = rp.get("rope_type") or "default"
         if kind not in ("default", "proportional"):
-            raise ConfigError(f"rope_type {kind!r} for {lt} not supported (default, proportional)", path=source)
+            raise ConfigError(f"rope_type {short(kind)} for {lt} not supported (default, proportional)",
+                              path=source)
+        prf, factor = rp.get("partial_rotary_factor"), rp.get("factor")
         ropes[lt] = RopeSpec(theta=float(rp["rope_theta"]), kind=kind,
-                             partial_rotary_factor=float(rp.get("partial_rotary_factor", 1.0)),
-                             factor=float(rp.get("factor", 1.0)))
+                             partial_rotary_factor=1.0 if prf is None else float(prf),
+                             factor=1.0 if factor is None else float(factor))
 
     # Full-attention geometry: hub form (global_*) or transformers' per_layer_config.
     k_eq_v = bool(c.get("attention_k_eq_v", False))
@@ -162,12 +167,12 @@ def _text_spec(raw: dict, defaults: dict, source) -> tuple[TextSpec, str]:
                 try:
                     idxs = [int(key)]
                 except ValueError:
-                    raise ConfigError(f"per_layer_config key {key!r} is neither a layer index nor a layer type",
+                    raise ConfigError(f"per_layer_config key {short(key)} is neither a layer index nor a layer type",
                                       path=source) from None
             for i in idxs:
                 if not 0 <= i < n_layers:
                     raise ConfigError(f"per_layer_config names layer {i}; the model has {n_layers}", path=source)
-                overrides.setdefault(i, {}).update(val or {})
+                overrides.setdefault(i, {}).update({k: v for k, v in (val or {}).items() if v is not None})
     else:
         form = "hub"
         full = {"head_dim": c.get("global_head_dim") or 512}
@@ -180,12 +185,12 @@ def _text_spec(raw: dict, defaults: dict, source) -> tuple[TextSpec, str]:
         raise ConfigError(f"num_kv_shared_layers={n_shared} leaves no layer to produce a KV cache", path=source)
     first_shared = n_layers - n_shared
     kv_source = list(range(n_layers))
+    last_of = {lt: j for j, lt in enumerate(layer_types[:first_shared])}   # last producer per type
     for i in range(first_shared, n_layers):
-        producers = [j for j in range(first_shared) if layer_types[j] == layer_types[i]]
-        if not producers:
+        if layer_types[i] not in last_of:
             raise ConfigError(f"KV-shared layer {i} ({layer_types[i]}) has no earlier layer of its type "
                               "to read a KV cache from", path=source)
-        kv_source[i] = producers[-1]
+        kv_source[i] = last_of[layer_types[i]]
 
     double = bool(c.get("use_double_wide_mlp"))
     layers = []
