@@ -100,9 +100,9 @@ class ValidationReport:
         out += [f"- warning: {w}" for w in self.warnings]
         threads = self.kernels.get("threads")
         out += ["", f"`{self.model_dir}` on **{self.target}**, backend **{self.backend}** "
-                f"({self.kernels.get('api')}" + (f", {threads} threads" if threads else ", the runtime's default threads")
+                f"({self.kernels.get('api')}, " + (f"{threads} threads" if threads else THREADS_DEFAULT)
                 + f"); context {self.evaluation.get('context')}.", ""]
-        kl = _kernels_line(self.kernels)
+        kl = _kernels_line(self.kernels, self.runner)
         out += [kl, ""] if kl else []
         out += _runs_markdown(m, self.evaluation, limit=b.get("limit_bytes"), planned=self.planned)
         limit = b.get("limit_bytes")
@@ -205,19 +205,37 @@ def _runs_markdown(m: dict, ev: dict, limit: int | None, planned: dict | None = 
     return out
 
 
-def _kernels_line(k: dict) -> str:
-    if "census" not in k:
-        return ""
+# ai-edge-litert 2.3: no --threads means no worker threads in either API (tests/test_cli_ux.py checks)
+THREADS_DEFAULT = "1 thread, the runtime's default"
+
+
+def _kernels_line(k: dict, runner: dict | None = None) -> str:
+    """What ran, from what the run shows: the Interpreter's per-op census; for CompiledModel (no
+    census) the XNNPACK weight cache it filled; LiteRT-LM's engine by name. Fallbacks flagged."""
+    unexpected = "".join(f" **Unexpected: {f}.**" for f in k.get("fallbacks", []))
     parts = []
     for name, c in (k.get("census") or {}).items():
         if "ops" not in c:
             continue
         glue = ", ".join(f"{op}×{n}" for op, n in c["builtin_ops"].items())
         parts.append(f"{name}: {c['delegated_ops']}/{c['ops']} ops in XNNPACK" + (f" (builtin: {glue})" if glue else ""))
-    if not parts:
-        return "".join(f"**Unexpected: {f}.** " for f in k.get("fallbacks", [])).strip()
-    line = "Kernels: " + "; ".join(parts) + "."
-    return line + "".join(f" **Unexpected: {f}.**" for f in k.get("fallbacks", []))
+    if parts:
+        return "Kernels: " + "; ".join(parts) + "." + unexpected
+    api, ran = k.get("api"), k.get("ran")
+    if api == "litert-lm":
+        return "Kernels: LiteRT-LM's CPU engine (it picks its own kernels; no per-op census)." + unexpected
+    if api == "compiled" and ran == "xnnpack":
+        cache = (runner or {}).get("weight_cache_files") or {}
+        packed = sum(cache.values())
+        if not packed:
+            return ("Kernels: XNNPACK requested (CompiledModel), **but its weight cache is empty: XNNPACK packed "
+                    "no weights**." + unexpected)
+        return (f"Kernels: XNNPACK (CompiledModel): it packed {fmt_bytes(packed)} of weights into its cache "
+                f"({len(cache)} files). CompiledModel gives no per-op census, so single ops left to the builtin "
+                "kernels would not show here (`--api interpreter` counts them)." + unexpected)
+    if api == "compiled":
+        return "Kernels: LiteRT's builtin reference kernels (CompiledModel, CpuKernelMode.BUILTIN)." + unexpected
+    return unexpected.strip()
 
 
 def _num(v, digits: int = 1) -> str:
