@@ -330,7 +330,7 @@ def _convert(sub=None, args=None) -> int:
     else:
         files = ", ".join(f"{v['file']} ({v['bytes']:,} B)" for v in res.model["files"].values())
         note = " (the default; --context N for another)" if args.context is None else ""
-        print(f"{res.out_dir}: {files}; recipe {res.model['recipe']}, context {res.model['context']}{note}, "
+        print(f"{args.out}: {files}; recipe {res.model['recipe']}, context {res.model['context']}{note}, "
               f"prefill {res.model['prefill']}, KV cache {res.model['kv_cache']['dtype']}; {res.wall_s:.1f} s")
     return 0
 
@@ -453,7 +453,7 @@ def _run_model(args) -> int:
             prompt = prompt[:-1] if prompt.endswith("\n") else prompt
         if args.chat:
             prompt = _chat_prompt(mdir, prompt)
-        ids = tok.encode(prompt).ids
+        ids = tok.encode(prompt, add_special_tokens=not args.chat).ids   # the template has its own <bos>
         bos = meta.get("bos_token_id")
         if bos is not None and (not ids or ids[0] != bos):
             ids = [bos] + ids
