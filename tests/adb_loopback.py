@@ -30,6 +30,15 @@ Paths
     directory; ``python=None`` leaves PATH as it is. That textual rewrite is why ``root`` may only contain
     ``[A-Za-z0-9_./+-]``: then it means the same quoted or unquoted. A test device, not a sandbox.
 
+Another machine's root filesystem (``sysroot=DIR, shell_argv=[...]``)
+    The device is the system in ``DIR`` (scripts/arm64_device.sh's arm64 Debian root, run by qemu-user):
+    ``/data/local/tmp`` is ``DIR/data/local/tmp``, any other absolute path is ``DIR`` + path (read-only),
+    and a shell command runs as ``shell_argv + [CMD]`` on this machine (``arm64_device.sh exec CMD``:
+    ``/bin/sh -c CMD`` chrooted into ``DIR``, cwd ``/data/local/tmp``), unrewritten: inside the root the
+    device paths are real. ``python`` is not used (the root's own ``python3`` answers).
+    ``python3 tests/adb_loopback.py --sysroot DIR --shell "scripts/arm64_device.sh exec" --port 5555``
+    serves one until Ctrl-C.
+
 Faults
     ``disconnect_after_bytes=N``  drop the TCP connection once N bytes of file data have arrived by
                                   SEND (one shot; the listener stays up, so the host can reconnect).
@@ -272,7 +281,15 @@ class LoopbackAdbDevice:
                  fail_space_after_bytes: int | None = None,
                  keep_failed_sends: bool = False,
                  lifetime: float = 600.0, stop_timeout: float = 5.0,
-                 python: str | os.PathLike | None = sys.executable):
+                 python: str | os.PathLike | None = sys.executable,
+                 sysroot: str | os.PathLike | None = None, shell_argv: list[str] | None = None,
+                 model: str = "Loopback"):
+        self.sysroot = None if sysroot is None else os.path.realpath(os.fspath(sysroot))
+        if (self.sysroot is None) != (shell_argv is None):
+            raise ValueError("sysroot and shell_argv go together")
+        self.shell_argv = None if shell_argv is None else [os.fspath(a) for a in shell_argv]
+        if self.sysroot is not None:
+            root, python = self.sysroot + DEVICE_TMP, None
         self.root = os.path.realpath(os.fspath(root))
         if not _SAFE_ROOT.match(self.root):
             raise ValueError(f"loopback root must match {_SAFE_ROOT.pattern}: {self.root}")
@@ -280,7 +297,7 @@ class LoopbackAdbDevice:
         self.python = None if python is None else os.fspath(python)
         self._bin: str | None = None      # holds the device's python3 wrapper (outside root)
         self.features = tuple(features)
-        self.banner = ("device::ro.product.name=loopback;ro.product.model=Loopback;"
+        self.banner = (f"device::ro.product.name=loopback;ro.product.model={model};"
                        "ro.product.device=loopback;features=" + ",".join(features))
         self.disconnect_after_bytes = disconnect_after_bytes
         self.fail_space_after_bytes = fail_space_after_bytes
@@ -400,7 +417,7 @@ class LoopbackAdbDevice:
         norm = posixpath.normpath(device_path)
         if norm == DEVICE_TMP or norm.startswith(DEVICE_TMP + "/"):
             return self.root + norm[len(DEVICE_TMP):]
-        return norm
+        return norm if self.sysroot is None else self.sysroot + norm
 
     def _writable(self, real: str) -> bool:
         return real == self.root or real.startswith(self.root + "/")
@@ -419,11 +436,15 @@ class LoopbackAdbDevice:
         return None
 
     def _shell(self, stream: _Stream, cmd: str, v2: bool) -> None:
-        cmd = cmd.replace(DEVICE_TMP, self.root)
         env = dict(os.environ, ADB_LOOPBACK_ROOT=self.root, TMPDIR=self.root)
+        if self.shell_argv is not None:   # another root: its own paths, its own shell
+            argv = [*self.shell_argv, cmd] if cmd else list(self.shell_argv)
+        else:
+            cmd = cmd.replace(DEVICE_TMP, self.root)
+            argv = ["/bin/sh", "-c", cmd] if cmd else ["/bin/sh"]
         if self._bin is not None:
             env["PATH"] = self._bin + os.pathsep + env.get("PATH", os.defpath)
-        proc = subprocess.Popen(["/bin/sh", "-c", cmd] if cmd else ["/bin/sh"],
+        proc = subprocess.Popen(argv,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE if v2 else subprocess.STDOUT,
                                 cwd=self.root, env=env, start_new_session=True)
@@ -635,3 +656,32 @@ def _kill_group(proc: subprocess.Popen) -> None:
     except OSError:
         if proc.poll() is None:
             proc.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve one device until Ctrl-C (see the module docstring); prints its serial."""
+    import argparse
+    ap = argparse.ArgumentParser(description="a loopback adb device on 127.0.0.1")
+    ap.add_argument("--root", help="the device's /data/local/tmp (commands run on this machine)")
+    ap.add_argument("--sysroot", help="another root filesystem (with --shell)")
+    ap.add_argument("--shell", help="command line that runs one shell command inside --sysroot")
+    ap.add_argument("--port", type=int, default=0)
+    a = ap.parse_args(argv)
+    if a.sysroot:
+        dev = LoopbackAdbDevice(None, sysroot=a.sysroot, shell_argv=shlex.split(a.shell or ""),
+                                port=a.port, lifetime=float("inf"), model="qemu-aarch64")
+    else:
+        dev = LoopbackAdbDevice(a.root or tempfile.mkdtemp(prefix="adb-loopback."), port=a.port,
+                                lifetime=float("inf"))
+    with dev:
+        print(f"serving {dev.serial} (root {dev.root}); adb connect {dev.serial}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
