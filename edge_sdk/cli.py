@@ -27,7 +27,7 @@ import sys
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
-from . import __version__
+from . import __version__, progress
 from .errors import EdgeSdkError
 
 DEFAULT_PLAN_CONTEXT = 4096   # plan: the context a phone app is planned for
@@ -280,6 +280,7 @@ def _validate(sub=None, args=None) -> int:
                       file=sys.stderr)
         return 2 if any(r["error"] for r in rows) else 1 if any(r["verdict"] != "pass" for r in rows) else 0
     rep = validate_model(args.model_dir, report=args.report, device=args.device, **kw)
+    progress.flush()   # the stage lines before the result
     if args.json:
         _print_json(rep.to_json())
     else:
@@ -325,6 +326,7 @@ def _convert(sub=None, args=None) -> int:
     context = DEFAULT_CONVERT_CONTEXT if args.context is None else args.context
     res = convert(args.checkpoint, args.out, recipe=args.recipe, text_only=args.text_only, context=context,
                   prefill=args.prefill, score=not args.no_score, overwrite=args.overwrite)
+    progress.flush()   # the stage lines before the result
     if args.json:
         _print_json(res.model)
     else:
@@ -540,6 +542,7 @@ def _bundle(sub=None, args=None) -> int:
 
     rep = bundle_model(args.model_dir, args.output, tokenizer=args.tokenizer, max_tokens=args.max_tokens,
                        android=args.android, overwrite=args.overwrite)
+    progress.flush()   # the stage lines before the result
     if args.json:
         _print_json(rep.to_json())
     else:
@@ -563,8 +566,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import progress
-
     try:
         args = build_parser().parse_args(argv)
         _, fn = _COMMANDS[args.command]

@@ -4,8 +4,10 @@ On a terminal: one live line per stage (a bar when the stage knows its size, a s
 elapsed time otherwise), replaced by ``done  NAME  1.2 s`` when the stage ends. Not on a terminal
 (a log file, CI): a line when a stage ends, with its elapsed time, so a log says what ran and for
 how long; and a line when it starts, at once for a stage that ``announce``s itself (a child
-process) or after it has run for ``ANNOUNCE_AFTER_S``. A stage that fails before it was announced
-prints nothing: the error line says what went wrong (one line, as every error). Library calls are
+process) or after it has run for ``ANNOUNCE_AFTER_S``. The end lines of quick stages are held
+until something else is written or the verb succeeds (``flush``): a verb that fails within a
+second prints only its error line (one line, as every error), and a failed stage that was never
+announced prints nothing. Library calls are
 silent: only ``reporting(...)`` (the CLI) turns it on, and stages nested in other stages report
 through the same reporter.
 
@@ -55,6 +57,7 @@ class Reporter:
         self.t0 = time.monotonic()
         self._lock = threading.Lock()
         self._live: Stage | None = None
+        self._pending: list[str] = []   # end lines of quick stages, until flush() or an announcement
         self._last_draw = 0.0
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="edge-sdk-progress", daemon=True)
@@ -91,9 +94,20 @@ class Reporter:
             self._last_draw = now
             self._write(self._line(st))
 
+    def _flush(self) -> None:   # with the lock held
+        if self._pending:
+            self._write("".join(self._pending))
+            self._pending.clear()
+
+    def flush(self) -> None:
+        """Write the held end lines of quick stages (the verb got past them)."""
+        with self._lock:
+            self._flush()
+
     def _announce(self, st: Stage) -> None:   # with the lock held
         if not st.announced and not self.tty:
             st.announced = True
+            self._flush()
             self._write(f"edge-sdk {self.verb}: {st.name} ...\n")
 
     def _tick(self) -> None:
@@ -130,8 +144,13 @@ class Reporter:
                 if self.tty:
                     self._write(f"\r\033[K  done   {name}  {el:.1f} s\n" if ok else "\r\033[K")
                 elif ok or st.announced:
-                    self._write(f"edge-sdk {self.verb}: {name}: {'done' if ok else 'FAILED'} in {el:.1f} s "
-                                f"({time.monotonic() - self.t0:.1f} s so far)\n")
+                    line = (f"edge-sdk {self.verb}: {name}: {'done' if ok else 'FAILED'} in {el:.1f} s "
+                            f"({time.monotonic() - self.t0:.1f} s so far)\n")
+                    if st.announced:
+                        self._flush()
+                        self._write(line)
+                    else:
+                        self._pending.append(line)
 
     def close(self) -> None:
         self._stop.set()
@@ -141,6 +160,9 @@ class Reporter:
 
 class _Silent:
     """The reporter when no CLI asked for progress: stages run, nothing is written."""
+
+    def flush(self) -> None:
+        pass
 
     @contextmanager
     def stage(self, name: str, total: float | None = None, unit: str = "",
@@ -177,6 +199,12 @@ def reporting(verb: str, stream: TextIO | None = None, enabled: bool = True) -> 
     _current = rep
     try:
         yield rep
+        rep.flush()   # the verb succeeded: its quick stages' lines belong in the log
     finally:
         _current = prev
         rep.close()
+
+
+def flush() -> None:
+    """The verb got past its stages (e.g. before printing its result): write their held lines."""
+    _current.flush()
