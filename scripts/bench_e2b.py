@@ -2,7 +2,7 @@
 """Full-size memory proof on a synthetic Gemma 4 E2B, measured the way a phone meets it.
 
     python scripts/bench_e2b.py [--work /tmp/e2b-bench] [--contexts 512,4096,32768] [--repeats 2]
-        [--budget 1GB] [--reuse] [--render-only] [--docs docs/benchmarks.md]
+        [--budget 1GB] [--reuse] [--keep-checkpoint] [--render-only] [--docs docs/benchmarks.md]
 
 Steps (each a child process, so every figure is that process alone):
 1. ``scripts/make_synthetic_checkpoint.py`` → WORK/ckpt (reused when its index exists): exact E2B
@@ -189,6 +189,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--reuse", action="store_true", help="reuse conversions and bundles already in WORK")
     ap.add_argument("--render-only", action="store_true", help="rewrite --docs from WORK/bench_e2b.json")
+    ap.add_argument("--keep-checkpoint", action="store_true", help="keep WORK/ckpt (~10 GB) afterwards")
     args = ap.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -234,7 +235,7 @@ def main(argv=None) -> int:
             cmd = exe + ["validate", str(out), "--bundle", str(bundle), "--context", str(ctx), "--no-quality",
                          "--budget", args.budget, "--report", str(rdir), "--runs", "3"]
             if ctx > args.first_run_max:
-                cmd.append("--no-first-run")
+                cmd.append("--no-first-run")   # the weight cache is built in an unmeasured run
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             r = timed_child(cmd, log)
@@ -250,6 +251,11 @@ def main(argv=None) -> int:
         (work / "bench_e2b.json").write_text(json.dumps(res, indent=1))
     write_docs(docs, markdown(res))
     log(markdown(res))
+    if not args.keep_checkpoint:
+        if ckpt.is_symlink():
+            ckpt.unlink()
+        else:
+            shutil.rmtree(ckpt, ignore_errors=True)
     return 0
 
 

@@ -182,3 +182,34 @@ def test_engine_runner_first_and_steady(tiny, tmp_path):
         assert r["timing"]["engine"]["last_prefill_token_count"] == 96
         assert any(k.startswith("model.litertlm: tf_lite_prefill_decode") for k in r["smaps"]["end"])
         assert [p["phase"] for p in r["series"]["phases"]][:3] == ["baseline", "load", "generate"]
+
+
+def _validate_cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "edge_sdk.cli", "validate", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def test_validate_a_litertlm_alone_in_litert_lm(tiny, tmp_path):
+    """Any .litertlm (here ours, packed by the pipeline) is measured in LiteRT-LM only: first run
+    and steady state, cold; no quality (the engine gives no logits), said as a warning."""
+    pytest.importorskip("litert_lm")
+    from edge_sdk.pipeline import _engine_bundle
+    bundle, _ = _engine_bundle(tiny, None, tmp_path)
+    r = _validate_cli(bundle, "--budget", "1GB", "--report", tmp_path / "rep", "--decode-tokens", "8")
+    assert r.returncode == 0, r.stderr[-1500:]
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert [x["label"] for x in rep["memory"]["runs"]] == ["litert-lm, first, cold", "litert-lm, steady, cold"]
+    assert rep["quality"] is None and any("quality not measured" in w for w in rep["warnings"])
+    assert rep["budget"]["passed"] is True and rep["evaluation"]["context"] == 128
+    r = _validate_cli(bundle, "--budget", "1MB", "--warm", "--no-first-run")
+    assert r.returncode == 1 and "litert-lm, steady, warm" in r.stderr, r.stderr[-800:]
+
+
+def test_validate_warm_and_steady_only(tiny, tmp_path):
+    r = _validate_cli(tiny, "--runtime", "edge_sdk", "--no-quality", "--warm", "--no-first-run", "--runs", "1",
+                      "--report", tmp_path / "rep")
+    assert r.returncode == 0, r.stderr[-1500:]
+    rep = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert [x["label"] for x in rep["memory"]["runs"]] == ["edge_sdk, steady, warm"]   # cache built unmeasured
+    raw = json.loads((tmp_path / "rep" / "runner_result_steady.json").read_text())
+    assert raw["evicted"] == {} and raw["cold"] is False

@@ -40,7 +40,7 @@ def test_e2b_mobile_text_only_fits_1gb_with_the_runtime_counted(capsys):
     assert b["peak_estimate"] == model + b["runtime"] == model + sum(b["runtime_terms"].values())
     t = b["runtime_terms"]
     assert r["runtime"] == "litert-lm" and t["kv_extra_copies"] == b["kv_cache"]   # input + output copies
-    assert t["model_head"] > t["quant_metadata"] > 0 and t["kv_read"] > 0 and t["fixed"] > 0
+    assert t["model_head"] > 0 and t["quant_metadata"] > 0 and t["kv_read"] > 0 and t["fixed"] > 0
     ple = [t for t in r["tensors"] if t["role"] == "embed_tokens_per_layer"][0]
     assert ple["mapped"] and ple["scheme"] == "dict4x16/r64"
     assert b["mapped"] >= ple["data_bytes"] + ple["overhead_bytes"]

@@ -391,18 +391,22 @@ def test_synthetic_checkpoint_tiny_config(tmp_path):
 
 def test_bench_script_on_a_tiny_config(tmp_path):
     """scripts/bench_e2b.py end to end on the shrunk E2B config: synthetic checkpoint, convert,
-    validate, JSON and the markdown table."""
-    _tiny_e2b_config(tmp_path / "cfg.json")
+    bundle, validate (both runtimes, first and steady, cold), JSON and the markdown tables."""
+    cfg = _tiny_e2b_config(tmp_path / "cfg.json")
+    cfg["text_config"].update(vocab_size=2048, vocab_size_per_layer_input=2048)   # the stand-in tokenizer's
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     docs = tmp_path / "bench.md"
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_e2b.py"), "--work", str(tmp_path / "w"),
-                          "--config", str(tmp_path / "cfg.json"), "--context", "64", "--runs", "1",
-                          "--variants", "interpreter-xnnpack", "--docs", str(docs)],
-                         capture_output=True, text=True, timeout=300)
+                          "--config", str(tmp_path / "cfg.json"), "--contexts", "64", "--repeats", "1",
+                          "--first-run-max", "64", "--docs", str(docs)],
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:]
     res = json.loads((tmp_path / "w" / "bench_e2b.json").read_text())
-    v = res["validate"]["interpreter-xnnpack"]
-    assert res["convert"]["rc"] == 0 and v["memory"]["model_peak_bytes"] > 0 and v["budget"]["passed"]
-    assert res["output"]["sections"]["mlp"]["resident"] > 0
+    runs = res["contexts"]["64"]["runs"]
+    assert set(runs) == {"edge_sdk, first, cold", "edge_sdk, steady, cold", "litert-lm, first, cold",
+                         "litert-lm, steady, cold"}, set(runs)
+    assert all(r["share"] > 0 and r["planned"] for r in runs.values())
+    assert res["convert"]["64"]["rc"] == 0
     md = docs.read_text()
-    assert "model share of peak RSS @64 (interpreter-xnnpack)" in md and "| met |" in md and "1733 MB" in md
+    assert "| goal | measured | target | verdict |" in md and "edge_sdk, steady, cold" in md
     assert not (tmp_path / "w" / "ckpt").exists()   # removed unless --keep-checkpoint

@@ -166,7 +166,9 @@ def run(args: argparse.Namespace) -> dict:
             "baseline_rss_bytes": baseline.get("VmRSS"), "baseline_rss_anon_bytes": baseline.get("RssAnon"),
             "baseline_rss_file_bytes": baseline.get("RssFile"), "baseline_rss_shmem_bytes": baseline.get("RssShmem"),
             "baseline_hwm_bytes": baseline.get("VmHWM"), "after_load_rss_bytes": after_load.get("VmRSS"),
-            "peak_rss_bytes": end["VmHWM"], "ru_maxrss_bytes": ru, "end_rss_bytes": end["VmRSS"],
+            # VmHWM is folded lazily from per-CPU counters: a sample can read a few kB above it
+            "peak_rss_bytes": max(end["VmHWM"], peak.get("VmRSS") or 0),
+            "ru_maxrss_bytes": ru, "end_rss_bytes": end["VmRSS"],
             "sampled_peak_rss_bytes": peak.get("VmRSS"), "rss_anon_at_peak_bytes": peak.get("RssAnon"),
             "rss_file_at_peak_bytes": peak.get("RssFile"), "rss_shmem_at_peak_bytes": peak.get("RssShmem"),
             "peak_phase": peak.get("phase"), "samples": sampler.samples, "sample_interval_s": sampler.interval,

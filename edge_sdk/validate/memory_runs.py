@@ -133,6 +133,8 @@ def engine_runs(bundle: Path, work: Path, *, context: int, decode_tokens: int, t
     kw = dict(cache_dir=cache, context=context, prefill_tokens=max(1, context - decode_tokens),
               decode_tokens=decode_tokens, threads=threads, cold=cold, sections=sections)
     out = []
+    if not first_run:   # build the cache in a run that is not measured
+        run_engine(bundle, work, tag="warmup", **dict(kw, prefill_tokens=8, decode_tokens=1))
     for state in (("first", "steady") if first_run else ("steady",)):
         r = run_engine(bundle, work, tag=state, **kw)
         out.append((summarize(r, "litert-lm", r.get("state", state)), r))

@@ -194,6 +194,14 @@ def _runs_markdown(m: dict, ev: dict, limit: int | None, planned: dict | None = 
             "as on the first launch after an install." if ev.get("cold") else
             "Warm: the files were left in the page cache (--warm); a phone's first launch reads them cold.", ""]
     gated = next((r for r in runs if r["label"] == m.get("gated_run")), runs[-1])
+    for r in runs:   # the mapped tables: rows looked up vs bytes that became resident
+        tables = sum(max(0, v.get("rss", 0)) for k, v in (r.get("breakdown") or {}).items() if "embedder" in k
+                     and "prefill_decode" not in k and "weight cache" not in k)
+        if r["runtime"] == "edge_sdk" and tables and planned and planned.get("mapped_touched_bytes"):
+            out += [f"Mapped tables ({r['label']}): {ev.get('distinct_tokens')} distinct tokens looked up; "
+                    f"resident {fmt_bytes(tables)} vs {fmt_bytes(planned['mapped_touched_bytes'])} planned (whole "
+                    "pages per row; the tables are MADV_RANDOM, so no read-around).", ""]
+            break
     rows = [(k, v) for k, v in (gated.get("breakdown") or {}).items() if abs(v.get("rss", 0)) >= 1 << 20]
     if rows:
         out += [f"Where the memory of **{gated['label']}** went (growth per mapping since the baseline, "

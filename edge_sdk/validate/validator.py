@@ -285,6 +285,12 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
     meta = model_meta(mdir)
     if backend not in ("xnnpack", "builtin"):
         raise InputError(f"backend {backend!r} is not one of xnnpack, builtin")
+    need = meta.get("requires_xnnpack")
+    if backend == "builtin" and need:
+        tensors = list(need.get("tensors") or [])
+        raise InputError(f"this model is right only on XNNPACK kernels: {need.get('reason', 'see model.json')} "
+                         f"({len(tensors)} tensors, e.g. {tensors[0] if tensors else '?'})", path=mdir / "model.json",
+                         fix="validate with --backend xnnpack (the default)")
     limit = None if budget is None else parse_size(budget)
     model_ctx = _meta_int(meta, "context", "max_context", "kv_cache_length")
     ctx = context or model_ctx or 512
@@ -328,6 +334,9 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
                 for f in cache_dir.iterdir():
                     f.unlink()
         states = (("first", "steady") if first_run else ("steady",)) if cached else ("only",)
+        if cached and not first_run and ours:   # build the weight cache in a run that is not measured
+            run_runner(mdir, [mem_window[:2]], work, logits=False, runs=0, tag="_warmup", executor=executor,
+                       cache_dir=cache_dir, **dict(common, decode_tokens=1))
         for st in states if ours else ():
             rr = run_runner(mdir, [mem_window], work, logits=False, runs=1 if st == "first" else runs,
                             cold=cold, cache_dir=cache_dir, tag=f"_{st}", executor=executor, **common)
