@@ -150,6 +150,35 @@ def cross_arch(session, serial: str, model_dir: Path, windows: list[np.ndarray],
     return fig
 
 
+def kernel_diff(session, serial: str, tflite: Path, signature: str, work: Path) -> dict:
+    """scripts/arm64_kernel_diff.py on both machines (builtin kernels, every op's output; and the XNNPACK
+    delegate's outputs), same seeded inputs: which kernels compute differently, and by how much."""
+    import arm64_kernel_diff as K
+    remote = "/data/local/tmp/edge_sdk/kernel_diff"
+    tool = REPO / "scripts" / "arm64_kernel_diff.py"
+    session.run(serial, ["mkdir", "-p", remote])
+    session.push(serial, tool, f"{remote}/{tool.name}")
+    session.push(serial, tflite, f"{remote}/{tflite.name}")
+    work.mkdir(parents=True, exist_ok=True)
+    for kind in ("builtin", "xnnpack"):
+        flag = ["--xnnpack"] if kind == "xnnpack" else []
+        subprocess.run([sys.executable, str(tool), "dump", str(tflite), signature, str(work / f"x86_{kind}.npz"),
+                        *flag], check=True, capture_output=True, timeout=300)
+        session.run(serial, ["python3", f"{remote}/{tool.name}", "dump", f"{remote}/{tflite.name}", signature,
+                             f"{remote}/arm_{kind}.npz", *flag], timeout=900)
+        session.pull(serial, f"{remote}/arm_{kind}.npz", work / f"arm_{kind}.npz")
+    session.remove(serial, remote, recursive=True)
+    x, a = np.load(work / "x86_xnnpack.npz"), np.load(work / "arm_xnnpack.npz")
+    outs = [k for k in x.files if k.startswith("out_")]
+    return {"signature": signature,
+            "builtin_same_input_diffs": K.same_input_diffs(str(work / "x86_builtin.npz"), str(work / "arm_builtin.npz")),
+            "builtin_amplified": K.compare(str(work / "x86_builtin.npz"), str(work / "arm_builtin.npz"), 1e-5),
+            "xnnpack_float_outputs_max_rel_diff": max([K._rel(x[k], a[k]) for k in outs if x[k].dtype.kind == "f"],
+                                                      default=0.0),
+            "xnnpack_int_outputs_max_steps": max([int(np.abs(x[k].astype(np.int64) - a[k]).max()) for k in outs
+                                                  if x[k].dtype.kind in "iu"], default=0)}
+
+
 def convert(preset: str, out: Path, context: int | None = None) -> Path:
     args = [sys.executable, "-m", "edge_sdk.cli", "convert", str(SOURCES[preset]), "-o", str(out), "--recipe", preset,
             "--text-only", "--overwrite"] + (["--context", str(context)] if context else [])

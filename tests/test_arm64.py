@@ -184,3 +184,24 @@ def test_a_broken_arm_kernel_is_caught(adb, arm64, models, tmp_path, monkeypatch
     RECORD["figures"]["mobile/xnnpack/cpu=max(SME)"] = {k: fig[k] for k in ("kld_mean", "top1_agreement",
                                                                               "max_abs_delta_logit")}
     assert not (fig["kld_mean"] <= MAX_KLD and fig["top1_agreement"] >= MIN_TOP1), fig
+
+
+@pytest.mark.parametrize("preset,signature", [("mobile", "decode"), ("int8", "prefill_32")])
+def test_which_kernels_differ_between_architectures(adb, arm64, models, preset, signature, tmp_path):  # noqa: F811
+    """Every op's output on builtin kernels, same seeded inputs, ARM vs x86: an op that gets bit-identical
+    inputs computes the same to float rounding (<= 1e-6 relative: summation order, NEON vs AVX exp/tanh
+    in MEAN, SOFTMAX, GELU, float FULLY_CONNECTED). Larger differences appear only where such an ulp is
+    amplified: the hybrid FULLY_CONNECTED (float32 x int8/int4/int2 weights) quantizes its input to int8
+    per row, and a 1e-7 change that crosses a rounding step moves its output by one int8 step (~1e-3).
+    XNNPACK's delegate (opaque) agrees to float rounding on its float outputs and to one int8 step on the
+    int8 KV cache it writes."""
+    d = A.kernel_diff(adb, arm64.serial, models[preset] / "prefill_decode.tflite", signature, tmp_path)
+    RECORD["figures"][f"kernel_diff/{preset}/{signature}"] = d
+    assert d["builtin_same_input_diffs"], "no op differs at all: the two runs cannot have been on two machines"
+    for key, v in d["builtin_same_input_diffs"].items():
+        assert v["max_rel_diff"] <= 1e-6, (key, v)
+    for f in d["builtin_amplified"]:   # jumps past rounding only at int8 quantization steps
+        assert f["rel_diff_in"] > 0 and (f["op"] == "FULLY_CONNECTED" or f["rel_diff_out"] < 1e-4
+                                         or f["op"] == "SOFTMAX"), f
+    assert d["xnnpack_float_outputs_max_rel_diff"] <= 1e-5, d   # logits
+    assert d["xnnpack_int_outputs_max_steps"] <= 1, d             # int8 KV cache: one rounding step at most
