@@ -155,8 +155,10 @@ class Case:
     files: dict[str, bytes] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)   # name → symlink target
     removed: set[str] = field(default_factory=set)
+    raw: set[str] = field(default_factory=set)   # files edited as text: structured edits would undo that
     notes: list[str] = field(default_factory=list)
     claims: dict = field(default_factory=dict)   # key (a config key, or the note) → validity
+    originals: dict = field(default_factory=dict)  # config key → the seed's value (before any edit)
 
     def claim(self, what: str, validity: str, key: str | None = None) -> None:
         """A later claim on the same config key replaces the earlier one (set, then deleted)."""
@@ -213,12 +215,16 @@ def _int_or_invalid(v, orig):
 
 
 def _bool_or_invalid(v, orig):
+    if v is None:
+        return "unknown"                   # null: the default
     if isinstance(v, bool):
         return "valid" if v == orig else "unknown"
     return "invalid"
 
 
 def _pos_float(v, orig):
+    if v is None:
+        return "unknown"                   # null: the default
     if isinstance(v, float) and v == orig:
         return "valid"
     return "unknown" if _finite_pos(v) else "invalid"
@@ -301,7 +307,7 @@ def m_cfg_set(rng, case: Case):
     name, sec, table = rng.choice(secs)
     key = rng.choice(list(table) + list(sec)) if sec else rng.choice(list(table))
     value = _pool(rng)
-    orig = sec.get(key, "<absent>")
+    orig = case.originals.setdefault(f"{id(sec)}.{key}", sec.get(key, "<absent>"))
     oracle = table.get(key, _unknown)
     verdict = oracle(value, orig) if orig != "<absent>" else "unknown"
     if isinstance(value, float) and not math.isfinite(value):
@@ -358,6 +364,7 @@ def m_cfg_absurd(rng, case: Case):
     ckey = None
     if kind == 0:
         ckey = f"{id(text)}.num_hidden_layers"
+        case.originals.setdefault(ckey, text.get("num_hidden_layers", "<absent>"))
         text["num_hidden_layers"] = rng.choice([2 ** 63, 10 ** 9, 10 ** 6])
         text.pop("layer_types", None)
         what = "num_hidden_layers absurd, no layer_types"
@@ -377,11 +384,13 @@ def m_cfg_absurd(rng, case: Case):
         what = f"rope_theta bad for {lt}"
     elif kind == 4:
         ckey = f"{id(text)}.rms_norm_eps"
+        case.originals.setdefault(ckey, text.get("rms_norm_eps", "<absent>"))
         text["rms_norm_eps"] = rng.choice([-_INF, _NAN, -1.0, 0.0])
         what = "rms_norm_eps bad"
     else:
         key = rng.choice(["head_dim", "global_head_dim"])
         ckey = f"{id(text)}.{key}"
+        case.originals.setdefault(ckey, text.get(key, "<absent>"))
         text[key] = rng.choice([None, _NAN, 0, -8, 2 ** 40] if key == "head_dim" else [_NAN, 0, -8, 2 ** 40])
         what = f"{key}={text[key]!r}"
     case.claim(f"config {what}", "invalid", key=ckey)
@@ -430,7 +439,8 @@ def raw_edit(rng, data: bytes) -> tuple[bytes, str, str]:
         if nums:
             m = rng.choice(nums)
             digits = rng.choice([400, 5000, 50_000])
-            return data[:m.start()] + b"9" * digits + data[m.end():], f"{digits}-digit number", "invalid"
+            return (data[:m.start()] + b"9" * digits + data[m.end():], f"{digits}-digit number",
+                    "unknown" if digits < 4300 else "invalid")
     if kind == 6:       # control character (escaped) in a string
         strs = list(_STR.finditer(data))
         if strs:
@@ -454,7 +464,7 @@ def m_cfg_raw(rng, case: Case):
 
 def _index(case: Case) -> dict | None:
     raw = case.files.get(INDEX)
-    if raw is None:
+    if raw is None or INDEX in case.raw:
         return None
     try:
         d = json.loads(raw)
@@ -494,6 +504,7 @@ def m_index(rng, case: Case):
     else:
         raw, what, validity = raw_edit(rng, json.dumps(idx).encode())
         case.files[INDEX] = raw
+        case.raw.add(INDEX)
         case.claim(f"index {what}", validity)
         return
     try:
@@ -520,8 +531,8 @@ def _join(header_bytes: bytes, body: bytes) -> bytes:
     return struct.pack("<Q", len(header_bytes)) + header_bytes + body
 
 
-def _shard(rng, case: Case) -> str | None:
-    names = [s for s in case.seed.shards if s in case.files]
+def _shard(rng, case: Case, structured: bool = True) -> str | None:
+    names = [s for s in case.seed.shards if s in case.files and not (structured and s in case.raw)]
     return rng.choice(names) if names else None
 
 
@@ -592,11 +603,11 @@ def m_metadata(rng, case: Case):
                                   ("x", "invalid"), ({"k\nv": "x"}, "unknown")])
     h["__metadata__"] = value
     case.files[shard] = _join(json.dumps(h).encode(), body)
-    case.claim(f"{shard}: __metadata__={value!r}", validity)
+    case.claim(f"{shard}: __metadata__={value!r}", validity, key=f"{shard}.__metadata__")
 
 
 def m_header_raw(rng, case: Case):
-    shard = _shard(rng, case)
+    shard = _shard(rng, case, structured=False)
     if not shard:
         return
     data = case.files[shard]
@@ -605,11 +616,12 @@ def m_header_raw(rng, case: Case):
     if what == "control char in a string":
         validity = "unknown"
     case.files[shard] = _join(raw, data[8 + n:])
+    case.raw.add(shard)
     case.claim(f"{shard}: header {what}", validity)
 
 
 def m_header_len(rng, case: Case):
-    shard = _shard(rng, case)
+    shard = _shard(rng, case, structured=False)
     if not shard:
         return
     data = case.files[shard]
@@ -623,20 +635,22 @@ def m_header_len(rng, case: Case):
 
 
 def m_truncate(rng, case: Case):
-    shard = _shard(rng, case)
+    shard = _shard(rng, case, structured=False)
     if not shard:
         return
     data = case.files[shard]
     cut = rng.choice([0, 4, 7, 8, 9, rng.randrange(len(data)), len(data) - 1, len(data) - 4])
     case.files[shard] = data[:max(0, cut)]
-    case.claim(f"{shard}: truncated to {cut}", "invalid")
+    case.claim(f"{shard}: truncated to {cut}", "invalid", key=f"{shard}.tail")
 
 
 def m_append(rng, case: Case):
-    shard = _shard(rng, case)
+    shard = _shard(rng, case, structured=False)
     if shard:
         case.files[shard] += b"\0" * rng.choice([1, 7, 4096])
-        case.claim(f"{shard}: trailing bytes", "valid")
+        # after a truncation the zeros may stand in for the lost data: a valid file of other values
+        case.claim(f"{shard}: trailing bytes", "unknown" if f"{shard}.tail" in case.claims else "valid",
+                   key=f"{shard}.tail")
 
 
 # ---------------------------------------------------------------- symlinks

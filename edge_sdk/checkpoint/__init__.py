@@ -7,6 +7,10 @@
 - ``write_safetensors(path, [(name, array | LazyTensor), ...], metadata=None)``: deterministic,
   atomic, streaming writer for fixtures and scripts.
 
+Every JSON file (config.json, the index, each header) is parsed strictly (``strict_json``: no
+NaN/Infinity, duplicate keys, lone surrogates, nesting beyond 64); names with control characters are
+refused; a symbolic link in the directory that resolves outside it is refused (``check_links``).
+
 Every problem raises ``edge_sdk.errors.CheckpointError`` (``ConfigError`` for config.json) naming the
 file, the tensor where there is one, and a fix.
 """

@@ -173,8 +173,10 @@ def read_safetensors_header(file: str | os.PathLike) -> dict[str, TensorInfo]:
     """Validate one safetensors file from its header alone; return its tensors by name (sorted).
 
     Raises ``CheckpointError`` (naming the file, and the tensor where there is one) for: a file
-    shorter than 8 bytes, a header length beyond the file, a header that is not a JSON object, a
-    malformed ``__metadata__``, an unknown dtype, a bad shape, offsets outside the data section or
+    shorter than 8 bytes, a header length beyond the file, a header that is not strict JSON
+    (``strict_json.loads``) or not an object, a malformed ``__metadata__`` (null is accepted, as the
+    safetensors library does), a tensor name with control characters, an unknown dtype, a bad shape
+    (more than 64 dimensions, a dimension or a nonzero extent of 2**62 or more), offsets outside the data section or
     overlapping another tensor, data that runs past the end of the file, and shape × dtype ≠ bytes.
     """
     file = Path(file)
