@@ -284,8 +284,9 @@ def main(argv: list[str] | None = None) -> int:
                             res["cross_arch"].append(fig)
                 if "mobile" in a.presets:
                     mdir = tmp / "mobile"
+                    limit = ["--max-tokens", str(a.max_tokens)] if a.max_tokens else []
                     res["validate"] = validate_on_device(dev.serial, mdir, a.out / "validate_arm64", session.port,
-                                                         "--runs", "1", "--decode-tokens", "8")
+                                                         "--runs", "1", "--decode-tokens", "8", *limit)
                     lm = convert("mobile", tmp / "mobile128", context=128)
                     res["litert_lm"] = engine_both(session, dev.serial, bundle(lm, tmp / "tiny.litertlm"), tmp)
         finally:
