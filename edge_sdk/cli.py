@@ -184,13 +184,17 @@ def _plan(sub=None, args=None) -> int:
                          help="distinct tokens in the context (mapped rows touched) (default: context/4)")
         sub.add_argument("--budget", default=None,
                          help="memory budget, e.g. 1GB (10^9) or 900MiB (default: none, no fit verdict)")
+        sub.add_argument("--runtime", default="litert-lm", choices=("litert-lm", "edge_sdk"),
+                         help="whose additions to count: LiteRT-LM's engine (what an app runs) or our runner "
+                              "(default: %(default)s)")
         sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
         return 0
     from .pipeline import plan_model
 
     context = DEFAULT_PLAN_CONTEXT if args.context is None else args.context
     report = plan_model(args.source, recipe=args.recipe, text_only=args.text_only, context=context,
-                        prefill=args.prefill, budget=args.budget, distinct_tokens=args.distinct_tokens)
+                        prefill=args.prefill, budget=args.budget, distinct_tokens=args.distinct_tokens,
+                        runtime=args.runtime)
     if args.json:
         _print_json(report.to_json())
     else:
