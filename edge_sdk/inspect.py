@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .litert.reader import inspect_converted
+from .quant.source import open_source
 from .spec import COMPONENTS, Count, ModelSpec
 from .units import fmt_bytes, fmt_count
 
@@ -52,8 +54,6 @@ class InspectReport:
 
 def inspect_checkpoint(path: str | Path) -> InspectReport:
     """Inspect a checkpoint directory, or a config.json (file or weight-less directory)."""
-    from .pipeline import open_source
-
     src = open_source(path)
     prefix = src.binding.prefix if src.binding else None
     return _report(Path(path), src.spec, src.inventory, prefix)
@@ -84,7 +84,5 @@ def inspect_path(path: str | Path):
     """Dispatch on what ``path`` is: a converted model directory (has ``model.json``; see
     ``edge_sdk.litert.reader``), or a checkpoint / config."""
     if (Path(path) / "model.json").is_file():
-        from .litert.reader import inspect_converted
-
         return inspect_converted(path)
     return inspect_checkpoint(path)

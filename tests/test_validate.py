@@ -333,6 +333,22 @@ def test_runner_runs_as_a_plain_file():
     assert out.returncode == 0 and "--ids-file" in out.stdout
 
 
+def test_runner_without_edge_sdk_imports_the_pushed_siblings(tmp_path):
+    """What a device without edge_sdk sees: only the files remote.RUNNER_FILES pushes, in one
+    directory, and ``import edge_sdk`` failing. The runner must load runtime/memwatch from beside it."""
+    from edge_sdk.validate.remote import RUNNER_FILES
+
+    for name, src in RUNNER_FILES.items():
+        (tmp_path / name).write_bytes(src.read_bytes())
+    probe = ("import runpy, sys; sys.modules['edge_sdk'] = None; "
+             "g = runpy.run_path(sys.argv[1]); "
+             "print(g['LiteRTModel'].__module__, g['memwatch'].__name__, 'edge_sdk' in repr(g['LiteRTModel']))")
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "runner.py")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["runtime", "memwatch", "False"]
+
+
 def _tiny_e2b_config(path: Path) -> dict:
     """The E2B hub config with every size shrunk (same layout: PLE, KV sharing, towers)."""
     cfg = json.loads((ROOT / "models" / "configs" / "gemma-4-e2b.json").read_text())

@@ -22,6 +22,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..outputs import is_bundle_file, is_manifest_file
 from .container import publish_mode
+from .manifest import read_manifest
 
 ASSET_LIMIT = 100 * 10**6            # 100 MB
 ASSET_NAME = "model.litertlm"
@@ -54,19 +55,17 @@ def _copy_atomic(src: Path, dst: Path) -> None:
         raise
 
 
-def check_android_dir(android_dir: Path, read_manifest=None) -> None:
+def check_android_dir(android_dir: Path) -> None:
     """``android_dir`` is an android_demo app whose assets hold no bundle we did not write
     (``bundle`` calls this before it writes anything)."""
     if not (android_dir / "app" / "build.gradle.kts").is_file():
         raise InputError("not an android_demo directory (no app/build.gradle.kts)", path=android_dir,
                          fix="pass the android_demo directory of this repository (or a copy of it)")
-    _check_assets(android_dir / "app" / "src" / "main" / "assets", read_manifest)
+    _check_assets(android_dir / "app" / "src" / "main" / "assets")
 
 
-def _check_assets(assets: Path, read_manifest) -> None:
+def _check_assets(assets: Path) -> None:
     """Only a bundle and manifest edge-sdk wrote are replaced (or removed) in the app's assets."""
-    if read_manifest is None:
-        from .litertlm import read_manifest
     for p, ours in ((assets / ASSET_NAME, lambda q: is_bundle_file(q, read_manifest)),
                     (assets / MANIFEST_NAME, is_manifest_file)):
         if os.path.lexists(p) and not ours(p):
@@ -74,10 +73,9 @@ def _check_assets(assets: Path, read_manifest) -> None:
                              fix="move it out of the app's assets, then bundle again")
 
 
-def place(bundle: Path, manifest: Path, android_dir: Path, *, limit: int = ASSET_LIMIT,
-          read_manifest=None) -> dict:
+def place(bundle: Path, manifest: Path, android_dir: Path, *, limit: int = ASSET_LIMIT) -> dict:
     """Copy into the app's assets, or return the adb commands; a dict for the report."""
-    check_android_dir(android_dir, read_manifest)
+    check_android_dir(android_dir)
     assets = android_dir / "app" / "src" / "main" / "assets"
     size = bundle.stat().st_size
     app_id = application_id(android_dir)

@@ -28,8 +28,8 @@ from ..outputs import check_replaceable_bundle
 from ..units import fmt_bytes
 from . import container as ct
 from .manifest import (MANIFEST_KEY, MANIFEST_VERSION, conversion_block, dumps, file_hashes, manifest_path_for,
-                       memory_block, plan_summary, read_json, versions)
-from .android import check_android_dir
+                       memory_block, plan_summary, read_json, read_manifest, versions)
+from .android import check_android_dir, place
 from .metadata import executor_metadata, find_tokenizer, llm_metadata
 from .signatures import cache_context, check_llm_signatures, kv_buffers, read_tflite
 
@@ -128,7 +128,7 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
         raise InputError("output directory does not exist", path=out.parent)
     check_replaceable_bundle(out, manifest_path_for(out), overwrite=overwrite, read_manifest=read_manifest)
     if android is not None:
-        check_android_dir(Path(android), read_manifest)     # before anything is written
+        check_android_dir(Path(android))     # before anything is written
     meta = read_json(mdir / "model.json", required=True)
     conv = read_json(mdir / "conversion.json")
     infos = {}
@@ -253,8 +253,7 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
     _atomic_write_text(mpath, text)
     placed = None
     if android is not None:
-        from .android import place
-        placed = place(out, mpath, Path(android), read_manifest=read_manifest)
+        placed = place(out, mpath, Path(android))
     return BundleReport(out, mpath, out.stat().st_size, manifest, placed, tuple(warnings))
 
 
@@ -282,13 +281,3 @@ def _check_written(path: Path, written: list[ct.SectionInfo], manifest: dict, ve
         for s in want:
             if ct.sha256_file(path, s["begin"], s["end"]) != s["sha256"]:
                 raise RuntimeError(f"section {s['index']} bytes differ from their source after writing")
-
-
-def read_manifest(bundle_path: str | Path) -> dict:
-    """The manifest stored inside a .litertlm (KeyError-free: InputError when absent)."""
-    import json
-
-    _, system, _ = ct.read_header(bundle_path)
-    if MANIFEST_KEY not in system:
-        raise InputError(f"no {MANIFEST_KEY} in the system metadata (not built by edge-sdk?)", path=bundle_path)
-    return json.loads(system[MANIFEST_KEY])

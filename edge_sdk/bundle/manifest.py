@@ -36,6 +36,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 from ..errors import InputError
+from . import container as ct
 
 MANIFEST_KEY = "edge_sdk_manifest"
 MANIFEST_VERSION = 1
@@ -153,3 +154,11 @@ def find_manifest_key(manifest: dict, dotted: str):
             raise KeyError(dotted)
         node = node[part]
     return node
+
+
+def read_manifest(bundle_path: str | Path) -> dict:
+    """The manifest stored inside a .litertlm (KeyError-free: InputError when absent)."""
+    _, system, _ = ct.read_header(bundle_path)
+    if MANIFEST_KEY not in system:
+        raise InputError(f"no {MANIFEST_KEY} in the system metadata (not built by edge-sdk?)", path=bundle_path)
+    return json.loads(system[MANIFEST_KEY])

@@ -19,16 +19,24 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import Any, Callable, ContextManager, Literal, Protocol, Sequence
 
 from edge_sdk.errors import DeviceError, InputError
-
-if TYPE_CHECKING:
-    from edge_sdk.validate.device import AdbSession
 
 SYNC_DATA_MAX = 64 * 1024
 PARTIAL_SUFFIX = ".partial"
 Progress = Callable[[int, int], None]
+
+
+class AdbSession(Protocol):
+    """What the file half needs of ``device.AdbSession`` (named here, so this module does not import
+    the one that imports it)."""
+    timeout: float
+
+    def shell(self, serial: str, argv: Sequence[str], *, timeout: float | None = ...) -> Any: ...
+    def run(self, serial: str, argv: Sequence[str]) -> Any: ...
+    def errors(self, what: str, serial: str) -> ContextManager[None]: ...
+    def adb_device(self, serial: str) -> Any: ...
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ import numpy as np
 
 from ..errors import InputError
 
-TINY_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "tiny-gemma4"
 BLOCK = 256  # positions per block when computing softmaxes (bounds float64 temporaries)
 
 
@@ -64,18 +63,31 @@ def load_tokenizer(model_dir: str | Path):
 
 
 def heldout_texts(split_json: str | Path | None = None) -> list[str]:
-    """The held-out topics of the tiny model's split (``split.json`` → ``pydoc_data.topics``)."""
-    path = Path(split_json) if split_json else TINY_MODEL_DIR / "split.json"
+    """The held-out topics of ``pydoc_data.topics``: those a ``split.json`` names (the tiny model's
+    training split), or, without one, the same rule computed from this Python's topics (names
+    sorted, every tenth held out, from the first; what ``scripts/train_tiny.py`` writes down)."""
+    from pydoc_data.topics import topics
+    if split_json is None:
+        return [topics[n] for i, n in enumerate(sorted(topics)) if i % 10 == 0]
+    path = Path(split_json)
     if not path.is_file():
         raise InputError("no held-out split to evaluate on", path=path,
                          fix="pass --text FILE (or train the tiny model: scripts/train_tiny.py)")
     split = json.loads(path.read_text())
-    from pydoc_data.topics import topics
     missing = [n for n in split["heldout"] if n not in topics]
     if missing:
         raise InputError(f"held-out topics {missing[:3]} are not in this Python's pydoc_data.topics",
                          path=path, fix="pass --text FILE")
     return [topics[n] for n in split["heldout"]]
+
+
+def find_split(conversion: dict | None) -> Path | None:
+    """The ``split.json`` a model was trained with: beside its source checkpoint or one level up
+    (``models/tiny-gemma4/{qat,float}`` share ``models/tiny-gemma4/split.json``); None if none."""
+    src = _source_path(conversion or {})
+    if src is None:
+        return None
+    return next((d / "split.json" for d in (src, src.parent) if (d / "split.json").is_file()), None)
 
 
 def token_stream(tokenizer, texts: Iterable[str], bos: int | None, eos: int | None) -> np.ndarray:

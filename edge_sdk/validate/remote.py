@@ -185,8 +185,7 @@ def benchmark_validate(runner: DeviceRunner, mdir: Path, *, limit: int | None, r
                        threads: int | None, backend: str, runs: int, context: int, plan_memory=None):
     """The Android report: memory (benchmark_model's peak footprint) and decode speed; quality null."""
     from ..units import fmt_bytes
-    from .report import ValidationReport
-    from .validator import work_dir
+    from .report import ValidationReport, work_dir
 
     tmp, work = work_dir(report)
     try:

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -260,3 +261,13 @@ def _pl(planned: dict | None, key: str) -> str:
     if not planned or planned.get(key) is None:
         return "–"
     return fmt_bytes(planned[key])
+
+
+def work_dir(report: str | Path | None) -> tuple[tempfile.TemporaryDirectory | None, Path]:
+    """(temp dir to clean up or None, work dir): ``report`` when given (kept), else a temp dir."""
+    if report is not None:
+        work = Path(report)
+        work.mkdir(parents=True, exist_ok=True)
+        return None, work
+    tmp = tempfile.TemporaryDirectory(prefix="edge-sdk-validate-")
+    return tmp, Path(tmp.name)

@@ -42,13 +42,26 @@ import time
 
 import numpy as np
 
+
+
+def _import_siblings():
+    """Standalone on a device, where edge_sdk is not installed: ``remote.RUNNER_FILES`` pushed
+    runtime.py, memwatch.py and paging.py beside this file. The one place the runner touches
+    ``sys.path``, on purpose, and only in that case (an ImportError inside an installed edge_sdk
+    is raised as it is, not hidden behind a sibling lookup)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import memwatch as watch  # type: ignore[import-not-found]
+    from runtime import LiteRTModel as model  # type: ignore[import-not-found]
+    return model, watch
+
+
 try:
+    import edge_sdk  # noqa: F401  (installed, or the repository on sys.path)
+except ImportError:
+    LiteRTModel, memwatch = _import_siblings()
+else:
     from edge_sdk.litert.runtime import LiteRTModel
     from edge_sdk.validate import memwatch
-except ImportError:  # standalone on a device: runtime.py, memwatch.py, paging.py pushed beside this file
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import memwatch  # type: ignore[no-redef]
-    from runtime import LiteRTModel  # type: ignore[no-redef]
 
 RESULT_VERSION = 2
 _NAMES = {"VmRSS": "rss", "RssAnon": "rss_anon", "RssFile": "rss_file", "RssShmem": "rss_shmem"}

@@ -24,7 +24,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -35,7 +34,7 @@ from ..errors import EdgeSdkError, InputError
 from ..units import fmt_bytes, parse_size
 from . import memory_runs as M
 from . import quality as Q
-from .report import ValidationReport
+from .report import ValidationReport, work_dir
 
 # Defaults for the mobile recipe (int2 MLP, int4 attention). llama.cpp on Llama-3-8B: q2_K has
 # KLD 0.33-0.45 and top-1 71%; q4_K_M 0.031 / 91.9%. A QAT'd int2/int4 model should not be worse
@@ -113,10 +112,9 @@ def eval_tokens(model_dir: Path, meta: dict, *, text, tokens, want_text: bool) -
         if not p.is_file():
             raise InputError("no such text file", path=p)
         return Q.token_stream(tok, [p.read_text()], bos, None), str(p)
-    split = Q.TINY_MODEL_DIR / "split.json"
-    if not want_text and not split.is_file():
-        return None, "synthetic"
-    return Q.token_stream(tok, Q.heldout_texts(split), bos, eos), f"held-out split {split}"
+    split = Q.find_split(_read_json(model_dir / "conversion.json"))
+    where = f"held-out split {split}" if split else "held-out pydoc_data.topics (every tenth topic)"
+    return Q.token_stream(tok, Q.heldout_texts(split), bos, eos), where
 
 
 def synthetic_window(length: int, vocab: int, context: int, seed: int = 0) -> np.ndarray:
@@ -255,16 +253,6 @@ def _fill(windows: list[np.ndarray], length: int) -> np.ndarray:
     cache to the context with one window)."""
     stream = np.concatenate(windows)
     return np.tile(stream, math.ceil(length / max(1, len(stream))))[:length]
-
-
-def work_dir(report: str | Path | None) -> tuple[tempfile.TemporaryDirectory | None, Path]:
-    """(temp dir to clean up or None, work dir): ``report`` when given (kept), else a temp dir."""
-    if report is not None:
-        work = Path(report)
-        work.mkdir(parents=True, exist_ok=True)
-        return None, work
-    tmp = tempfile.TemporaryDirectory(prefix="edge-sdk-validate-")
-    return tmp, Path(tmp.name)
 
 
 def validate(model_dir: str | Path, *, reference: str | Path | None = None, text: str | Path | None = None,
