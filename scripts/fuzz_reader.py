@@ -381,6 +381,7 @@ def m_cfg_absurd(rng, case: Case):
         lt = rng.choice(["sliding_attention", "full_attention"])
         text["rope_parameters"] = dict(rp) if isinstance(rp, dict) else {}
         text["rope_parameters"][lt] = {"rope_type": "default", "rope_theta": rng.choice([0, -1.0, _NAN, _INF])}
+        ckey = f"{id(text['rope_parameters'][lt])}.rope_theta"
         what = f"rope_theta bad for {lt}"
     elif kind == 4:
         ckey = f"{id(text)}.rms_norm_eps"
@@ -441,8 +442,8 @@ def raw_edit(rng, data: bytes) -> tuple[bytes, str, str]:
             digits = rng.choice([400, 5000, 50_000])
             return (data[:m.start()] + b"9" * digits + data[m.end():], f"{digits}-digit number",
                     "unknown" if digits < 4300 else "invalid")
-    if kind == 6:       # control character (escaped) in a string
-        strs = list(_STR.finditer(data))
+    if kind == 6:       # control character (escaped) in a string value (a key renamed would hide an edit)
+        strs = [m for m in _STR.finditer(data) if not data[m.end():m.end() + 2].lstrip().startswith(b":")]
         if strs:
             m = rng.choice(strs)
             ctl = rng.choice([b"\\n", b"\\r", b"\\u0000", b"\\u001b[2J", b"\\t"])
@@ -558,7 +559,7 @@ def m_entry(rng, case: Case):
             [0, 2 ** 63], [0, 2 ** 64], [0, 10 ** 5000 // 10 ** 4990], [-1], [1.5], "x", None, [True], [],
             [2 ** 31] * 3, [0] + shape, [0, 2 ** 62, 2 ** 62],
         ])
-        if new == shape:
+        if json.dumps(new) == json.dumps(shape):
             validity = "valid"
         e["shape"] = new
         what = f"shape of {name!r:.40} = {str(new)[:40]}"
@@ -641,7 +642,9 @@ def m_truncate(rng, case: Case):
     data = case.files[shard]
     cut = rng.choice([0, 4, 7, 8, 9, rng.randrange(len(data)), len(data) - 1, len(data) - 4])
     case.files[shard] = data[:max(0, cut)]
-    case.claim(f"{shard}: truncated to {cut}", "invalid", key=f"{shard}.tail")
+    # cutting only bytes appended earlier leaves a whole file
+    case.claim(f"{shard}: truncated to {cut}", "invalid" if cut < len(case.seed.files[shard]) else "unknown",
+               key=f"{shard}.tail")
 
 
 def m_append(rng, case: Case):
