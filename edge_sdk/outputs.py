@@ -17,9 +17,10 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .artefacts import ModelInfo
 from .errors import InputError
 
-MODEL_FORMAT = "edge_sdk.litert_model"          # edge_sdk.litert.export.MODEL_FORMAT (a test keeps them equal)
+MODEL_FORMAT = ModelInfo.FORMAT
 MODEL_KEYS = frozenset({"format", "version", "files", "signatures", "kv_cache", "context", "prefill"})
 MANIFEST_FORMAT = "edge_sdk_manifest"           # edge_sdk.bundle.manifest.MANIFEST_KEY
 _CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")

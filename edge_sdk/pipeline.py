@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import progress as P
+from .artefacts import ConversionRecord, ModelInfo
 from .checkpoint import open_checkpoint
 from .errors import InputError, install_fix
 from .outputs import check_replaceable_dir, is_nonempty_dir
@@ -116,19 +117,15 @@ def planned_memory(model_dir: str | Path, context: int, distinct_tokens: int, ru
     ``context`` is the evaluated context, recorded beside the model's. None when the source is not
     at hand. The figures are for ``runtime`` (default: LiteRT-LM, what an app runs); ``by_runtime``
     gives the peak for each runtime the planner knows."""
-    import json
-
     from .quant.kv_layout import KvLayout
     from .quant.memory import DEFAULT_RUNTIME, RUNTIMES
     from .quant.recipe import recipe_from_dict
     try:
-        conv = json.loads((Path(model_dir) / "conversion.json").read_text())
-        meta = json.loads((Path(model_dir) / "model.json").read_text())
-        src = conv["source"]["path"] if isinstance(conv.get("source"), dict) else conv.get("source")
-        spec = spec_from_path(src)
-        recipe = recipe_from_dict(conv["recipe"]) if isinstance(conv.get("recipe"), dict) else load_recipe(conv["recipe"])
-        kv_len, prefill = int(meta.get("context") or context), int(meta.get("prefill") or 32)
-        kv = KvLayout.from_json(meta["kv_cache"], context=kv_len, prefill=prefill)
+        conv, meta = ConversionRecord.read(model_dir), ModelInfo.read(model_dir)
+        spec = spec_from_path(conv.source["path"])
+        recipe = recipe_from_dict(conv.recipe)
+        kv_len, prefill = meta.context, meta.prefill
+        kv = KvLayout.from_json(meta.kv_cache, context=kv_len, prefill=prefill)
     except (OSError, ValueError, KeyError, TypeError, InputError):
         return None
     plan = make_plan(spec, recipe)

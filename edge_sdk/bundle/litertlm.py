@@ -23,12 +23,13 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..artefacts import ConversionRecord, ModelInfo, PlanRecord
 from ..errors import InputError
 from ..outputs import check_replaceable_bundle
 from ..units import fmt_bytes
 from . import container as ct
-from .manifest import (MANIFEST_KEY, MANIFEST_VERSION, conversion_block, dumps, file_hashes, manifest_path_for,
-                       memory_block, plan_summary, read_json, read_manifest, versions)
+from .manifest import (MANIFEST_KEY, MANIFEST_VERSION, conversion_block, dumps, manifest_path_for, memory_block,
+                       plan_summary, read_json, read_manifest, versions)
 from .android import check_android_dir, place
 from .metadata import executor_metadata, find_tokenizer, llm_metadata
 from .signatures import cache_context, check_llm_signatures, kv_buffers, read_tflite
@@ -71,11 +72,9 @@ class BundleReport:
         return "\n".join(lines)
 
 
-def _model_file(model_dir: Path, meta: dict, stem: str) -> Path:
-    files = meta.get("files") if isinstance(meta.get("files"), dict) else {}
-    name = files.get(stem) or files.get(f"{stem}.tflite") or f"{stem}.tflite"
-    name = name.get("file") or name.get("path") if isinstance(name, dict) else name
-    return model_dir / str(name)
+def _model_file(model_dir: Path, meta: ModelInfo, stem: str) -> Path:
+    entry = meta.files.get(stem)
+    return model_dir / (entry["file"] if entry else f"{stem}.tflite")
 
 
 def _prefill_lengths(keys) -> list[int]:
@@ -129,8 +128,8 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
     check_replaceable_bundle(out, manifest_path_for(out), overwrite=overwrite, read_manifest=read_manifest)
     if android is not None:
         check_android_dir(Path(android))     # before anything is written
-    meta = read_json(mdir / "model.json", required=True)
-    conv = read_json(mdir / "conversion.json")
+    meta = ModelInfo.read(mdir)
+    conv = ConversionRecord.read_optional(mdir)
     infos = {}
     for stem, _, required in MODEL_FILES:
         p = _model_file(mdir, meta, stem)
@@ -166,14 +165,13 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
                          "faithful (LITERTLM_GEMMA4.md §7)", path=mdir / "model.json",
                          fix="re-convert with kv_cache bits 8 (int8, per-tensor scale) or 32")
     adaptations = kv_adaptations(meta)
-    llm_msg, facts = llm_metadata(tok, meta, max_num)
+    llm_msg, facts = llm_metadata(tok, meta.to_json(), max_num)
     if not facts.chat_template:
         warnings.append("no chat template: apps must prompt with apply_prompt_template off")
-    kv_meta = meta.get("kv_cache") if isinstance(meta.get("kv_cache"), dict) else {}
-    windows = {b["name"]: b["window"] for b in kv_meta.get("buffers", [])
+    windows = {b["name"]: b["window"] for b in meta.kv_cache.get("buffers", [])
                if isinstance(b, dict) and b.get("ring") and b.get("window")}
     exe_msg = executor_metadata(kv, context, windows)
-    recorded = file_hashes(conv)
+    recorded = dict(conv.outputs) if conv else {}
 
     with tempfile.TemporaryDirectory(prefix=".edge_sdk_bundle.", dir=out.parent) as stage:
         sdir = Path(stage)
@@ -210,10 +208,10 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
                                    "scales": {b.name: b.scale for b in kv if b.scale is not None} or None},
                       "bos_token_id": facts.bos_id, "stop_token_ids": list(facts.stop_ids),
                       "stop_strings": list(facts.stop_strings), "has_chat_template": facts.chat_template,
-                      "text_only": bool(meta.get("text_only", True))},
-            "recipe": conversion_block(conv)["recipe"] if conv else meta.get("recipe"),
+                      "text_only": meta.text_only},
+            "recipe": conv.recipe_name if conv else meta.recipe,
             "conversion": conversion_block(conv),
-            "plan": plan_summary(read_json(mdir / "plan.json"), planned),
+            "plan": plan_summary(PlanRecord.read_optional(mdir), planned),
             "memory": memory_block(planned, read_json(mdir / "report.json"), context,
                                    sum(s.size for s in sections if s.kind == "tflite")),
             "adaptations": adaptations,
@@ -257,9 +255,9 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
     return BundleReport(out, mpath, out.stat().st_size, manifest, placed, tuple(warnings))
 
 
-def kv_adaptations(meta: dict) -> list[dict]:
+def kv_adaptations(meta: ModelInfo) -> list[dict]:
     """Where the model departs from its recipe so that LiteRT-LM can run it (model.json records it)."""
-    kv = meta.get("kv_cache") if isinstance(meta.get("kv_cache"), dict) else {}
+    kv = meta.kv_cache
     req, emitted = kv.get("requested") or {}, kv.get("emitted") or {}
     if req.get("granularity") and emitted.get("quantization") and req["granularity"] != emitted["quantization"]:
         return [{"part": "kv_cache", "requested": f"int{req.get('bits')} per-{req['granularity']} scales",

@@ -35,6 +35,7 @@ import json
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+from ..artefacts import ConversionRecord, PlanRecord
 from ..errors import InputError
 from . import container as ct
 
@@ -80,20 +81,14 @@ def read_json(path: Path, *, required: bool = False) -> dict | None:
     return data
 
 
-def _name(v) -> str | None:
-    if isinstance(v, dict):
-        return v.get("name")
-    return v if isinstance(v, str) else None
-
-
-def plan_summary(plan: dict | None, planned: dict | None) -> dict | None:
+def plan_summary(plan: PlanRecord | None, planned: dict | None) -> dict | None:
     """The plan without its per-tensor table: ``planned`` (the planner at the model's context:
     ``pipeline.planned_memory``) and the weight bytes plan.json records."""
     if not plan and not planned:
         return None
-    out = {"recipe": _name((planned or {}).get("recipe")) or _name((plan or {}).get("recipe"))}
+    out = {"recipe": (planned or {}).get("recipe") or (plan.recipe if plan else None)}
     if plan:
-        out["weight_bytes"] = {"data": plan.get("data_bytes"), "overhead": plan.get("overhead_bytes")}
+        out["weight_bytes"] = {"data": plan.data_bytes, "overhead": plan.overhead_bytes}
     if planned:
         out.update({"context": planned.get("context"), "prefill": planned.get("prefill"),
                     "distinct_tokens": planned.get("distinct_tokens"), "kv_sliding": planned.get("kv_sliding"),
@@ -118,32 +113,13 @@ def memory_block(planned: dict | None, report: dict | None, context: int, sectio
             "validated_passed": (report or {}).get("passed")}
 
 
-def conversion_block(conv: dict | None) -> dict | None:
+def conversion_block(conv: ConversionRecord | None) -> dict | None:
     if not conv:
         return None
-    src = conv.get("source") or conv.get("checkpoint")
-    src = src.get("path") if isinstance(src, dict) else src
-    return {"recipe": _name(conv.get("recipe")),
-            "source": Path(src).name if isinstance(src, str) else None,   # no local paths in a shipped file
-            "text_only": conv.get("text_only"),
-            "sha256": file_hashes(conv)}
-
-
-def file_hashes(conv: dict | None) -> dict[str, str]:
-    """The converter's ``{file name: sha256}`` (under ``sha256`` or ``files``), or {}."""
-    if not conv:
-        return {}
-    for key in ("outputs", "sha256", "sha256s", "files"):
-        v = conv.get(key)
-        if isinstance(v, dict):
-            out = {}
-            for name, h in v.items():
-                h = h.get("sha256") if isinstance(h, dict) else h
-                if isinstance(h, str) and len(h) == 64:
-                    out[name] = h
-            if out:
-                return out
-    return {}
+    return {"recipe": conv.recipe_name,
+            "source": Path(conv.source["path"]).name,   # no local paths in a shipped file
+            "text_only": conv.text_only,
+            "sha256": dict(conv.outputs)}
 
 
 def find_manifest_key(manifest: dict, dotted: str):

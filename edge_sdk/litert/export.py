@@ -40,6 +40,7 @@ model.json (no timestamps; conversion.json alone records wall time and peak RSS)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -53,6 +54,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import __version__
+from ..artefacts import ConversionRecord, ModelInfo, PlanRecord
 from .. import progress as P
 from ..checkpoint import Checkpoint
 from ..errors import InputError
@@ -68,8 +70,7 @@ from .gemma4_rows import RowSlicer
 from .gemma4_weights import WeightBank
 from .writer import LiteRTWriter
 
-MODEL_FORMAT = "edge_sdk.litert_model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT, MODEL_FORMAT_VERSION = ModelInfo.FORMAT, ModelInfo.VERSION
 SECTION_TYPES = {"prefill_decode": "tf_lite_prefill_decode", "embedder": "tf_lite_embedder",
                  "per_layer_embedder": "tf_lite_per_layer_embedder"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
@@ -212,26 +213,26 @@ def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Bin
         inputs = {p.name: sha256_file(p) for p in sorted(Path(ckpt.path).iterdir())
                   if p.is_file() and not p.name.startswith(".")}
     plan_doc = plan_json(plan, bank.records, models)
-    model_doc = model_json(spec, plan, geo, outputs, text_only, copied, _generation_eos(ckpt))
-    model_doc["requires_xnnpack"] = requires_xnnpack(bank.requires_xnnpack)
-    _write_json(staging / "plan.json", plan_doc)
+    model_doc = dataclasses.replace(model_json(spec, plan, geo, outputs, text_only, copied, _generation_eos(ckpt)),
+                                    requires_xnnpack=requires_xnnpack(bank.requires_xnnpack))
+    _write_json(staging / "plan.json", plan_doc.to_json())
     wall = time.monotonic() - t0
-    conv = {
-        "format": "edge_sdk.conversion", "version": 1, "edge_sdk_version": __version__,
-        "source": {"path": str(Path(ckpt.path).absolute()), "files": inputs},
-        "output_dir": str(out_dir),
-        "outputs": {**{v["file"]: v["sha256"] for v in outputs.values()}},
-        "recipe": recipe_to_dict(plan.recipe),
-        "text_only": text_only, "context": context, "prefill": prefill,
-        "kv_cache": model_doc["kv_cache"]["emitted"],
-        "wall_s": round(wall, 3),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "rerounding_error": {k: v["error"] for k, v in sorted(bank.records.items())},
-        "scale_sources": {k: v["scale_source"] for k, v in sorted(bank.records.items())},
-    }
-    _write_json(staging / "conversion.json", conv)
-    _write_json(staging / "model.json", model_doc)   # last: the directory's "complete" marker
-    return ConversionResult(out_dir, files, model_doc, conv, wall)
+    conv = ConversionRecord(
+        edge_sdk_version=__version__,
+        source={"path": str(Path(ckpt.path).absolute()), "files": inputs},
+        output_dir=str(out_dir),
+        outputs={v["file"]: v["sha256"] for v in outputs.values()},
+        recipe=recipe_to_dict(plan.recipe),
+        text_only=text_only, context=context, prefill=prefill,
+        kv_cache=model_doc.kv_cache["emitted"],
+        wall_s=round(wall, 3),
+        peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        rerounding_error={k: v["error"] for k, v in sorted(bank.records.items())},
+        scale_sources={k: v["scale_source"] for k, v in sorted(bank.records.items())},
+    )
+    _write_json(staging / "conversion.json", conv.to_json())
+    _write_json(staging / "model.json", model_doc.to_json())   # last: the directory's "complete" marker
+    return ConversionResult(out_dir, files, model_doc.to_json(), conv.to_json(), wall)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -262,7 +263,7 @@ def requires_xnnpack(tensors: dict[str, str]) -> dict | None:
             "tensors": dict(sorted(tensors.items()))}
 
 
-def plan_json(plan: QuantPlan, records: dict, models: list[str]) -> dict:
+def plan_json(plan: QuantPlan, records: dict, models: list[str]) -> PlanRecord:
     rows = []
     for t in plan.tensors:
         if t.model not in models:
@@ -278,13 +279,12 @@ def plan_json(plan: QuantPlan, records: dict, models: list[str]) -> dict:
             d["encoding"] = r["encoding"]
         d["file"] = f"{t.model}.tflite"
         rows.append(d)
-    return {"format": "edge_sdk.plan", "version": 1, "recipe": plan.recipe.name,
-            "data_bytes": sum(r["data_bytes"] for r in rows),
-            "overhead_bytes": sum(r["overhead_bytes"] for r in rows), "tensors": rows}
+    return PlanRecord(recipe=plan.recipe.name, data_bytes=sum(r["data_bytes"] for r in rows),
+                      overhead_bytes=sum(r["overhead_bytes"] for r in rows), tensors=tuple(rows))
 
 
 def model_json(spec: ModelSpec, plan: QuantPlan, geo: Geometry, outputs: dict, text_only: bool,
-               tokenizer_files: list[str], generation_eos: list[int]) -> dict:
+               tokenizer_files: list[str], generation_eos: list[int]) -> ModelInfo:
     """The contract: what the files are, how to drive them, and what the model is."""
     t = spec.text
     eos = list(dict.fromkeys(list(t.eos_token_ids) + generation_eos))
@@ -292,7 +292,7 @@ def model_json(spec: ModelSpec, plan: QuantPlan, geo: Geometry, outputs: dict, t
     emitted = ({"dtype": "float32"} if lay.dtype == "float32" else
                {"dtype": "int8", "quantization": "per_tensor", "zero_point": 0,
                 "rounding": "half away from zero (TFLite QUANTIZE)"})
-    return {
+    return ModelInfo.from_json({
         "format": MODEL_FORMAT, "version": MODEL_FORMAT_VERSION, "edge_sdk_version": __version__,
         "model_type": spec.model_type, "recipe": plan.recipe.name, "text_only": text_only,
         "context": geo.context, "prefill": geo.prefill,
@@ -339,4 +339,4 @@ def model_json(spec: ModelSpec, plan: QuantPlan, geo: Geometry, outputs: dict, t
                    "prefill": None, "softcapped": bool(t.final_logit_softcapping)},
         "tokenizer": {"file": "tokenizer.json" if "tokenizer.json" in tokenizer_files else None,
                       "files": tokenizer_files},
-    }
+    })

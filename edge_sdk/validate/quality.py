@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from ..artefacts import ConversionRecord
 from ..errors import InputError
 
 BLOCK = 256  # positions per block when computing softmaxes (bounds float64 temporaries)
@@ -81,12 +82,12 @@ def heldout_texts(split_json: str | Path | None = None) -> list[str]:
     return [topics[n] for n in split["heldout"]]
 
 
-def find_split(conversion: dict | None) -> Path | None:
+def find_split(conversion: ConversionRecord | None) -> Path | None:
     """The ``split.json`` a model was trained with: beside its source checkpoint or one level up
     (``models/tiny-gemma4/{qat,float}`` share ``models/tiny-gemma4/split.json``); None if none."""
-    src = _source_path(conversion or {})
-    if src is None:
+    if conversion is None:
         return None
+    src = conversion.source_path
     return next((d / "split.json" for d in (src, src.parent) if (d / "split.json").is_file()), None)
 
 
@@ -183,26 +184,16 @@ def reference_logits(checkpoint: str | Path, windows: Sequence[np.ndarray]) -> n
     return np.concatenate(out, axis=0)
 
 
-def default_reference(model_dir: str | Path, conversion: dict | None) -> Path | None:
+def default_reference(model_dir: str | Path, conversion: ConversionRecord | None) -> Path | None:
     """The float checkpoint to compare against when none is given.
 
     A model converted from ``.../<name>/qat`` with a sibling ``.../<name>/float`` (the tiny QAT
     model's layout) → that float checkpoint; otherwise the source checkpoint recorded in
     ``conversion.json`` (the float model a PTQ conversion started from); None if neither exists.
     """
-    src = _source_path(conversion or {})
-    if src is None:
+    if conversion is None:
         return None
+    src = conversion.source_path
     if src.name == "qat" and (src.parent / "float" / "config.json").is_file():
         return src.parent / "float"
     return src if (src / "config.json").is_file() else None
-
-
-def _source_path(conversion: dict) -> Path | None:
-    for key in ("source", "checkpoint", "source_path", "input"):
-        v = conversion.get(key)
-        if isinstance(v, dict):
-            v = v.get("path")
-        if isinstance(v, str) and v:
-            return Path(v).resolve()
-    return None

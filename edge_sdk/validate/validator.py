@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from .. import progress as P
+from ..artefacts import ConversionRecord, ModelInfo
 from ..errors import EdgeSdkError, InputError
 from ..units import fmt_bytes, parse_size
 from . import memory_runs as M
@@ -55,34 +56,17 @@ def _read_json(path: Path) -> dict | None:
         raise InputError(f"not valid JSON: {e}", path=path) from None
 
 
-def model_meta(model_dir: Path) -> dict:
-    if not model_dir.is_dir():
+def model_info(model_dir: Path) -> ModelInfo:
+    """The model's ``model.json`` (``ModelInfo``: one line with the fix when it is missing or older)."""
+    if not Path(model_dir).is_dir():
         raise InputError("no such model directory", path=model_dir,
                          fix="pass the OUT_DIR written by `edge-sdk convert`")
-    meta = _read_json(model_dir / "model.json")
-    if meta is None:
-        raise InputError("model.json not found: not a converted model directory", path=model_dir,
-                         fix="pass the OUT_DIR written by `edge-sdk convert`")
-    return meta
+    return ModelInfo.read(model_dir)
 
 
-def _meta_int(meta: dict, *keys: str) -> int | None:
-    for k in keys:
-        v = meta.get(k)
-        if isinstance(v, dict):
-            v = v.get("length") or v.get("tokens")
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            return v
-    return None
-
-
-def _special(meta: dict, name: str) -> int | None:
-    v = meta.get(f"{name}_token_id", meta.get(name))
-    if isinstance(v, dict):
-        v = v.get("id")
-    if isinstance(v, list):
-        v = v[0] if v else None
-    return v if isinstance(v, int) else None
+def model_meta(model_dir: Path) -> dict:
+    """``model_info`` as the dict in the file (for scripts that index it)."""
+    return model_info(model_dir).to_json()
 
 
 def load_token_file(path: str | Path) -> np.ndarray:
@@ -96,8 +80,10 @@ def load_token_file(path: str | Path) -> np.ndarray:
     return np.asarray(data, dtype=np.int32).reshape(-1)
 
 
-def eval_tokens(model_dir: Path, meta: dict, *, text, tokens, want_text: bool) -> tuple[np.ndarray | None, str]:
+def eval_tokens(model_dir: Path, meta: ModelInfo | dict, *, text, tokens,
+                want_text: bool) -> tuple[np.ndarray | None, str]:
     """The token stream to evaluate on, and a description of where it came from."""
+    meta = meta if isinstance(meta, ModelInfo) else ModelInfo.from_json(meta, path=Path(model_dir) / "model.json")
     if tokens is not None:
         return load_token_file(tokens), f"token ids from {tokens}"
     tok = Q.load_tokenizer(model_dir)
@@ -106,13 +92,13 @@ def eval_tokens(model_dir: Path, meta: dict, *, text, tokens, want_text: bool) -
             raise InputError("the model has no tokenizer.json to tokenize the evaluation text",
                              path=model_dir, fix="pass --tokens IDS.npy, or --no-quality")
         return None, "synthetic"
-    bos, eos = _special(meta, "bos"), _special(meta, "eos")
+    bos, eos = meta.bos_token_id, meta.first_eos
     if text is not None:
         p = Path(text)
         if not p.is_file():
             raise InputError("no such text file", path=p)
         return Q.token_stream(tok, [p.read_text()], bos, None), str(p)
-    split = Q.find_split(_read_json(model_dir / "conversion.json"))
+    split = Q.find_split(ConversionRecord.read_optional(model_dir))
     where = f"held-out split {split}" if split else "held-out pydoc_data.topics (every tenth topic)"
     return Q.token_stream(tok, Q.heldout_texts(split), bos, eos), where
 
@@ -270,17 +256,17 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
     report.json / report.md / memory.png (and the ids and raw runner results; the model's and the
     reference's logits .npy only with ``keep_logits``: vocab x positions x 4 bytes each)."""
     mdir = Path(model_dir)
-    meta = model_meta(mdir)
+    meta = model_info(mdir)
     if backend not in ("xnnpack", "builtin"):
         raise InputError(f"backend {backend!r} is not one of xnnpack, builtin")
-    need = meta.get("requires_xnnpack")
+    need = meta.requires_xnnpack
     if backend == "builtin" and need:
         tensors = list(need.get("tensors") or [])
         raise InputError(f"this model is right only on XNNPACK kernels: {need.get('reason', 'see model.json')} "
                          f"({len(tensors)} tensors, e.g. {tensors[0] if tensors else '?'})", path=mdir / "model.json",
                          fix="validate with --backend xnnpack (the default)")
     limit = None if budget is None else parse_size(budget)
-    model_ctx = _meta_int(meta, "context", "max_context", "kv_cache_length")
+    model_ctx = meta.context
     ctx = context or model_ctx or 512
     if model_ctx is not None and ctx > model_ctx:
         raise InputError(f"--context {ctx} exceeds the model's context {model_ctx}", path=mdir / "model.json",
@@ -293,7 +279,7 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
     window = ctx - decode_tokens  # the last window + its decode steps fill the cache to the context
     ref_path = None
     if quality:
-        ref_path = Path(reference) if reference else Q.default_reference(mdir, _read_json(mdir / "conversion.json"))
+        ref_path = Path(reference) if reference else Q.default_reference(mdir, ConversionRecord.read_optional(mdir))
         if ref_path is None:
             raise InputError("no float reference checkpoint for the quality check", path=mdir,
                              fix="pass --reference CHECKPOINT (the float model), or --no-quality")
@@ -301,7 +287,7 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
     if quality:
         windows = Q.make_windows(stream, window, max_tokens)
     elif stream is None:
-        vocab = _meta_int(meta, "vocab_size", "vocab") or 256
+        vocab = meta.vocab_size
         windows = [synthetic_window(window, vocab, ctx)]
         source = f"synthetic ids ({max(1, ctx // 4)} distinct, seed 0; no tokenizer or text)"
     else:
