@@ -9,7 +9,8 @@
 
 The forward uses the NumPy kernels' formulas bit for bit (see ``fake_quant``); the exported
 weights re-quantize with the exported scales/codebooks with error exactly 0 (``verify_export``).
-This is the only package of edge_sdk that imports torch; torch is imported lazily here so that
+This is the only package of edge_sdk that imports torch; torch is imported lazily here (names
+resolve on first use, ``__getattr__`` below) so that ``import edge_sdk.qat`` works without the extra.
 The codebook sidecar lives in ``edge_sdk.quant.codebooks`` (torch-free; the converter reads it).
 """
 

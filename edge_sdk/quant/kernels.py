@@ -7,7 +7,8 @@ the same way):
     w_hat = float32(codes) * float32(s)                       # float16 block scales upcast first
 
 with ``s`` broadcast per output row (channel) or per (row, block of ``block_size`` inputs).
-Code ranges: int8 [-127, 127], int4 [-8, 7], int2 [-2, 1]. Fresh (PTQ) scales are
+Code ranges (``qrange``): int8 [-127, 127], int4 [-7, 7] per channel and [-8, 7] per block,
+int2 [-2, 1]. Fresh (PTQ) scales are
 ``max|w| / qmax`` per row/block, 1 where a row/block is all zeros; given (QAT) scales are used
 as they are, never recomputed.
 
