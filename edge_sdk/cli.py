@@ -219,9 +219,9 @@ def _validate(sub=None, args=None) -> int:
                          help="evaluation token ids (.npy or .json) instead of text (default: the --text)")
         sub.add_argument("--budget", default=None, help="memory budget for the model's share of peak RSS, "
                                                         "e.g. 1GB (10^9) or 900MiB (default: none, not gated)")
-        sub.add_argument("--context", type=int, default=None,
+        sub.add_argument("--context", type=_positive_int, default=None,
                          help="tokens per evaluation window / KV fill (default: the model's context)")
-        sub.add_argument("--max-tokens", type=int, default=None,
+        sub.add_argument("--max-tokens", type=_positive_int, default=None,
                          help="evaluate at most this many tokens (default: all of the text)")
         sub.add_argument("-o", "--output", "--report", dest="report", default=None, metavar="DIR",
                          help="directory for report.json, report.md, memory.png and the runs' logs "
@@ -239,8 +239,8 @@ def _validate(sub=None, args=None) -> int:
         sub.add_argument("--max-kld", type=float, default=None, help="gate on mean KLD (default: 0.5)")
         sub.add_argument("--min-top1", type=float, default=None, help="gate on top-1 agreement (default: 0.6)")
         sub.add_argument("--no-quality", action="store_true", help="skip the float reference comparison")
-        sub.add_argument("--runs", type=int, default=5, help="timed speed runs (median reported)")
-        sub.add_argument("--decode-tokens", type=int, default=32, help="greedy decode steps per run")
+        sub.add_argument("--runs", type=_positive_int, default=5, help="timed speed runs (median reported)")
+        sub.add_argument("--decode-tokens", type=_positive_int, default=32, help="greedy decode steps per run")
         sub.add_argument("--strict-backend", action="store_true",
                          help="fail (not warn) when the requested kernels did not run")
         sub.add_argument("--json", action="store_true", help="print report.json instead of a summary")
@@ -428,7 +428,9 @@ def _run_model(args) -> int:
 
     import numpy as np
 
+    from .artefacts import ModelInfo
     from .errors import CheckFailed, InputError
+    from .litert.export import verify_files
     from .litert.runtime import LiteRTModel, OutputCheckError, check_logits
 
     mdir = Path(args.model_dir)
@@ -480,6 +482,7 @@ def _run_model(args) -> int:
             out.flush()
 
     try:
+        verify_files(mdir, ModelInfo.read(mdir).files)   # a changed file is refused, not run
         model = LiteRTModel(mdir, backend=args.backend, api=args.api, threads=args.threads)
         if len(ids) + args.n > model.context:
             raise InputError(f"{len(ids)} prompt tokens + {args.n} steps exceed the context {model.context}",

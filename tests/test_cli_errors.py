@@ -70,3 +70,27 @@ def test_truncated_tflite(model, tmp_path, capsys):
     one_line(["bundle", str(bad), "-o", str(tmp_path / "m.litertlm")], capsys,
              str(bad / "prefill_decode.tflite"), "fix:")
     assert not list(tmp_path.glob("*.litertlm*"))
+
+
+def test_validate_and_run_refuse_bad_numbers_and_changed_files(tmp_path, capsys):
+    """validate --context 0 / --budget 0 / --runs 0 and a bit-flipped model file: one line, exit 2,
+    before anything is measured or run (a changed file is named)."""
+    from edge_sdk.cli import main
+    from edge_sdk.pipeline import convert
+
+    out = tmp_path / "m"
+    convert(Path(__file__).resolve().parents[1] / "models" / "tiny-gemma4" / "qat", out, recipe="mobile",
+            text_only=True, context=64)
+    capsys.readouterr()
+    for argv, needle in ((["--context", "0"], "at least 1"), (["--budget", "0"], "more than 0"),
+                         (["--runs", "0"], "at least 1"), (["--context", "1"], "at least 2")):
+        assert main(["validate", str(out), "--no-quality", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err and err.strip().count("\n") == 0, (argv, err)
+    data = bytearray((out / "embedder.tflite").read_bytes())
+    data[len(data) // 2] ^= 0x10
+    (out / "embedder.tflite").write_bytes(bytes(data))   # same size: only the sha256 can tell
+    for argv in (["validate", str(out), "--no-quality"], ["run", str(out), "--ids", "2,3", "-n", "2"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "embedder.tflite" in err and "sha256" in err and err.strip().count("\n") == 0, err

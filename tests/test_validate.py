@@ -16,6 +16,7 @@ builtin kernels), and ``--budget 1MB`` (memory gate) all exit 1 with the reason;
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -216,8 +217,10 @@ def test_saved_logits_are_the_runtimes(validated, converted):
 
 def _patch_scales(src: Path, dst: Path, factor: float) -> int:
     """Copy a converted model; multiply every per-channel weight-scale vector of prefill_decode.tflite
-    by ``factor`` where it lies in the flatbuffer (same length: the file layout is untouched).
-    Returns how many vectors were patched."""
+    by ``factor`` where it lies in the flatbuffer (same length: the file layout is untouched), and
+    record the new sha256 in model.json: a model converted wrong, which the gates must catch (a file
+    changed after conversion is refused before it runs: test_cli_errors). Returns how many vectors
+    were patched."""
     from ai_edge_litert import schema_py_generated as schema
 
     shutil.copytree(src, dst)
@@ -238,6 +241,9 @@ def _patch_scales(src: Path, dst: Path, factor: float) -> int:
         old = np.frombuffer(bytes(data[start:start + 4 * n]), "<f4")
         data[start:start + 4 * n] = (old * np.float32(factor)).astype("<f4").tobytes()
     path.write_bytes(bytes(data))
+    meta = json.loads((dst / "model.json").read_text())
+    meta["files"]["prefill_decode"]["sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+    (dst / "model.json").write_text(json.dumps(meta))
     return len(starts)
 
 

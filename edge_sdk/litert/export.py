@@ -94,6 +94,26 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def verify_files(model_dir: str | Path, files: dict) -> None:
+    """Refuse a converted model whose files are not the bytes ``model.json`` records (``files``:
+    its graph -> {file, sha256, bytes} map): a bit flip, a truncated copy, a file swapped in; one
+    line naming the file. Records without a sha256 (older model.json) are checked for size only."""
+    for key, rec in (files or {}).items():
+        if not isinstance(rec, dict) or "file" not in rec:
+            continue
+        p = Path(model_dir) / rec["file"]
+        if not p.is_file():
+            raise InputError(f"{rec['file']} ({key}) is missing", path=p,
+                             fix="convert again, or copy the whole model directory")
+        size = rec.get("bytes")
+        if isinstance(size, int) and p.stat().st_size != size:
+            raise InputError(f"{p.stat().st_size} bytes, model.json records {size}: a truncated or changed copy",
+                             path=p, fix="convert again, or copy the whole model directory")
+        if rec.get("sha256") and sha256_file(p) != rec["sha256"]:
+            raise InputError("its sha256 differs from the one model.json records: the file changed after "
+                             "conversion (corrupt copy?)", path=p, fix="convert again, or copy it again")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

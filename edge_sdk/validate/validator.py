@@ -32,6 +32,7 @@ import numpy as np
 from .. import progress as P
 from ..artefacts import ConversionRecord, ModelInfo
 from ..errors import EdgeSdkError, InputError
+from ..litert.export import verify_files
 from ..units import fmt_bytes, parse_size
 from . import memory_runs as M
 from . import quality as Q
@@ -234,6 +235,13 @@ def sanity_reasons(r: dict) -> list[str]:
     return out
 
 
+def _budget_limit(budget: str | int | None) -> int | None:
+    limit = None if budget is None else parse_size(budget)
+    if limit is not None and limit <= 0:
+        raise InputError(f"--budget {budget}: a budget must be more than 0 bytes", fix="e.g. --budget 1GB")
+    return limit
+
+
 def _fill(windows: list[np.ndarray], length: int) -> np.ndarray:
     """``length`` ids from the evaluation windows, repeated as needed (a memory run fills the
     cache to the context with one window)."""
@@ -259,13 +267,16 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
     meta = model_info(mdir)
     if backend not in ("xnnpack", "builtin"):
         raise InputError(f"backend {backend!r} is not one of xnnpack, builtin")
+    verify_files(mdir, meta.files)   # a bit-flipped model is refused here, not measured
     need = meta.requires_xnnpack
     if backend == "builtin" and need:
         tensors = list(need.get("tensors") or [])
         raise InputError(f"this model is right only on XNNPACK kernels: {need.get('reason', 'see model.json')} "
                          f"({len(tensors)} tensors, e.g. {tensors[0] if tensors else '?'})", path=mdir / "model.json",
                          fix="validate with --backend xnnpack (the default)")
-    limit = None if budget is None else parse_size(budget)
+    limit = _budget_limit(budget)
+    if context is not None and context < 2:
+        raise InputError(f"--context {context}: a window needs at least 2 tokens", fix="use --context >= 2")
     model_ctx = meta.context
     ctx = context or model_ctx or 512
     if model_ctx is not None and ctx > model_ctx:
@@ -390,7 +401,7 @@ def validate_bundle(bundle: str | Path, *, context: int, budget: str | int | Non
     """A ``.litertlm`` alone (ours or anyone's): memory and speed in LiteRT-LM's engine, first run
     and steady state; no quality (the engine returns no logits)."""
     path = Path(bundle)
-    limit = None if budget is None else parse_size(budget)
+    limit = _budget_limit(budget)
     if context < 2:
         raise InputError(f"--context {context} is too small", path=path, fix="use --context >= 2")
     decode_tokens = max(1, min(decode_tokens, context - 1))
