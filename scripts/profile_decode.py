@@ -1,0 +1,425 @@
+#!/usr/bin/env python
+"""Where one decode step of a converted model goes: per op kind and scheme, and outside the model.
+
+    python scripts/profile_decode.py OUT_DIR [--threads 2] [--fill 128] [--steps 16] [--reps 7]
+        [--cache-dir DIR] [--json profile.json] [--only-ops | --only-steps]
+
+The LiteRT wheel has no per-op profiler in Python (the Interpreter's ``experimental_*`` flags keep
+tensors or force delegate profiling, but nothing reads a profile back; ``benchmark_model`` is not
+shipped), so the step is cut in two ways:
+
+1. **The step as our runner runs it** (``LiteRTModel``, CompiledModel + XNNPACK weight cache, the KV
+   cache bound in place): after a ``--fill``-token prefill, ``--steps`` greedy decode steps; each
+   ``_Session.run`` and each ``CompiledModel.run_by_name`` inside it is timed (by wrapping them in
+   this process; the runtime is not changed). Per step: model compute per file (``embedder`` and
+   ``per_layer_embedder``: their GATHERs; ``prefill_decode``: the decoder and the LM head), feeds and
+   output copies (``run`` − ``run_by_name``: the input writes and the 1 MB logits read), and Python
+   (``decode`` − the sessions: mask, position, argmax is outside ``decode``).
+2. **Every op of the ``decode`` signature alone**: each distinct op (kind, input shapes, dtypes,
+   constant or not, quantization, options) is cut out into a one-op model with its real weights and
+   run on the Interpreter with the XNNPACK delegate (what XNNPACK does not take runs on the builtin
+   kernel, as in the whole graph) at ``--threads``; the last-level cache is flushed before every
+   timed invoke, so weights come from DRAM as they do in a step that streams 0.8 GB; the fastest of
+   ``--reps`` invokes counts (on a shared machine a 2-thread invoke that loses a core stalls for
+   milliseconds). An empty invoke's time (a one-element ADD) is subtracted. Times × occurrences, summed per op kind and per
+   scheme (FULLY_CONNECTED int2/int4/int8 per-channel, the LM head, attention, KV cache update and
+   read, norms/elementwise, layout). The sum of the isolated ops against the ``prefill_decode``
+   compute of part 1 says how much is between ops (partition boundaries, scheduling).
+
+Prints a table and writes JSON. A profile, not a benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import platform
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FLUSH_BYTES = 64 << 20          # > the 32 MiB L3 of the bench machine
+
+
+# ---------------------------------------------------------------- part 1: the step as our runner runs it
+def profile_steps(out_dir: str, threads: int, fill: int, steps: int, cache_dir: str | None) -> dict:
+    from edge_sdk.litert import runtime
+
+    timings: dict[str, list[float]] = defaultdict(list)
+    orig_run = runtime._Session.run
+
+    def timed_run(self, sig, feeds, state=None):
+        cm = getattr(self, "_cm", None)
+        if cm is not None and not hasattr(cm, "_edge_profiled"):
+            inner = cm.run_by_name
+            name = os.path.splitext(os.path.basename(self.path))[0]
+
+            class _Proxy:
+                _edge_profiled = True
+
+                def __getattr__(self_p, k):
+                    return getattr(cm, k)
+
+                def run_by_name(self_p, *a, **kw):
+                    t0 = time.perf_counter()
+                    r = inner(*a, **kw)
+                    timings[f"compute:{name}"].append(time.perf_counter() - t0)
+                    return r
+            self._cm = _Proxy()
+        t0 = time.perf_counter()
+        r = orig_run(self, sig, feeds, state)
+        timings[f"run:{os.path.splitext(os.path.basename(self.path))[0]}"].append(time.perf_counter() - t0)
+        return r
+
+    runtime._Session.run = timed_run
+    t0 = time.perf_counter()
+    model = runtime.LiteRTModel(out_dir, backend="xnnpack", api="compiled", threads=threads, cache_dir=cache_dir)
+    load_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, model.vocab_size, size=fill)
+    model.reset()
+    model.prefill(ids, logits=False)
+    logits = model.decode(int(ids[-1]))
+    timings.clear()
+    step_s, argmax_s = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        tok = int(np.argmax(logits))
+        t1 = time.perf_counter()
+        logits = model.decode(tok)
+        step_s.append(time.perf_counter() - t1)
+        argmax_s.append(t1 - t0)
+    runtime._Session.run = orig_run
+    med = {k: statistics.median(v) for k, v in timings.items()}
+    files = sorted({k.split(":", 1)[1] for k in med})
+    parts = {f"model: {f}": med.get(f"compute:{f}", 0.0) for f in files}
+    parts["feeds and output copies (run - run_by_name)"] = sum(med.get(f"run:{f}", 0) - med.get(f"compute:{f}", 0)
+                                                              for f in files)
+    step = statistics.median(step_s)
+    parts["Python in decode() (mask, positions, reshape)"] = step - sum(med.get(f"run:{f}", 0) for f in files)
+    parts["argmax over the logits (caller)"] = statistics.median(argmax_s)
+    return {"load_s": load_s, "fill_tokens": fill, "steps": steps, "threads": threads,
+            "decode_step_s": {"median": step, "min": min(step_s), "max": max(step_s)},
+            "tokens_per_s": 1.0 / step, "parts_s": parts,
+            "raw_medians_s": med}
+
+
+# ---------------------------------------------------------------- part 2: every op alone
+def _names():
+    from ai_edge_litert import schema_py_generated as S
+    ops = {v: k for k, v in vars(S.BuiltinOperator).items() if not k.startswith("_")}
+    types = {v: k for k, v in vars(S.TensorType).items() if not k.startswith("_")}
+    return S, ops, types
+
+
+def _quant_kind(t) -> str:
+    q = t.quantization
+    if q is None or q.scale is None or len(q.scale) == 0:
+        return ""
+    if q.details is not None:
+        return "blockwise"
+    return "per-channel" if len(q.scale) > 1 else "per-tensor"
+
+
+def _opts_key(op) -> str:
+    o = op.builtinOptions
+    if o is None:
+        return ""
+    return repr(sorted((k, v.tolist() if isinstance(v, np.ndarray) else v) for k, v in vars(o).items()))
+
+
+def category(kind: str, in_types: list[str], w_shape: list[int] | None, vocab: int) -> str:
+    if kind == "FULLY_CONNECTED":
+        w = in_types[1] if len(in_types) > 1 else "?"
+        if w_shape and vocab in w_shape:
+            return f"LM head FULLY_CONNECTED {w.lower()} ({w_shape[0]}x{w_shape[1]})"
+        return f"FULLY_CONNECTED {w.lower()} per-channel"
+    if kind in ("BATCH_MATMUL", "SOFTMAX"):
+        return "attention (BATCH_MATMUL, SOFTMAX)"
+    if kind in ("DYNAMIC_UPDATE_SLICE", "QUANTIZE"):
+        return "KV cache update (QUANTIZE, DYNAMIC_UPDATE_SLICE)"
+    if kind == "DEQUANTIZE":
+        return "KV cache read (DEQUANTIZE int8 -> float)"
+    if kind in ("GATHER", "GATHER_ND", "EMBEDDING_LOOKUP"):
+        return "GATHER"
+    if kind in ("RESHAPE", "SLICE", "STRIDED_SLICE", "TRANSPOSE", "CONCATENATION", "SPLIT"):
+        return "layout (RESHAPE, SLICE, TRANSPOSE, CONCATENATION)"
+    if kind in ("MUL", "ADD", "SQUARE", "MEAN", "RSQRT", "GELU", "TANH", "DIV", "SUB"):
+        return "norms and elementwise (MUL, ADD, SQUARE, MEAN, RSQRT, GELU, TANH)"
+    return "other (mask and position arithmetic)"
+
+
+class OneOpModels:
+    """Cut single ops out of a .tflite (object API; external buffers read from the mmapped file)."""
+
+    def __init__(self, path: str):
+        S, self.opn, self.tyn = _names()
+        self.S = S
+        self._f = open(path, "rb")
+        self.mm = mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.model = S.ModelT.InitFromPackedBuf(self.mm, 0)
+
+    def subgraph(self, signature: str) -> int:
+        return next(s.subgraphIndex for s in self.model.signatureDefs if s.signatureKey.decode() == signature)
+
+    def const_bytes(self, t) -> np.ndarray | None:
+        b = self.model.buffers[t.buffer] if t.buffer else None
+        if b is None:
+            return None
+        if b.offset and b.offset > 1:
+            return np.frombuffer(self.mm, np.uint8, count=b.size, offset=b.offset).copy()
+        if b.data is not None and len(b.data):
+            return np.asarray(b.data, np.uint8)
+        return None
+
+    def describe(self, sgi: int, op):
+        sg = self.model.subgraphs[sgi]
+        code = self.model.operatorCodes[op.opcodeIndex]
+        kind = self.opn.get(max(code.builtinCode, code.deprecatedBuiltinCode), str(code.builtinCode))
+        ins = []
+        for t in op.inputs:
+            if t < 0:
+                ins.append(None)
+                continue
+            T = sg.tensors[t]
+            b = self.model.buffers[T.buffer] if T.buffer else None
+            const = bool(b is not None and ((b.offset and b.offset > 1) or (b.data is not None and len(b.data))))
+            ins.append((tuple(int(x) for x in T.shape), self.tyn[T.type], const, _quant_kind(T)))
+        outs = [(tuple(int(x) for x in sg.tensors[t].shape), self.tyn[sg.tensors[t].type]) for t in op.outputs]
+        key = (kind, tuple(ins), tuple(outs), _opts_key(op), code.version)
+        return kind, key
+
+    def build(self, sgi: int, op) -> bytes:
+        import copy
+
+        import flatbuffers
+        S = self.S
+        sg = self.model.subgraphs[sgi]
+        tensors, buffers, remap, inputs = [], [S.BufferT()], {}, []
+
+        def add(t: int) -> int:
+            if t in remap:
+                return remap[t]
+            T = copy.copy(sg.tensors[t])
+            data = self.const_bytes(T)
+            q = T.quantization
+            if q is not None and q.details is not None and hasattr(q.details, "scales"):
+                q = copy.copy(q)
+                q.details = copy.copy(q.details)
+                q.details.scales = add(q.details.scales)
+                T.quantization = q
+            if data is not None:
+                buffers.append(S.BufferT())
+                buffers[-1].data = data
+                T.buffer = len(buffers) - 1
+            else:
+                T.buffer = 0
+            T.isVariable = False
+            tensors.append(T)
+            remap[t] = len(tensors) - 1
+            if data is None and t not in op.outputs:
+                inputs.append(remap[t])
+            return remap[t]
+
+        new_in = [add(int(t)) if t >= 0 else -1 for t in op.inputs]
+        new_out = [add(int(t)) for t in op.outputs]
+        o = copy.copy(op)
+        o.inputs, o.outputs, o.opcodeIndex = np.asarray(new_in, np.int32), np.asarray(new_out, np.int32), 0
+        o.intermediates = None
+        m = S.ModelT()
+        m.version = 3
+        m.operatorCodes = [self.model.operatorCodes[op.opcodeIndex]]
+        m.subgraphs = [S.SubGraphT()]
+        m.subgraphs[0].tensors, m.subgraphs[0].operators = tensors, [o]
+        m.subgraphs[0].inputs, m.subgraphs[0].outputs = np.asarray(inputs, np.int32), np.asarray(new_out, np.int32)
+        m.buffers = buffers
+        m.description = b"edge_sdk one-op profile"
+        total = sum(len(b.data) for b in buffers if b.data is not None)
+        bld = flatbuffers.Builder(total + (1 << 20))
+        bld.Finish(m.Pack(bld), file_identifier=b"TFL3")
+        return bytes(bld.Output())
+
+
+def _time_model(content: bytes, threads: int, reps: int, flush: np.ndarray) -> tuple[float, float]:
+    """(fastest, median) invoke seconds. The fastest is the op's own cost: on a shared machine a
+    2-thread XNNPACK invoke that loses a core waits for it (ms), which says nothing about the op."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    it = Interpreter(model_content=content, num_threads=threads, experimental_op_resolver_type=OpResolverType.AUTO)
+    it.allocate_tensors()
+    rng = np.random.default_rng(0)
+    for d in it.get_input_details():
+        dt = np.dtype(d["dtype"])
+        shape = tuple(d["shape"])
+        if dt.kind == "f":
+            v = rng.standard_normal(shape).astype(dt)
+        elif dt == np.bool_:
+            v = np.ones(shape, dt)
+        elif dt.kind in "iu" and d.get("quantization", (0.0, 0))[0]:
+            v = rng.integers(-100, 100, size=shape).astype(dt)
+        else:
+            v = np.zeros(shape, dt)
+        it.set_tensor(d["index"], v)
+    it.invoke()
+    it.invoke()
+    ts = []
+    for _ in range(reps):
+        flush += 1.0           # evict the weights from the last-level cache (a decode step streams them)
+        t0 = time.perf_counter()
+        it.invoke()
+        ts.append(time.perf_counter() - t0)
+    del it
+    return min(ts), statistics.median(ts)
+
+
+def _null_model() -> bytes:
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as S
+    m = S.ModelT()
+    m.version = 3
+    oc = S.OperatorCodeT()
+    oc.builtinCode = oc.deprecatedBuiltinCode = S.BuiltinOperator.ADD
+    oc.version = 1
+    m.operatorCodes = [oc]
+    sg = S.SubGraphT()
+    ts = []
+    for name in (b"a", b"b", b"c"):
+        t = S.TensorT()
+        t.shape, t.type, t.buffer, t.name = np.asarray([1], np.int32), S.TensorType.FLOAT32, 0, name
+        ts.append(t)
+    op = S.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = 0, np.asarray([0, 1], np.int32), np.asarray([2], np.int32)
+    sg.tensors, sg.operators = ts, [op]
+    sg.inputs, sg.outputs = np.asarray([0, 1], np.int32), np.asarray([2], np.int32)
+    m.subgraphs, m.buffers = [sg], [S.BufferT()]
+    b = flatbuffers.Builder(1024)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def profile_ops(out_dir: str, threads: int, reps: int, log=print) -> dict:
+    meta = json.loads((Path(out_dir) / "model.json").read_text())
+    vocab = int(meta["vocab_size"])
+    path = os.path.join(out_dir, meta["files"]["prefill_decode"]["file"])
+    sig = meta["signatures"]["prefill_decode"]["decode"]
+    cut = OneOpModels(path)
+    sgi = cut.subgraph(sig)
+    sg = cut.model.subgraphs[sgi]
+    groups: dict = {}
+    for op in sg.operators:
+        kind, key = cut.describe(sgi, op)
+        g = groups.setdefault(key, {"kind": kind, "count": 0, "op": op})
+        g["count"] += 1
+    flush = np.zeros(FLUSH_BYTES // 4, np.float32)
+    null = min(_time_model(_null_model(), threads, reps, flush)[0] for _ in range(3))
+    log(f"profile_decode: {len(sg.operators)} ops in '{sig}', {len(groups)} distinct; empty invoke {null * 1e6:.1f} us")
+    rows = []
+    t_start = time.perf_counter()
+    for i, (key, g) in enumerate(sorted(groups.items(), key=lambda kv: -kv[1]["count"])):
+        kind, ins = g["kind"], key[1]
+        w_shape = list(ins[1][0]) if kind == "FULLY_CONNECTED" and len(ins) > 1 and ins[1] else None
+        in_types = [x[1] if x else "-" for x in ins]
+        try:
+            t, t_med = _time_model(cut.build(sgi, g["op"]), threads, reps, flush)
+            err = None
+        except Exception as e:  # noqa: BLE001 - one op that cannot stand alone is reported, not fatal
+            t, t_med, err = None, None, f"{type(e).__name__}: {e}"[:200]
+        net = None if t is None else max(0.0, t - null)
+        rows.append({"kind": kind, "category": category(kind, in_types, w_shape, vocab), "count": g["count"],
+                     "inputs": [list(x) if x else None for x in ins], "outputs": [list(x) for x in key[2]],
+                     "invoke_s": t, "invoke_median_s": t_med, "net_s": net, "total_s": None if net is None else net * g["count"],
+                     "error": err})
+        if (i + 1) % 20 == 0:
+            log(f"profile_decode: {i + 1}/{len(groups)} distinct ops timed ({time.perf_counter() - t_start:.0f} s)")
+    by_cat: dict[str, dict] = {}
+    by_kind: dict[str, dict] = {}
+    for r in rows:
+        for table, k in ((by_cat, r["category"]), (by_kind, r["kind"])):
+            e = table.setdefault(k, {"ops": 0, "seconds": 0.0, "untimed_ops": 0})
+            e["ops"] += r["count"]
+            if r["total_s"] is None:
+                e["untimed_ops"] += r["count"]
+            else:
+                e["seconds"] += r["total_s"]
+    total = sum(e["seconds"] for e in by_cat.values())
+    return {"signature": sig, "ops": len(sg.operators), "distinct": len(groups), "empty_invoke_s": null,
+            "threads": threads, "reps": reps, "isolated_sum_s": total,
+            "by_category": dict(sorted(by_cat.items(), key=lambda kv: -kv[1]["seconds"])),
+            "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1]["seconds"])),
+            "rows": sorted(rows, key=lambda r: -(r["total_s"] or 0))}
+
+
+def render(result: dict) -> str:
+    lines = []
+    st = result.get("steps")
+    if st:
+        step = st["decode_step_s"]["median"]
+        lines += [f"decode step as our runner runs it (CompiledModel + XNNPACK cache, {st['threads']} threads, "
+                  f"after {st['fill_tokens']} tokens): {step * 1e3:.1f} ms median ({st['tokens_per_s']:.2f} tok/s)",
+                  "", "| part of the step | ms | share |", "|---|---:|---:|"]
+        for k, v in st["parts_s"].items():
+            lines.append(f"| {k} | {v * 1e3:.2f} | {v / step:.1%} |")
+        lines.append("")
+    op = result.get("ops")
+    if op:
+        ref = (st or {}).get("parts_s", {}).get("model: prefill_decode")
+        lines += [f"ops of '{op['signature']}' alone ({op['ops']} ops, {op['distinct']} distinct, XNNPACK, "
+                  f"{op['threads']} threads, LLC flushed before each invoke, fastest of {op['reps']}, empty invoke "
+                  f"{op['empty_invoke_s'] * 1e6:.0f} us subtracted): sum {op['isolated_sum_s'] * 1e3:.1f} ms"
+                  + (f" vs {ref * 1e3:.1f} ms for the graph in one run" if ref else ""),
+                  "", "| op kind / scheme | ops | ms per step | share of the isolated sum |", "|---|---:|---:|---:|"]
+        for k, e in op["by_category"].items():
+            note = f" ({e['untimed_ops']} untimed)" if e["untimed_ops"] else ""
+            lines.append(f"| {k} | {e['ops']}{note} | {e['seconds'] * 1e3:.2f} | "
+                         f"{e['seconds'] / op['isolated_sum_s']:.1%} |")
+        lines += ["", "| op | ops | ms per step |", "|---|---:|---:|"]
+        for k, e in op["by_kind"].items():
+            lines.append(f"| {k} | {e['ops']} | {e['seconds'] * 1e3:.2f} |")
+        lines += ["", "top distinct ops (time x count):", "", "| op | inputs (shape, dtype) | count | us each | ms per step |",
+                  "|---|---|---:|---:|---:|"]
+        for r in op["rows"][:12]:
+            ins = ", ".join(f"{'x'.join(map(str, x[0]))} {x[1].lower()}{' const' if x[2] else ''}"
+                            for x in r["inputs"] if x)
+            each = "n/a" if r["net_s"] is None else f"{r['net_s'] * 1e6:.0f}"
+            tot = "n/a" if r["total_s"] is None else f"{r['total_s'] * 1e3:.2f}"
+            lines.append(f"| {r['kind']} | {ins} | {r['count']} | {each} | {tot} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("model", help="converted model directory (edge-sdk convert output)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--fill", type=int, default=128, help="prompt tokens before the decode steps")
+    ap.add_argument("--steps", type=int, default=16, help="decode steps timed (part 1)")
+    ap.add_argument("--reps", type=int, default=9, help="timed invokes per distinct op (part 2)")
+    ap.add_argument("--cache-dir", default=None, help="XNNPACK weight cache directory (default: the runtime's)")
+    ap.add_argument("--json", default="profile_decode.json", help="write the result here")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--only-steps", action="store_true", help="part 1 only")
+    g.add_argument("--only-ops", action="store_true", help="part 2 only")
+    args = ap.parse_args(argv)
+    log = lambda s: print(s, file=sys.stderr, flush=True)
+    result = {"model": os.path.abspath(args.model), "machine": platform.machine(), "cpus": os.cpu_count(),
+              "loadavg_before": os.getloadavg()}
+    if not args.only_ops:
+        result["steps"] = profile_steps(args.model, args.threads, args.fill, args.steps, args.cache_dir)
+    if not args.only_steps:
+        result["ops"] = profile_ops(args.model, args.threads, args.reps, log)
+    result["loadavg_after"] = os.getloadavg()
+    with open(args.json, "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    print(render(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
