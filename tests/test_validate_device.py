@@ -21,6 +21,7 @@ pytest.importorskip("ai_edge_litert")
 sys.path.insert(0, str(Path(__file__).parent))
 from test_device import _ExtraDevice, adb, device  # noqa: E402,F401  (module fixtures)
 
+from edge_sdk.artefacts import ModelInfo  # noqa: E402
 from edge_sdk.errors import DeviceError  # noqa: E402
 from edge_sdk.validate import benchmark_model  # noqa: E402
 from edge_sdk.validate.remote import sanitize  # noqa: E402
@@ -94,7 +95,10 @@ def test_device_vanishing_mid_run_exits_2(adb, model, tmp_path):  # noqa: F811
 def test_runner_crash_is_a_device_error(adb, device, tmp_path):  # noqa: F811
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "model.json").write_text("{}")
+    # a model.json the host accepts (ModelInfo) over a graph that is not a flatbuffer: the runner dies there
+    info = ModelInfo(edge_sdk_version="0", model_type="gemma4", recipe="mobile", text_only=True, context=64,
+                     prefill=8, vocab_size=256, hidden_size=8, num_layers=1, bos_token_id=2, eos_token_id=(1,))
+    (bad / "model.json").write_text(json.dumps(info.to_json()))
     (bad / "prefill_decode.tflite").write_bytes(b"not a flatbuffer")
     r = _cli(["validate", str(bad), "--device", device.serial, "--no-quality", *FAST], adb.port)
     assert r.returncode == 2 and "Traceback" not in r.stderr
