@@ -159,13 +159,14 @@ def llama_build(tree: Path, jobs: int) -> dict:
 
 # ------------------------------------------------------------------ the GGUFs
 def make_tokenizer(dst: Path, vocab_size: int) -> None:
-    """A byte-fallback BPE tokenizer with exactly ``vocab_size`` tokens (gemma's special ids 0-3),
-    what ``convert_hf_to_gguf.py``'s Gemma 4 vocabulary reader (transformers' fast tokenizer) takes."""
+    """A byte-fallback BPE tokenizer with exactly ``vocab_size`` tokens (gemma's special ids 0-3) and
+    one merge: what ``convert_hf_to_gguf.py``'s Gemma 4 vocabulary reader (transformers' fast
+    tokenizer) takes and what llama.cpp loads (it refuses a BPE vocabulary without merges)."""
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
     vocab = {t: i for i, t in enumerate(specials)}
     for b in range(256):
         vocab[f"<0x{b:02X}>"] = len(vocab)
-    for ch in "▁abcdefghijklmnopqrstuvwxyz":
+    for ch in ["▁", "▁t", *"abcdefghijklmnopqrstuvwxyz"]:
         vocab.setdefault(ch, len(vocab))
     i = 0
     while len(vocab) < vocab_size:
@@ -181,7 +182,7 @@ def make_tokenizer(dst: Path, vocab_size: int) -> None:
                {"type": "ByteFallback"}, {"type": "Fuse"}]},
            "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>", "continuing_subword_prefix": None,
                      "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
-                     "vocab": vocab, "merges": []}}
+                     "vocab": vocab, "merges": ["▁ t"]}}   # llama.cpp's BPE vocab refuses a file without merges
     (dst / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
     (dst / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<bos>", "eos_token": "<eos>",
