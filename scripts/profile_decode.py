@@ -305,7 +305,8 @@ def _null_model() -> bytes:
     return bytes(b.Output())
 
 
-def profile_ops(out_dir: str, threads: int, reps: int, log=print) -> dict:
+def profile_ops(out_dir: str, threads: int, reps: int, log=print, save_dir: str | None = None,
+                save_top: int = 0) -> dict:
     meta = json.loads((Path(out_dir) / "model.json").read_text())
     vocab = int(meta["vocab_size"])
     path = os.path.join(out_dir, meta["files"]["prefill_decode"]["file"])
@@ -323,12 +324,13 @@ def profile_ops(out_dir: str, threads: int, reps: int, log=print) -> dict:
     log(f"profile_decode: {len(sg.operators)} ops in '{sig}', {len(groups)} distinct; empty invoke {null * 1e6:.1f} us")
     rows = []
     t_start = time.perf_counter()
-    for i, (key, g) in enumerate(sorted(groups.items(), key=lambda kv: -kv[1]["count"])):
+    for i, (key, g) in enumerate(groups.items()):
         kind, ins = g["kind"], key[1]
         w_shape = list(ins[1][0]) if kind == "FULLY_CONNECTED" and len(ins) > 1 and ins[1] else None
         in_types = [x[1] if x else "-" for x in ins]
         try:
-            t, t_med = _time_model(cut.build(sgi, g["op"]), threads, reps, flush)
+            content = cut.build(sgi, g["op"])
+            t, t_med = _time_model(content, threads, reps, flush)
             err = None
         except Exception as e:  # noqa: BLE001 - one op that cannot stand alone is reported, not fatal
             t, t_med, err = None, None, f"{type(e).__name__}: {e}"[:200]
@@ -339,6 +341,20 @@ def profile_ops(out_dir: str, threads: int, reps: int, log=print) -> dict:
                      "error": err})
         if (i + 1) % 20 == 0:
             log(f"profile_decode: {i + 1}/{len(groups)} distinct ops timed ({time.perf_counter() - t_start:.0f} s)")
+    saved = []
+    if save_dir and save_top:
+        # the costliest distinct ops as standalone models: a reproduction for LiteRT's own
+        # benchmark_model (--graph=FILE --num_threads=N) or anyone's Interpreter
+        os.makedirs(save_dir, exist_ok=True)
+        ranked = sorted(((r["total_s"] or 0, key) for r, key in zip(rows, groups)), key=lambda x: -x[0])
+        for rank, (_, key) in enumerate(ranked[:save_top]):
+            r = next(x for x, k in zip(rows, groups) if k == key)
+            w = r["inputs"][1] if r["kind"] in ("FULLY_CONNECTED", "BATCH_MATMUL") else None
+            shape = "x".join(map(str, (w or r["inputs"][0])[0]))
+            name = f"{rank + 1:02d}_{r['kind'].lower()}_{(w or r['inputs'][0])[1].lower()}_{shape}.tflite"
+            with open(os.path.join(save_dir, name), "wb") as f:
+                f.write(cut.build(sgi, groups[key]["op"]))
+            saved.append(name)
     by_cat: dict[str, dict] = {}
     by_kind: dict[str, dict] = {}
     for r in rows:
@@ -351,7 +367,7 @@ def profile_ops(out_dir: str, threads: int, reps: int, log=print) -> dict:
                 e["seconds"] += r["total_s"]
     total = sum(e["seconds"] for e in by_cat.values())
     return {"signature": sig, "ops": len(sg.operators), "distinct": len(groups), "empty_invoke_s": null,
-            "threads": threads, "reps": reps, "isolated_sum_s": total,
+            "threads": threads, "reps": reps, "isolated_sum_s": total, "saved_models": saved,
             "by_category": dict(sorted(by_cat.items(), key=lambda kv: -kv[1]["seconds"])),
             "by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1]["seconds"])),
             "rows": sorted(rows, key=lambda r: -(r["total_s"] or 0))}
@@ -403,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=9, help="timed invokes per distinct op (part 2)")
     ap.add_argument("--cache-dir", default=None, help="XNNPACK weight cache directory (default: the runtime's)")
     ap.add_argument("--json", default="profile_decode.json", help="write the result here")
+    ap.add_argument("--save-ops", default=None, metavar="DIR",
+                    help="write the --save-top costliest distinct ops as one-op .tflite models here")
+    ap.add_argument("--save-top", type=int, default=5)
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--only-steps", action="store_true", help="part 1 only")
     g.add_argument("--only-ops", action="store_true", help="part 2 only")
@@ -413,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.only_ops:
         result["steps"] = profile_steps(args.model, args.threads, args.fill, args.steps, args.cache_dir)
     if not args.only_steps:
-        result["ops"] = profile_ops(args.model, args.threads, args.reps, log)
+        result["ops"] = profile_ops(args.model, args.threads, args.reps, log, args.save_ops, args.save_top)
     result["loadavg_after"] = os.getloadavg()
     with open(args.json, "w") as f:
         json.dump(result, f, indent=1, default=str)
