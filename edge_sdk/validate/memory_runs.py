@@ -106,20 +106,32 @@ def run_engine(bundle: Path, work: Path, *, cache_dir: Path, context: int, prefi
         cmd.append("--cold")
     if prebuild:
         cmd.append("--prebuild")
-    # through /bin/sh, as for our runner: the child's getrusage then starts from the shell, not from us
+    what = {"first": "first run, builds the weight cache", "steady": "steady state"}.get(tag, tag)
+    return spawn(cmd, out, log, label=f"LiteRT-LM engine ({what}{', cold' if cold else ''})", timeout=timeout,
+                 path=bundle, failed="LiteRT-LM's engine failed on the bundle", fix=f"see {log}")
+
+
+def spawn(cmd: list[str], out: Path, log: Path, *, label: str, timeout: float, path: Path, failed: str,
+          fix: str) -> dict:
+    """Run a measuring child (announced as ``label``) and read its result JSON ``out``; its output
+    goes to ``log``. EdgeSdkError ``failed`` with the log's last lines when it fails or times out.
+
+    Through a small shell that forks the child: Linux folds the RSS of the process that execs into
+    the new program's ru_maxrss (exec keeps signal->maxrss), so a child spawned straight from a large
+    parent (pytest with torch: 400+ MB) would report the parent's RSS in getrusage; a forked child of
+    /bin/sh starts from the shell's ~1 MB. VmHWM is per address space and unaffected."""
     if os.path.exists("/bin/sh"):
         cmd = ["/bin/sh", "-c", '"$@"; rc=$?; exit $rc', "sh", *cmd]
-    what = {"first": "first run, builds the weight cache", "steady": "steady state"}.get(tag, tag)
     try:
-        with P.stage(f"LiteRT-LM engine ({what}{', cold' if cold else ''})", announce=True), open(log, "w") as f:
+        with P.stage(label, announce=True), open(log, "w") as f:
             rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
     except subprocess.TimeoutExpired:
-        raise EdgeSdkError(f"LiteRT-LM did not finish within {timeout:.0f} s", path=bundle) from None
+        raise EdgeSdkError(f"{label} did not finish within {timeout:.0f} s", path=path) from None
     if rc != 0 or not out.is_file():
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if "INFO:" not in ln]
-        tail = " | ".join(lines[-3:])[-600:]
-        raise EdgeSdkError(f"LiteRT-LM's engine failed on the bundle (exit {rc}): {tail}", path=bundle,
-                           fix=f"see {log}")
+        lines = [ln for ln in log.read_text(errors="replace").strip().splitlines() if "INFO:" not in ln]
+        tail = " | ".join(lines[-4:])
+        tail = tail if len(tail) < 800 else tail[:400] + " ... " + tail[-400:]
+        raise EdgeSdkError(f"{failed} (exit {rc}): {tail}", path=path, fix=fix)
     return json.loads(out.read_text())
 
 

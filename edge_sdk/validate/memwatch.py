@@ -29,7 +29,7 @@ except ImportError:  # standalone: paging.py beside this file
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from paging import advise, cached_bytes, evict, malloc_trim  # type: ignore[no-redef]
 
-__all__ = ["advise", "cached_bytes", "evict", "malloc_trim", "read_status", "smaps_breakdown", "diff_breakdown",
+__all__ = ["advise", "cached_bytes", "evict", "malloc_trim", "read_status", "write_result", "smaps_breakdown", "diff_breakdown",
            "nearest_to_peak", "Sampler"]
 
 _FIELDS = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")
@@ -185,3 +185,13 @@ class Sampler(threading.Thread):
                          "rss_file": self.peak.get("RssFile"), "phase": self.peak.get("phase"),
                          "t_s": self.peak.get("t")},
                 "smaps_near_peak": self.smaps_at_peak}
+
+
+def write_result(path: str, result: dict) -> None:
+    """A measuring child's result.json, written atomically (temp file + rename)."""
+    import json
+
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, path)

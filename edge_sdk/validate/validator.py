@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -138,25 +136,12 @@ def run_runner(model_dir: Path, windows: list[np.ndarray], work: Path, *, logits
     if threads is not None:
         cmd += ["--threads", str(threads)]
     log = work / f"runner{tag}.log"
-    # Through a small shell that forks the runner: Linux folds the RSS of the process that execs into
-    # the new program's ru_maxrss (exec keeps signal->maxrss), so a runner spawned straight from a
-    # large parent (pytest with torch: 400+ MB) would report the parent's RSS in getrusage; a forked
-    # child of /bin/sh starts from the shell's ~1 MB. VmHWM is per address space and unaffected.
-    if os.path.exists("/bin/sh"):
-        cmd = ["/bin/sh", "-c", '"$@"; rc=$?; exit $rc', "sh", *cmd]
     what = {"_first": "first run, builds the weight cache", "_steady": "steady state", "_only": "memory and speed",
             "": "every position's logits, for quality"}.get(tag, tag.strip("_"))
-    try:
-        with P.stage(f"our runner ({what}{', cold' if cold else ''})", announce=True), open(log, "w") as f:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout).returncode
-    except subprocess.TimeoutExpired:
-        raise EdgeSdkError(f"the runner did not finish within {timeout:.0f} s", path=model_dir) from None
-    if rc != 0 or not out.is_file():
-        tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-4:])
-        tail = tail if len(tail) < 800 else tail[:400] + " ... " + tail[-400:]
-        raise EdgeSdkError(f"the runner failed (exit {rc}): {tail}", path=model_dir,
-                           fix=f"see {log}" if keep_log else "rerun with --report DIR to keep the runner's log")
-    return json.loads(out.read_text())
+    return M.spawn(cmd, out, log, label=f"our runner ({what}{', cold' if cold else ''})", timeout=timeout,
+                   path=model_dir, failed="the runner failed",
+                   fix=f"see {log}" if keep_log else "rerun with --report DIR to keep the runner's log")
+
 
 
 def kernel_report(requested: str, api: str, threads: int | None, r: dict) -> tuple[str, dict, list[str]]:
