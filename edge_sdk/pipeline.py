@@ -107,6 +107,8 @@ def plan_model(source: str | Path, *, recipe: str | Path = "mobile", text_only: 
     except ValueError as e:
         raise InputError(str(e), fix="use --runtime litert-lm or edge_sdk") from None
     limit = None if budget is None else parse_size(budget)
+    if limit is not None and limit <= 0:
+        raise InputError(f"--budget {budget}: a budget must be more than 0 bytes", fix="e.g. --budget 1GB")
     return PlanReport(src, plan, mem, text_only, limit)
 
 

@@ -227,14 +227,25 @@ def test_manifest_memory_is_the_plan_at_the_model_context(model, built):
 
 
 def test_validated_budget_from_report_json(model, tmp_path):
+    """The bundle carries the budget that validated this directory: its report.json beside the model
+    (`validate -o OUT`) or in OUT/report/ (`-o OUT/report`, as the README does); a report of another
+    directory is not this model's and is ignored."""
     mdir, tok, *_ = model
     copy = tmp_path / "m"
     shutil.copytree(mdir, copy)
-    (copy / "report.json").write_text(json.dumps({"passed": True, "budget": {"limit_bytes": 9 * 10**8},
-                                                  "memory": {"peak_rss_bytes": 123456789, "model_peak_bytes": 4567}}))
-    mem = bundle_model(copy, tmp_path / "b.litertlm", tokenizer=tok).manifest["memory"]
-    assert (mem["validated_budget_bytes"], mem["validated_peak_rss_bytes"], mem["validated_passed"]) == \
-        (9 * 10**8, 123456789, True)
+    rep = {"passed": True, "budget": {"limit_bytes": 9 * 10**8}, "model_dir": str(copy.resolve()),
+           "memory": {"peak_rss_bytes": 123456789, "model_peak_bytes": 4567}}
+    for i, place in enumerate(("report.json", "report/report.json")):
+        for old in ("report.json", "report/report.json"):
+            (copy / old).unlink(missing_ok=True)
+        (copy / place).parent.mkdir(exist_ok=True)
+        (copy / place).write_text(json.dumps(rep))
+        mem = bundle_model(copy, tmp_path / f"b{i}.litertlm", tokenizer=tok).manifest["memory"]
+        assert (mem["validated_budget_bytes"], mem["validated_peak_rss_bytes"], mem["validated_passed"]) == \
+            (9 * 10**8, 123456789, True), place
+    (copy / "report" / "report.json").write_text(json.dumps(dict(rep, model_dir=str(tmp_path / "other"))))
+    mem = bundle_model(copy, tmp_path / "b9.litertlm", tokenizer=tok).manifest["memory"]
+    assert mem["validated_budget_bytes"] is None and mem["validated_passed"] is None
 
 
 def test_llm_and_executor_metadata(model, built, tmp_path):

@@ -98,3 +98,8 @@ def test_validate_and_run_refuse_bad_numbers_and_changed_files(tmp_path, capsys)
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert "embedder.tflite" in err and "sha256" in err and err.strip().count("\n") == 0, err
+
+
+def test_plan_budget_zero(capsys):
+    one_line(["plan", str(Path(__file__).resolve().parents[1] / "models" / "configs" / "gemma-4-e2b.json"),
+              "--budget", "0"], capsys, "--budget 0", "more than 0")

@@ -29,7 +29,7 @@ from ..outputs import check_replaceable_bundle
 from ..units import fmt_bytes
 from . import container as ct
 from .manifest import (MANIFEST_KEY, MANIFEST_VERSION, conversion_block, dumps, manifest_path_for, memory_block,
-                       plan_summary, read_json, read_manifest, versions)
+                       plan_summary, read_manifest, validation_report, versions)
 from .android import check_android_dir, place
 from .metadata import executor_metadata, find_tokenizer, llm_metadata
 from .signatures import cache_context, check_llm_signatures, kv_buffers, read_tflite
@@ -212,7 +212,7 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
             "recipe": conv.recipe_name if conv else meta.recipe,
             "conversion": conversion_block(conv),
             "plan": plan_summary(PlanRecord.read_optional(mdir), planned),
-            "memory": memory_block(planned, read_json(mdir / "report.json"), context,
+            "memory": memory_block(planned, validation_report(mdir), context,
                                    sum(s.size for s in sections if s.kind == "tflite")),
             "adaptations": adaptations,
             "warnings": warnings,

@@ -66,6 +66,20 @@ def versions() -> dict:
     return out
 
 
+REPORT_PLACES = ("report.json", "report/report.json")   # `validate -o OUT` or `-o OUT/report` (the README's)
+
+
+def validation_report(model_dir: Path) -> dict | None:
+    """The validation report of this model directory: ``report.json`` in it or in its ``report/``
+    subdirectory, and only one that validated this directory (its ``model_dir``), on the host."""
+    here = Path(model_dir).resolve()
+    for rel in REPORT_PLACES:
+        rep = read_json(Path(model_dir) / rel)
+        if rep and Path(str(rep.get("model_dir", ""))).resolve() == here and rep.get("target", "host") == "host":
+            return rep
+    return None
+
+
 def read_json(path: Path, *, required: bool = False) -> dict | None:
     if not path.is_file():
         if required:
