@@ -19,7 +19,8 @@ shipped), so the step is cut in two ways:
    constant or not, quantization, options) is cut out into a one-op model with its real weights and
    run on the Interpreter with the XNNPACK delegate (what XNNPACK does not take runs on the builtin
    kernel, as in the whole graph) at ``--threads``; the last-level cache is flushed before every
-   timed invoke, so weights come from DRAM as they do in a step that streams 0.8 GB; the fastest of
+   timed invoke and the op's inputs are written after the flush, so weights come from DRAM as in a
+   step that streams 0.8 GB while activations are as hot as the op before left them; the fastest of
    ``--reps`` invokes counts (on a shared machine a 2-thread invoke that loses a core stalls for
    milliseconds). An empty invoke's time (a one-element ADD) is subtracted. Times × occurrences, summed per op kind and per
    scheme (FULLY_CONNECTED int2/int4/int8 per-channel, the LM head, attention, KV cache update and
@@ -256,6 +257,7 @@ def _time_model(content: bytes, threads: int, reps: int, flush: np.ndarray) -> t
     it = Interpreter(model_content=content, num_threads=threads, experimental_op_resolver_type=OpResolverType.AUTO)
     it.allocate_tensors()
     rng = np.random.default_rng(0)
+    feeds = []
     for d in it.get_input_details():
         dt = np.dtype(d["dtype"])
         shape = tuple(d["shape"])
@@ -267,12 +269,15 @@ def _time_model(content: bytes, threads: int, reps: int, flush: np.ndarray) -> t
             v = rng.integers(-100, 100, size=shape).astype(dt)
         else:
             v = np.zeros(shape, dt)
+        feeds.append((d["index"], v))
         it.set_tensor(d["index"], v)
     it.invoke()
     it.invoke()
     ts = []
     for _ in range(reps):
         flush += 1.0           # evict the weights from the last-level cache (a decode step streams them)
+        for index, v in feeds:  # ... but not the activations: in the graph the op before just wrote them
+            it.set_tensor(index, v)
         t0 = time.perf_counter()
         it.invoke()
         ts.append(time.perf_counter() - t0)
@@ -388,7 +393,7 @@ def render(result: dict) -> str:
     if op:
         ref = (st or {}).get("parts_s", {}).get("model: prefill_decode")
         lines += [f"ops of '{op['signature']}' alone ({op['ops']} ops, {op['distinct']} distinct, XNNPACK, "
-                  f"{op['threads']} threads, LLC flushed before each invoke, fastest of {op['reps']}, empty invoke "
+                  f"{op['threads']} threads, weights flushed from the LLC before each invoke, fastest of {op['reps']}, empty invoke "
                   f"{op['empty_invoke_s'] * 1e6:.0f} us subtracted): sum {op['isolated_sum_s'] * 1e3:.1f} ms"
                   + (f" vs {ref * 1e3:.1f} ms for the graph in one run" if ref else ""),
                   "", "| op kind / scheme | ops | ms per step | share of the isolated sum |", "|---|---:|---:|---:|"]
