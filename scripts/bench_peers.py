@@ -244,13 +244,13 @@ def _median_ts(rows: list[dict], **match) -> float | None:
     return None
 
 
-def run_llama(bins: dict, gguf: str, threads: int, base_peak: int) -> dict:
+def run_llama(bins: dict, gguf: str, threads: int, base_peak: int, deep_run: bool = True) -> dict:
     bench = bins["llama-bench"]
     short = child([bench, "-m", gguf, "-t", str(threads), "-p", "128,512", "-n", str(DECODE), "-r", "1",
                    "-o", "json"], timeout=900)
     deep = child([bench, "-m", gguf, "-t", str(threads), "-p", "0", "-n", str(DECODE), "-d", str(FILL), "-r", "1",
-                  "-o", "json"], timeout=1800)
-    out: dict = {"runs": [short, deep]}
+                  "-o", "json"], timeout=1800) if deep_run else {"stdout": "[]", "peak_rss_bytes": None}
+    out: dict = {"runs": [short] + ([deep] if deep_run else [])}
     try:
         rows = json.loads(short["stdout"])
         p128 = _median_ts(rows, n_prompt=128, n_gen=0)
@@ -260,18 +260,17 @@ def run_llama(bins: dict, gguf: str, threads: int, base_peak: int) -> dict:
         out["decode_4k"] = _median_ts(json.loads(deep["stdout"]), n_prompt=0, n_gen=DECODE)
     except (ValueError, TypeError) as e:
         out["error"] = str(e)
-    peak = max(short["peak_rss_bytes"], deep["peak_rss_bytes"])
-    out.update(peak_rss=short["peak_rss_bytes"], peak_rss_4k=deep["peak_rss_bytes"],
-               model_share=short["peak_rss_bytes"] - base_peak, model_share_4k=deep["peak_rss_bytes"] - base_peak,
-               peak_max=peak)
+    d = deep["peak_rss_bytes"]
+    out.update(peak_rss=short["peak_rss_bytes"], peak_rss_4k=d, model_share=short["peak_rss_bytes"] - base_peak,
+               model_share_4k=None if d is None else d - base_peak)
     for r in out["runs"]:
         r["stdout"] = r["stdout"][-4000:]
     return out
 
 
-def run_engine(bundle: str, cache: str, threads: int, scratch: Path) -> dict:
+def run_engine(bundle: str, cache: str, threads: int, scratch: Path, deep_run: bool = True) -> dict:
     res, out = {}, {"runs": []}
-    for key, prefill, decode in (("short", 128, DECODE), ("p512", 512, 1), ("deep", FILL, DECODE)):
+    for key, prefill, decode in (("short", 128, DECODE), ("p512", 512, 1), ("deep", FILL, DECODE))[:3 if deep_run else 2]:
         f = scratch / f"engine_{key}.json"
         r = child([sys.executable, "-m", "edge_sdk.validate.engine_runner", "--bundle", bundle, "--out", str(f),
                    "--cache-dir", cache, "--prefill-tokens", str(prefill), "--decode-tokens", str(decode),
@@ -283,7 +282,7 @@ def run_engine(bundle: str, cache: str, threads: int, scratch: Path) -> dict:
     eng = lambda k: ((res.get(k) or {}).get("timing") or {}).get("engine") or {}
     mem = lambda k: (res.get(k) or {}).get("memory") or {}
 
-    share = lambda k: (mem(k).get("peak_rss_bytes") or 0) - (mem(k).get("baseline_rss_bytes") or 0)
+    share = lambda k: (mem(k)["peak_rss_bytes"] - mem(k)["baseline_rss_bytes"]) if mem(k) else None
     out.update(prefill_128=eng("short").get("last_prefill_tokens_per_second"),
                prefill_512=eng("p512").get("last_prefill_tokens_per_second"),
                decode_short=eng("short").get("last_decode_tokens_per_second"),
@@ -294,10 +293,12 @@ def run_engine(bundle: str, cache: str, threads: int, scratch: Path) -> dict:
     return out
 
 
-def run_ours(model_dir: str, cache: str, threads: int, scratch: Path) -> dict:
+def run_ours(model_dir: str, cache: str, threads: int, scratch: Path, deep_run: bool = True) -> dict:
     import numpy as np
     rng = np.random.default_rng(0)
-    ids = {"deep": rng.integers(3, 262144, size=FILL).tolist(), "p512": rng.integers(3, 262144, size=512).tolist()}
+    # without the 4K run the 128-token figures come from a 128-token window (no 4K fill)
+    ids = {"deep": rng.integers(3, 262144, size=FILL if deep_run else 128).tolist(),
+           "p512": rng.integers(3, 262144, size=512).tolist()}
     out, res = {"runs": []}, {}
     for key, prompt, decode in (("deep", 128, DECODE), ("p512", 512, 1)):
         idf, f = scratch / f"ids_{key}.json", scratch / f"ours_{key}.json"
@@ -315,11 +316,13 @@ def run_ours(model_dir: str, cache: str, threads: int, scratch: Path) -> dict:
     med = lambda k, name: ((t(k).get(name) or {}).get("median"))
     out.update(prefill_128=med("deep", "prefill_tokens_per_s"), prefill_512=med("p512", "prefill_tokens_per_s"),
                decode_short=med("deep", "decode_tokens_per_s"),
-               decode_4k=(t("deep").get("fill_decode") or {}).get("tokens_per_s"),
+               decode_4k=(t("deep").get("fill_decode") or {}).get("tokens_per_s") if deep_run else None,
                ttft_s=med("deep", "time_to_first_token_s"),
-               peak_rss=m("p512").get("peak_rss_bytes"), peak_rss_4k=m("deep").get("peak_rss_bytes"),
+               peak_rss=m("p512").get("peak_rss_bytes"),
+               peak_rss_4k=m("deep").get("peak_rss_bytes") if deep_run else None,
                model_share=(m("p512").get("peak_rss_bytes") or 0) - (m("p512").get("baseline_rss_bytes") or 0),
-               model_share_4k=(m("deep").get("peak_rss_bytes") or 0) - (m("deep").get("baseline_rss_bytes") or 0),
+               model_share_4k=((m("deep").get("peak_rss_bytes") or 0) - (m("deep").get("baseline_rss_bytes") or 0)
+                               if deep_run else None),
                chunk=t("deep").get("chunk"))
     return out
 
@@ -363,7 +366,8 @@ def render(data: dict) -> str:
     b = data.get("llama_build") or {}
     lines = [BEGIN, "## Our E2B against llama.cpp, same weights, one run (`scripts/bench_peers.py`)", "",
              f"Produced by `python scripts/bench_peers.py` on {env['platform']} ({env['cpus']} CPUs), "
-             f"{env['date']}, {env['threads']} threads everywhere, {data['rounds']} rounds, the runtimes alternating "
+             f"{env['date']}, {env['threads']} threads everywhere, {len(data['runs'])} rounds (the 4K rows: "
+             f"{data.get('deep_rounds', len(data['runs']))}), the runtimes alternating "
              f"(order rotated each round). Load average during the run: {env['load_min']:.1f}–{env['load_max']:.1f} "
              f"(median {env['load_median']:.1f}) on {env['cpus']} cores — a shared machine. Figures: median of the "
              f"rounds, min–max in brackets; ×: the ratio to llama.cpp Q4_0 taken round by round (same load), "
@@ -414,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "bench-peers"),
                     help="GGUFs, llama.cpp, caches, scratch (~6 GB; ~16 GB while converting)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--deep-rounds", type=int, default=None,
+                    help="rounds that also run the 4K-context decode (default: all; each adds ~10 min on 2 cores)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="build and quantize threads")
     ap.add_argument("--llama-cpp", default=None, help="a llama.cpp source tree (default: the sdist's, in WORK)")
@@ -426,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if args.deep_rounds is None:
+        args.deep_rounds = args.rounds
     jpath = Path(args.json or work / "bench_peers.json")
     if args.render_only:
         splice(Path(args.docs), render(json.loads(jpath.read_text())))
@@ -456,26 +464,38 @@ def main(argv: list[str] | None = None) -> int:
                "--threads", str(args.threads), "--runs", "1", "--decode-tokens", "2", "--cache-dir", xnn_cache],
               timeout=1800)
     rounds, loads = [], []
+
+    def save(rounds, loads, final=False):
+        _finish(args, rounds, loads, tree, build, ggufs, model_dir, bundle, final)
     for i in range(args.rounds):
         order = only[i % len(only):] + only[:i % len(only)]
         rnd: dict = {"order": order}
         for rt in order:
             log(f"round {i + 1}/{args.rounds}: {rt} (load {os.getloadavg()[0]:.1f})")
+            deep = i < args.deep_rounds
             if rt in ("q4_0", "q2_k"):
-                rnd[rt] = run_llama(bins, ggufs[rt], args.threads, base)
+                rnd[rt] = run_llama(bins, ggufs[rt], args.threads, base, deep)
             elif rt == "litert-lm":
-                rnd[rt] = run_engine(bundle, lm_cache, args.threads, scratch)
+                rnd[rt] = run_engine(bundle, lm_cache, args.threads, scratch, deep)
             else:
-                rnd[rt] = run_ours(model_dir, xnn_cache, args.threads, scratch)
+                rnd[rt] = run_ours(model_dir, xnn_cache, args.threads, scratch, deep)
             loads += [x for r in rnd[rt]["runs"] for x in (r["load_before"][0], r["load_after"][0])]
             log(f"  {rt}: " + ", ".join(f"{k}={rnd[rt].get(k)}" for k, _, _ in METRICS[:5]))
         rounds.append(rnd)
+        save(rounds, loads)   # a run cut short still leaves its finished rounds (--render-only)
+    save(rounds, loads, final=True)
+    return 0
+
+
+def _finish(args, rounds, loads, tree, build, ggufs, model_dir, bundle, final: bool) -> None:
+    work = Path(args.work).resolve()
+    jpath = Path(args.json or work / "bench_peers.json")
     files = {"q4_0": os.path.getsize(ggufs["q4_0"]), "q2_k": os.path.getsize(ggufs["q2_k"]),
              "litert-lm": os.path.getsize(bundle),
              "edge_sdk": sum(os.path.getsize(p) for p in glob.glob(os.path.join(model_dir, "*.tflite")))}
     git = subprocess.run(["git", "-C", str(tree), "describe", "--always"], capture_output=True, text=True)
     sdist = [p for p in tree.parts if p.startswith("llama_cpp_python-")]
-    data = {"version": 1, "rounds": args.rounds, "runs": rounds, "summary": summarize(rounds), "files": files,
+    data = {"version": 1, "rounds": len(rounds), "runs": rounds, "summary": summarize(rounds), "files": files,
             "ggufs": ggufs, "model_dir": model_dir, "bundle": bundle, "llama_tree": str(tree), "llama_build": build,
             "llama_version": (f"the tree vendored in the {sdist[-1]} sdist" if sdist else
                               (git.stdout.strip() or str(tree))),
@@ -483,11 +503,13 @@ def main(argv: list[str] | None = None) -> int:
                     "python": platform.python_version(), "date": time.strftime("%Y-%m-%d"),
                     "threads": args.threads, "load_min": min(loads), "load_max": max(loads),
                     "load_median": statistics.median(loads)}}
+    data["deep_rounds"] = min(args.deep_rounds, len(rounds))
+    data["complete"] = final
     jpath.write_text(json.dumps(data, indent=1))
     block = render(data)
     splice(Path(args.docs), block)
-    print(block)
-    return 0
+    if final:
+        print(block)
 
 
 if __name__ == "__main__":
