@@ -29,6 +29,9 @@
 # /sys is bind-mounted too: without it cpuinfo cannot count CPUs and the XNNPACK delegate is silently
 # not applied (every op then runs on builtin kernels).
 set -euo pipefail
+# chroot, mount and friends live in /usr/sbin, which a minimal PATH (CI runs the tests under
+# `env -i PATH=/usr/local/bin:/usr/bin:/bin`) leaves out
+export PATH="$PATH:/usr/sbin:/sbin"
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SELF="$REPO/scripts/arm64_device.sh"
