@@ -366,7 +366,8 @@ def render(data: dict) -> str:
     b = data.get("llama_build") or {}
     lines = [BEGIN, "## Our E2B against llama.cpp, same weights, one run (`scripts/bench_peers.py`)", "",
              f"Produced by `python scripts/bench_peers.py` on {env['platform']} ({env['cpus']} CPUs), "
-             f"{env['date']}, {env['threads']} threads everywhere, {len(data['runs'])} rounds (the 4K rows: "
+             f"{env['date']}, {env['threads']} threads everywhere, {len(data['runs'])} of "
+             f"{data.get('rounds_planned', len(data['runs']))} planned rounds (the 4K rows: "
              f"{data.get('deep_rounds', len(data['runs']))}), the runtimes alternating "
              f"(order rotated each round). Load average during the run: {env['load_min']:.1f}–{env['load_max']:.1f} "
              f"(median {env['load_median']:.1f}) on {env['cpus']} cores — a shared machine. Figures: median of the "
@@ -504,6 +505,7 @@ def _finish(args, rounds, loads, tree, build, ggufs, model_dir, bundle, final: b
                     "threads": args.threads, "load_min": min(loads), "load_max": max(loads),
                     "load_median": statistics.median(loads)}}
     data["deep_rounds"] = min(args.deep_rounds, len(rounds))
+    data["rounds_planned"] = args.rounds
     data["complete"] = final
     jpath.write_text(json.dumps(data, indent=1))
     block = render(data)
