@@ -133,16 +133,20 @@ def markdown(res: dict) -> str:
         lines += ["", "Where the memory goes at 4096 tokens (steady, cold; growth per mapping since the baseline, "
                   "from /proc/PID/smaps near the peak):", ""]
         steady = [(lbl, r) for lbl, r in sorted(c4["runs"].items()) if r["state"] == "steady"]
-        keys: list[str] = []
-        for _, r in steady:
+
+        def rows_of(r: dict) -> dict[str, int]:
+            """The breakdown with each run's own file names folded into one row name."""
+            out: dict[str, int] = {}
             for k, v in r["breakdown"].items():
-                if v["rss"] >= 1e6 and k not in keys:
-                    keys.append(k)
-        lines += ["| mapping | " + " | ".join(lbl for lbl, _ in steady) + " |", "|---|" + "---:|" * len(steady)]
-        for k in keys:
-            name = "XNNPACK weight cache" if "weight cache" in k else k.split(": ", 1)[-1] if ".litertlm" in k else k
-            lines.append(f"| {name} | " + " | ".join(mb((r["breakdown"].get(k) or {}).get("rss")) if k in r["breakdown"]
-                                                     else "–" for _, r in steady) + " |")
+                name = ("XNNPACK weight cache" if "weight cache" in k else
+                        k.split(": ", 1)[-1].replace("tf_lite_", "") + (".tflite" if ".litertlm" in k else ""))
+                out[name] = out.get(name, 0) + v["rss"]
+            return out
+
+        tables = [(lbl, rows_of(r)) for lbl, r in steady]
+        keys = [k for k in dict.fromkeys(k for _, t in tables for k in t) if any(t.get(k, 0) >= 1e6 for _, t in tables)]
+        lines += ["| mapping | " + " | ".join(lbl for lbl, _ in tables) + " |", "|---|" + "---:|" * len(tables)]
+        lines += [f"| {k} | " + " | ".join(mb(t[k]) if k in t else "–" for _, t in tables) + " |" for k in keys]
         p = c4["planned"]
         if p:
             lines += ["", f"Plan at 4096 ({p.get('runtime')}): weights {mb(p['resident_bytes'])}, rows touched "
