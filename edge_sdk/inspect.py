@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .litert.reader import inspect_converted
 from .quant.source import open_source
-from .spec import COMPONENTS, Count, ModelSpec
+from .gemma4 import COMPONENTS, Count, ModelSpec
 from .units import fmt_bytes, fmt_count
 
 @dataclass(frozen=True)

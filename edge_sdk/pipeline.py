@@ -15,7 +15,7 @@ from .quant.memory import MemoryEstimate, estimate_memory
 from .quant.plan import QuantPlan, make_plan
 from .quant.presets import load_recipe
 from .quant.source import Source, open_source
-from .spec import spec_from_path
+from .gemma4 import spec_from_path
 from .units import parse_size
 
 

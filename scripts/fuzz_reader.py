@@ -2,7 +2,7 @@
 """Fuzz the checkpoint reader: seeded mutations of small Gemma 4 checkpoints, fed through
 ``inspect`` and through reading every tensor, in this process, one case at a time.
 
-Seeds are built here without torch (shapes from ``edge_sdk.spec``, data from a seeded RNG):
+Seeds are built here without torch (shapes from ``edge_sdk.gemma4``, data from a seeded RNG):
 
 - ``mm``: ``gemma4`` multimodal (hub form, PLE, KV sharing, vision + audio towers), two shards
   + ``model.safetensors.index.json``, text under ``model.language_model.``;
@@ -113,7 +113,7 @@ class Seed:
 
 
 def _tensors(cfg: dict, prefix: str) -> list[tuple[str, np.ndarray]]:
-    from edge_sdk.spec import spec_from_config
+    from edge_sdk.gemma4 import spec_from_config
 
     spec = spec_from_config(cfg)
     rng = np.random.default_rng(0)

@@ -147,7 +147,7 @@ def _rename_prefix(st_path: Path, old: str, new: str) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from edge_sdk.spec.names import TOWER_PREFIXES
+    from edge_sdk.gemma4.names import TOWER_PREFIXES
 
     towers = tuple(p for ps in TOWER_PREFIXES.values() for p in ps)
     out = {}

@@ -6,7 +6,7 @@ when no hub is reachable.
     python scripts/make_synthetic_checkpoint.py CONFIG OUT_DIR [--seed 0] [--shard-size 2GB]
 
 - Names: text tensors from ``spec.text.tensors()`` under ``model.language_model.``; towers from
-  ``edge_sdk.spec.towers`` (``vision_tensors`` / ``audio_tensors``) under their own prefixes.
+  ``edge_sdk.gemma4.towers`` (``vision_tensors`` / ``audio_tensors``) under their own prefixes.
 - Values on the ``mobile`` recipe's QAT grid, stored bfloat16: ``code × scale`` with integer codes
   in the recipe's range for the role (int2 [-2, 1] MLP; int4 [-7, 7] attention and embed_tokens;
   int8 [-127, 127] PLE gates/projections) and a per-output-channel scale that is a power of two,
@@ -39,8 +39,8 @@ from edge_sdk.checkpoint import LazyTensor, write_safetensors
 from edge_sdk.quant.config import AffineConfig, DictionaryConfig
 from edge_sdk.quant.presets import load_recipe
 from edge_sdk.quant.recipe import resolve, resolve_shared
-from edge_sdk.spec import spec_from_config
-from edge_sdk.spec.towers import audio_tensors, vision_tensors
+from edge_sdk.gemma4 import spec_from_config
+from edge_sdk.gemma4.towers import audio_tensors, vision_tensors
 from edge_sdk.units import parse_size
 
 TEXT_PREFIX = "model.language_model."

@@ -12,7 +12,7 @@ from edge_sdk.quant.kernels import dequantize
 from edge_sdk.quant.plan import make_plan
 from edge_sdk.quant.presets import PRESETS
 from edge_sdk.quant.scales import ct_pack_int32
-from edge_sdk.spec import bind, spec_from_config
+from edge_sdk.gemma4 import bind, spec_from_config
 
 from test_spec import TINY_TEXT
 

@@ -25,7 +25,7 @@ from safetensors import safe_open
 from edge_sdk.checkpoint import open_checkpoint, read_safetensors_header
 from edge_sdk.cli import main
 from edge_sdk.errors import CheckpointError, ConfigError
-from edge_sdk.spec import spec_from_config
+from edge_sdk.gemma4 import spec_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 INDEX = "model.safetensors.index.json"

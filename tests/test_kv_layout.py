@@ -22,7 +22,7 @@ from edge_sdk.quant.kv_layout import KvLayout, kv_layout, ring_length
 from edge_sdk.quant.memory import estimate_memory
 from edge_sdk.quant.plan import make_plan
 from edge_sdk.quant.presets import PRESETS
-from edge_sdk.spec import spec_from_path
+from edge_sdk.gemma4 import spec_from_path
 
 E2B = Path(__file__).resolve().parents[1] / "models" / "configs" / "gemma-4-e2b.json"
 ITEM = {"float32": 4, "int8": 1}

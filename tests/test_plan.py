@@ -12,7 +12,7 @@ from edge_sdk.quant.memory import estimate_memory
 from edge_sdk.quant.plan import make_plan, tensor_bytes
 from edge_sdk.quant.presets import PRESETS
 from edge_sdk.quant.recipe import Recipe, Rule
-from edge_sdk.spec import spec_from_path
+from edge_sdk.gemma4 import spec_from_path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "models" / "configs"

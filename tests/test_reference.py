@@ -14,7 +14,7 @@ import pytest
 
 from edge_sdk.errors import ConfigError, InputError
 from edge_sdk.reference import Reference, UnsupportedByReference, weights_from_checkpoint
-from edge_sdk.spec import spec_from_path
+from edge_sdk.gemma4 import spec_from_path
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")

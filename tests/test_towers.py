@@ -1,4 +1,4 @@
-"""Tower shapes from config alone (edge_sdk.spec.towers) against transformers 5.23 on the meta device,
+"""Tower shapes from config alone (edge_sdk.gemma4.towers) against transformers 5.23 on the meta device,
 and the element counts of the committed Gemma 4 configs (models/configs/*.json).
 
 Where the E2B numbers come from: 5,104,298,467 / 4,628,569,379 are what transformers 5.23 stores for the real
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_sdk.spec import towers
+from edge_sdk.gemma4 import towers
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "models" / "configs"
@@ -83,7 +83,7 @@ def _assert_towers_match(config: dict, model) -> None:
 
 
 def test_towers_module_needs_no_torch():
-    code = ("import sys, edge_sdk.spec.towers as t; "
+    code = ("import sys, edge_sdk.gemma4.towers as t; "
             "assert not {'torch', 'transformers'} & set(sys.modules), sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 

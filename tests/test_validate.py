@@ -377,7 +377,7 @@ def test_synthetic_checkpoint_tiny_config(tmp_path):
 
     from edge_sdk.checkpoint import open_checkpoint
     from edge_sdk.quant.grid import recover_grid_scales
-    from edge_sdk.spec import spec_from_config
+    from edge_sdk.gemma4 import spec_from_config
 
     spec_ = importlib.util.spec_from_file_location("msc", ROOT / "scripts" / "make_synthetic_checkpoint.py")
     msc = importlib.util.module_from_spec(spec_)

@@ -63,7 +63,7 @@ from ..quant.kv import kv_scales as compute_kv_scales
 from ..quant.kv_layout import kv_layout
 from ..quant.plan import QuantPlan
 from ..quant.recipe import recipe_to_dict
-from ..spec import Binding, ModelSpec
+from ..gemma4 import Binding, ModelSpec
 from .gemma4 import Geometry, build_embedder, build_prefill_decode, cache_buffers
 from .gemma4_attention import MASKED
 from .gemma4_rows import RowSlicer

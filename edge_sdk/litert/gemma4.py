@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..quant.kv_layout import KvLayout
-from ..spec.model import TextSpec
+from ..gemma4.model import TextSpec
 from .dtypes import Quantization
 from .gemma4_attention import Step, attention, rms_norm, write_kv_only
 from .gemma4_weights import WeightBank

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..quant.kv_layout import KvBuffer, KvLayout
-from ..spec.model import LayerSpec, TextSpec
+from ..gemma4.model import LayerSpec, TextSpec
 from .dtypes import Quantization
 from .gemma4_weights import WeightBank
 from .graph import GraphBuilder, Tensor

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..checkpoint import Checkpoint
 from ..errors import CheckpointError
-from ..spec import Binding
+from ..gemma4 import Binding
 from .config import AffineConfig, DictionaryConfig
 from .grid import recover_grid_scales
 from .kernels import QuantizedTensor, dequantize, quantize

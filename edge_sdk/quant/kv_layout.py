@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from ..errors import RecipeError
-from ..spec.model import TextSpec
+from ..gemma4.model import TextSpec
 from .config import KVCacheConfig
 
 ITEMSIZE = {"float32": 4, "int8": 1}

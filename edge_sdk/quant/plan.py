@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Mapping
 
 from ..errors import RecipeError
-from ..spec import ModelSpec, TensorSpec
+from ..gemma4 import ModelSpec, TensorSpec
 from .config import AffineConfig, DictionaryConfig, Granularity, KVCacheConfig
 from .kernels import packed_nbytes
 from .recipe import Recipe, resolve, resolve_shared

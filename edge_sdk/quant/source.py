@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..checkpoint import has_weight_files, open_checkpoint
 from ..errors import InputError
-from ..spec import Binding, Inventory, ModelSpec, bind, inventory_from_spec, spec_from_config, spec_from_path
+from ..gemma4 import Binding, Inventory, ModelSpec, bind, inventory_from_spec, spec_from_config, spec_from_path
 from .codebooks import CODEBOOKS_NAME, read_qat_codebooks
 from .scales import SIDECAR_NAME, parse_ct_config, read_qat_sidecar
 

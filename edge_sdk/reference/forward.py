@@ -42,7 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from ..spec.model import LayerSpec, TextSpec
+from ..gemma4.model import LayerSpec, TextSpec
 
 WeightFn = Callable[[str], np.ndarray]
 KvQuant = Callable[[np.ndarray], np.ndarray]

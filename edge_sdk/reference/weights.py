@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from ..checkpoint import Checkpoint, open_checkpoint
-from ..spec import Binding, ModelSpec, bind, spec_from_config
+from ..gemma4 import Binding, ModelSpec, bind, spec_from_config
 
 
 class CheckpointWeights:

@@ -1,4 +1,4 @@
-"""ModelSpec: the Gemma 4 text decoder described from config.json; the name table; modality stripping."""
+"""Gemma 4, described once: config.json → ModelSpec (the text decoder as frozen dataclasses), the tensor name table, binding and modality stripping."""
 
 from .binding import Binding, Count, Inventory, bind, inventory_from_spec
 from .config import SUPPORTED, load_config, spec_from_config, spec_from_path

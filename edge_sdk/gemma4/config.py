@@ -65,7 +65,7 @@ def load_config(path: str | Path) -> dict:
 
 
 def spec_from_config(cfg: dict, *, source: str | Path | None = None) -> ModelSpec:
-    validate_config(cfg, source)   # types and ranges of every key read below (spec/schema.py)
+    validate_config(cfg, source)   # types and ranges of every key read below (gemma4/schema.py)
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED:
         arch = cfg.get("architectures")

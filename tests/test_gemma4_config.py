@@ -9,7 +9,7 @@ import pytest
 from edge_sdk.checkpoint import write_safetensors
 from edge_sdk.cli import main
 from edge_sdk.errors import ConfigError
-from edge_sdk.spec import spec_from_config
+from edge_sdk.gemma4 import spec_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 E2B = ROOT / "models" / "configs" / "gemma-4-e2b.json"
