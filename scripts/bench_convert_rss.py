@@ -43,11 +43,16 @@ LAYER = re.compile(r"^layers\.(\d+)\.")
 GOAL_RSS = 2e9
 
 
-def derived_config(config: Path, layers: int | None, out: Path) -> Path:
-    """The hub config with its text stack cut to the real model's last ``layers`` layers."""
+def derived_config(config: Path, layers: int | None, out: Path, vocab: int | None = None) -> Path:
+    """The hub config with its text stack cut to the real model's last ``layers`` layers (and, with
+    ``vocab``, the embedding tables to that many rows: their width stays real)."""
     cfg = json.loads(config.read_text())
+    text = cfg.get("text_config", cfg)
+    if vocab is not None:
+        text["vocab_size"] = vocab
+        if text.get("vocab_size_per_layer_input"):
+            text["vocab_size_per_layer_input"] = vocab
     if layers is not None:
-        text = cfg.get("text_config", cfg)
         types = list(text["layer_types"])
         if not 0 < layers <= len(types):
             raise SystemExit(f"--layers {layers}: the model has {len(types)} layers")
@@ -103,17 +108,19 @@ def run_child(cmd: list[str], log) -> dict:
 
 
 def per_layer(events: list[list]) -> list[dict]:
-    """Per decoder layer: when its last tensor was written, the time since the previous layer's, VmRSS then."""
+    """Per decoder layer: the time from the write before its first tensor to its last tensor's, VmRSS then."""
+    first: dict[int, int] = {}
     end: dict[int, tuple[float, int]] = {}
-    for t, name, rss in events:
+    for k, (t, name, rss) in enumerate(events):
         m = LAYER.match(name)
         if m:
+            first.setdefault(int(m.group(1)), k)
             end[int(m.group(1))] = (t, rss)
-    rows, prev = [], None
+    rows = []
     for i in sorted(end):
         t, rss = end[i]
-        rows.append({"layer": i, "t_s": t, "seconds": None if prev is None else round(t - prev, 3), "rss": rss})
-        prev = t
+        before = events[first[i] - 1][0] if first[i] else None
+        rows.append({"layer": i, "t_s": t, "seconds": None if before is None else round(t - before, 3), "rss": rss})
     return rows
 
 
@@ -150,11 +157,11 @@ def plan_vs_written(out: Path) -> dict:
 
 def measure_depth(size: str, config: Path, layers: int | None, args, log) -> dict:
     """One depth: config, checkpoint, measured conversion, plan check, cleanup."""
-    tag = f"L{layers}" if layers is not None else "full"
+    tag = (f"L{layers}" if layers is not None else "full") + (f"-V{args.vocab}" if args.vocab else "")
     work = Path(args.work) / f"{size}-{tag}"
-    cfg = derived_config(config, layers, work / "config.json")
+    cfg = derived_config(config, layers, work / "config.json", args.vocab)
     ckpt, out = work / "ckpt", work / "out"
-    row: dict = {"size": size, "layers": layers, "recipe": args.recipe}
+    row: dict = {"size": size, "layers": layers, "recipe": args.recipe, "vocab": args.vocab}
     if not (ckpt / "model.safetensors.index.json").is_file():
         r = run_child([sys.executable, str(ROOT / "scripts" / "make_synthetic_checkpoint.py"), str(cfg), str(ckpt)],
                       log)
@@ -197,11 +204,15 @@ def markdown(res: dict) -> str:
     lines = [f"## Converter memory, Gemma 4 {size.upper()} at full width (`{res['recipe']} --text-only`)", "",
              f"Produced by `python scripts/bench_convert_rss.py --size {size}"
              + (f" --layers {','.join(str(r['layers']) for r in rows)}" if rows[0]["layers"] else "")
+             + (f" --vocab {rows[0]['vocab']}" if rows[0].get("vocab") else "")
              + f" --recipe {res['recipe']}` on {res['host']} ({res['cpus']} CPUs, shared: times are under load), "
              f"{res['date']}. Synthetic bf16 checkpoints (`scripts/make_synthetic_checkpoint.py`) with every tensor "
              "of the real shape; reduced depth = the real model's last N layer types. Peak RSS: the converter "
-             "process's own (`wait4` ru_maxrss; GB = 10^9 bytes). Per layer: the time between the ends of two "
-             "consecutive layers' writes; RSS growth: least-squares slope of VmRSS at each layer's end.", "",
+             "process's own (`wait4` ru_maxrss; GB = 10^9 bytes). Per layer: from the write before a layer's first "
+             "tensor to its last tensor's; RSS growth: least-squares slope of VmRSS at each layer's end."
+             + (f" Vocabulary cut to {rows[0]['vocab']:,} rows (the tables keep their real width; they are "
+                "prepared in row blocks of ≤ 64 MB float32, so their rows set time, not memory)."
+                if rows[0].get("vocab") else ""), "",
              "| layers | checkpoint | convert wall | s / layer (median) | peak RSS | RSS growth / layer | "
              "output | plan bytes = written |", "|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
@@ -233,6 +244,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/convert-rss")
     ap.add_argument("--json", default=None, help="default scripts/results/convert_rss_SIZE.json")
     ap.add_argument("--docs", default=None, help="regenerate this size's block in this markdown file")
+    ap.add_argument("--vocab", type=int, default=None, help="cut the embedding tables to this many rows")
+    ap.add_argument("--merge", nargs="+", default=None, help="render these result JSONs' runs as one table")
     ap.add_argument("--keep", action="store_true", help="keep checkpoints and outputs")
     args = ap.parse_args(argv)
     if args.child:
@@ -242,6 +255,10 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    if args.merge:
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        res = {**parts[0], "runs": sorted((r for p in parts for r in p["runs"]), key=lambda r: r["num_layers"])}
+        return finish(res, args)
     config = Path(args.config or ROOT / "models" / "configs" / f"gemma-4-{args.size}.json")
     depths = [int(x) for x in args.layers.split(",") if x] or [None]
     res = {"size": args.size, "config": str(config), "recipe": args.recipe, "context": args.context,
@@ -254,12 +271,19 @@ def main(argv=None) -> int:
         tmp = jpath.with_suffix(".tmp")
         tmp.write_text(json.dumps(res, indent=1))
         os.replace(tmp, jpath)
+    return finish(res, args)
+
+
+def finish(res: dict, args) -> int:
+    """Print the table; write the JSON (``--merge``: to ``--json``) and the docs block."""
+    if args.merge and args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
     md = markdown(res)
     print(md)
     if args.docs:
         sys.path.insert(0, str(ROOT / "scripts"))
         from bench_size import write_docs
-        write_docs(Path(args.docs), md, f"convert_rss_{args.size}", script="bench_convert_rss.py")
+        write_docs(Path(args.docs), md, f"convert_rss_{res['size']}", script="bench_convert_rss.py")
     return 0
 
 
