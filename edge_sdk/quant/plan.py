@@ -15,7 +15,7 @@ from typing import Mapping
 
 from ..errors import RecipeError
 from ..gemma4 import ModelSpec, TensorSpec
-from .config import AffineConfig, DictionaryConfig, KVCacheConfig
+from .config import AffineConfig, DictionaryConfig, KVCacheConfig, config_to_dict
 from .formats import format_of
 from .recipe import Recipe, resolve, resolve_shared
 
@@ -58,9 +58,7 @@ class TensorPlan:
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d["config"] = None if self.config is None else {"type": type(self.config).__name__,
-                                                        **{k: str(v) if not isinstance(v, (int, bool, type(None)))
-                                                           else v for k, v in asdict(self.config).items()}}
+        d["config"] = config_to_dict(self.config)   # the recipe's form: one tag scheme
         d["shape"] = list(self.shape)
         d["bits_per_weight"] = round(self.bits_per_weight, 4)
         return d
