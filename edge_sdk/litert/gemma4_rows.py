@@ -21,7 +21,7 @@ import numpy as np
 
 from ..checkpoint import Checkpoint
 from ..quant.apply import Prepared, Preparer
-from ..quant.config import DictionaryConfig
+from ..quant.formats import format_of
 from ..quant.plan import TensorPlan
 
 BLOCK_F32_BYTES = 64 << 20   # rows per block: about this much float32
@@ -46,9 +46,7 @@ class RowSlicer:
         rows, cols = tp.shape[0], math.prod(tp.shape[1:])
         if rows * cols * 4 <= self.block_bytes or not self.can_slice(tp):
             return None
-        align = 8   # whole bytes for 1/2/4-bit codes in any block
-        if isinstance(tp.config, DictionaryConfig):
-            align = math.lcm(align, tp.config.rows_per_codebook)
+        align = math.lcm(8, format_of(tp.config).row_group(tp.config))   # whole bytes of codes, whole codebooks
         per = max(align, self.block_bytes // (4 * cols) // align * align)
         if per >= rows:
             return None

@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import RecipeError
-from ..quant import AffineConfig, DictionaryConfig, Recipe, resolve, resolve_shared
+from ..quant import Recipe, format_of, resolve, resolve_shared
 from .fake_quant import AffineQuantizer, DictionaryFakeQuantizer
 
 TEXT_MODEL_CLASSES = ("Gemma4TextModel",)
@@ -46,9 +46,10 @@ def _quantizer_for(weight: torch.Tensor, cfg, role: str, learn_scales: bool) -> 
     if weight.dtype != torch.float32:
         raise RecipeError(f"'{role}' is {weight.dtype}; QAT needs a float32 model",
                           fix="model.float() before apply_qat")
-    if isinstance(cfg, AffineConfig):
+    layout = format_of(cfg).layout   # the storage format decides the fake-quantizer
+    if layout in ("channel", "block"):
         return AffineQuantizer(weight, cfg, learn_scale=learn_scales)
-    if isinstance(cfg, DictionaryConfig):
+    if layout == "dictionary":
         return DictionaryFakeQuantizer(weight, cfg)
     raise RecipeError(f"'{role}': no fake-quantizer for {type(cfg).__name__}")
 

@@ -76,11 +76,14 @@ class Preparer:
         cfg = tp.config
         if cfg is None:
             return Prepared(tp, np.ascontiguousarray(self.read_f32(canonical), np.float32), "none", 0.0)
-        if isinstance(cfg, DictionaryConfig):  # trained QAT codebooks are used as they are
-            given = self.codebooks.get(tp.role)
-            dt = DictionaryQuantizer(cfg).quantize(self.read_f32(canonical), codebooks=given)
-            return Prepared(tp, dt, "kmeans" if given is None else "qat_codebooks", float(dt.error))
-        return self._affine(tp, canonical, cfg)
+        handler = {"dictionary": self._dictionary, "channel": self._affine, "block": self._affine}
+        return handler[cfg.format.layout](tp, canonical, cfg)
+
+    def _dictionary(self, tp: TensorPlan, canonical: str, cfg: DictionaryConfig) -> Prepared:
+        """Trained QAT codebooks are used as they are; else k-means."""
+        given = self.codebooks.get(tp.role)
+        dt = DictionaryQuantizer(cfg).quantize(self.read_f32(canonical), codebooks=given)
+        return Prepared(tp, dt, "kmeans" if given is None else "qat_codebooks", float(dt.error))
 
     def _affine(self, tp: TensorPlan, canonical: str, cfg: AffineConfig) -> Prepared:
         if canonical in self.binding.quantized:

@@ -160,11 +160,8 @@ def kv_layout(text: TextSpec, kv: KVCacheConfig, context: int, prefill: int) -> 
     ``prefill`` (see the module docstring)."""
     if context < 1 or prefill < 1:
         raise RecipeError(f"context ({context}) and prefill ({prefill}) must be positive")
-    if kv.bits == 16:
-        raise RecipeError("a float16 KV cache is not emitted: LiteRT-LM's CPU engine accepts it but "
-                          "its output was not faithful (LITERTLM_GEMMA4.md §7)",
-                          fix="use kv_cache bits 32 or 8 in the recipe")
-    dtype = "int8" if kv.bits == 8 else "float32"
+    kv.format.check_runnable()   # float16: refused (the format's reason)
+    dtype = kv.format.litert
     gran = "per_tensor" if dtype == "int8" else None
     bufs = []
     for i in text.kv_layers:
