@@ -273,10 +273,9 @@ def test_max_cache_and_errors(multimodal_ckpt):
         ref.prefill([])
 
 
-def test_moe_is_refused(kv_eq_ckpt):
+def test_untied_head_is_refused(kv_eq_ckpt):
     w = weights_from_checkpoint(kv_eq_ckpt)
-    moe = dataclasses.replace(w.spec.text, enable_moe=True, num_experts=4, top_k_experts=2,
-                              moe_intermediate_size=8)
-    with pytest.raises(UnsupportedByReference, match="mixture-of-experts") as e:
-        Reference(moe, w)
+    untied = dataclasses.replace(w.spec.text, tie_word_embeddings=False)
+    with pytest.raises(UnsupportedByReference, match="untied") as e:
+        Reference(untied, w)
     assert isinstance(e.value, NotImplementedError) and isinstance(e.value, ConfigError)

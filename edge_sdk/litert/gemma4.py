@@ -20,7 +20,7 @@
 Every feature of ``edge_sdk.reference``: sliding / full layers (the window applied in the graph
 from ``input_pos``), KV sharing (shared layers read their source layer's updated cache), double-wide
 MLPs, the PLE combine inside prefill_decode (projection from ``embeddings``), proportional partial
-RoPE, q/k/v norms, layer scalars, k_eq_v, the tied LM head as FULLY_CONNECTED over the planned
+RoPE, q/k/v norms, layer scalars, k_eq_v, mixture-of-experts layers (``gemma4_moe``), the tied LM head as FULLY_CONNECTED over the planned
 ``lm_head`` weight, and final_logit_softcapping (TANH; unlike Google's exporter, so probabilities
 match transformers).
 
@@ -48,6 +48,7 @@ from ..quant.kv_layout import KvLayout
 from ..gemma4.model import TextSpec
 from .dtypes import Quantization
 from .gemma4_attention import Step, attention, rms_norm, write_kv_only
+from .gemma4_moe import moe_feed_forward
 from .gemma4_weights import WeightBank
 from .graph import GraphBuilder, Tensor
 from .writer import LiteRTWriter
@@ -192,6 +193,8 @@ def _layer(step: Step, layer, x: Tensor, ple: Tensor | None) -> Tensor:
     gate = g.gelu(g.fully_connected(h, bank.fc(g, pre + "mlp.gate_proj.weight")), approximate=True)
     up = g.fully_connected(h, bank.fc(g, pre + "mlp.up_proj.weight"))
     h = g.fully_connected(g.mul(gate, up), bank.fc(g, pre + "mlp.down_proj.weight"))
+    if step.text.enable_moe:   # shared MLP + routed experts (gemma4_moe)
+        h = moe_feed_forward(step, layer, x, h)
     x = g.add(x, rms_norm(g, h, bank.vector(g, pre + "post_feedforward_layernorm.weight"), eps))
 
     if ple is not None:

@@ -41,6 +41,12 @@ class RowSlicer:
         return (len(tp.shape) == 2 and canonical not in self.prep.binding.quantized
                 and canonical in self.prep.binding.text)
 
+    def can_slice_experts(self, tp: TensorPlan) -> bool:
+        """An MoE expert stack [E, out, in] read one expert (one "row" of axis 0) at a time."""
+        canonical = _canonical(tp)
+        return (len(tp.shape) == 3 and canonical not in self.prep.binding.quantized
+                and canonical in self.prep.binding.text)
+
     def blocks(self, tp: TensorPlan) -> list[tuple[int, int]] | None:
         """Row ranges to prepare one at a time; None: small enough to prepare whole."""
         rows, cols = tp.shape[0], math.prod(tp.shape[1:])

@@ -37,8 +37,8 @@ class Prepared:
 
     def dequantized(self) -> np.ndarray:
         v = self.value
-        if isinstance(v, QuantizedTensor):
-            return dequantize(v)
+        if isinstance(v, QuantizedTensor):   # MoE experts are quantized as [E·out, in]
+            return dequantize(v).reshape(self.plan.shape)
         if isinstance(v, DictionaryTensor):
             return DictionaryQuantizer.dequantize(v)
         return v
@@ -94,6 +94,8 @@ class Preparer:
                     fix="use a recipe matching the checkpoint's quantization_config")
             return Prepared(tp, qt, "compressed_tensors", 0.0)
         w = self.ckpt.read(self.binding.text[canonical])
+        if w.ndim == 3:   # MoE experts [E, out, in]: one scale per expert and output row
+            w = w.reshape(-1, w.shape[-1])
         role = tp.role if tp.name != "lm_head" else "embed_tokens"
         if role in self.sidecar:
             given = np.asarray(self.sidecar[role])

@@ -128,14 +128,29 @@ def tensor_bytes(shape: tuple[int, ...], cfg) -> tuple[int, int]:
     return data, rows * (4 + 8)  # float32 scale + int64 zero point per channel
 
 
+def expert_bytes(shape: tuple[int, ...], cfg) -> tuple[int, int]:
+    """(data, overhead) bytes of an MoE expert stack [E, out, in] as the graph stores it
+    (``litert/gemma4_moe.py``): packed codes, and one float32 scale per expert and output row in a
+    constant of its own [E, out] (GATHERed with the routed experts; no LiteRT quantization
+    parameters, no zero points)."""
+    numel = math.prod(shape)
+    if cfg is None:
+        return numel * 4, 0
+    return packed_nbytes(numel, cfg.bits), shape[0] * shape[1] * 4
+
+
 def _check_kind(t: TensorSpec, cfg) -> None:
     if cfg is None:
         return
     if t.kind in ("norm", "scalar"):
         raise RecipeError(f"recipe quantizes '{t.role}', a {t.kind}; norms and scalars stay float",
                           tensor=t.name, fix="add a rule mapping it to null, or narrow the pattern")
-    if t.kind == "experts":
-        raise RecipeError("MoE expert tensors cannot be converted yet", tensor=t.name)
+    if t.kind == "experts" and (isinstance(cfg, DictionaryConfig) or cfg.granularity is not Granularity.CHANNEL
+                                or cfg.bits == 2):
+        raise RecipeError(f"'{t.role}' (MoE experts) takes int8 or int4 per-channel configs: the graph GATHERs "
+                          "the routed experts' codes and CASTs them (LiteRT has no GATHER of INT2, and block "
+                          "scales are not carried)", tensor=t.name,
+                          fix="use {\"type\": \"affine\", \"bits\": 4, \"granularity\": \"channel\"}")
     if isinstance(cfg, DictionaryConfig) and t.kind != "embedding":
         raise RecipeError(f"dictionary coding is for embedding tables (GATHER); '{t.role}' is a {t.kind}",
                           tensor=t.name, fix="use an affine config for linear layers")
@@ -155,7 +170,7 @@ def make_plan(spec: ModelSpec, recipe: Recipe, *,
         roles = ("embed_tokens", "lm_head") if t.role == "embed_tokens" and text.tie_word_embeddings else (t.role,)
         cfg = resolve_shared(recipe, roles) if len(roles) > 1 else resolve(recipe, t.role)
         _check_kind(t, cfg)
-        data, over = tensor_bytes(t.shape, cfg)
+        data, over = expert_bytes(t.shape, cfg) if t.kind == "experts" else tensor_bytes(t.shape, cfg)
         if cfg is None:
             src = "none"
         elif isinstance(cfg, DictionaryConfig):
@@ -166,6 +181,8 @@ def make_plan(spec: ModelSpec, recipe: Recipe, *,
             model, mapped = "embedder", True
         elif t.role == "embed_tokens_per_layer":
             model, mapped = "per_layer_embedder", True
+        elif t.kind == "experts":   # GATHERed by routed expert: only those pages are read (docs/moe.md)
+            model, mapped = "prefill_decode", True
         else:
             model, mapped = "prefill_decode", False
         plans.append(TensorPlan(t.name, t.role, t.component, t.shape, scheme_name(cfg), cfg, src,

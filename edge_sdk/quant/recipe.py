@@ -28,7 +28,9 @@ LAYER_ROLES = (
     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
     "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
     "post_feedforward_layernorm", "post_per_layer_input_norm",
-    "per_layer_input_gate", "per_layer_projection", "layer_scalar")
+    "per_layer_input_gate", "per_layer_projection", "layer_scalar",
+    "router.proj", "router.scale", "router.per_expert_scale", "experts.gate_up_proj", "experts.down_proj",
+    "post_feedforward_layernorm_1", "post_feedforward_layernorm_2", "pre_feedforward_layernorm_2")
 
 
 def canonical_roles(num_layers: int) -> tuple[str, ...]:

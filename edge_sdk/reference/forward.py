@@ -32,6 +32,8 @@ head         ``rmsnorm(x, norm) @ E.T`` (tied), then ``tanh(logits / c) * c`` (f
 rmsnorm      ``x * (mean(x**2) + eps) ** -0.5 * w`` (w used as is — Gemma 4 has no ``1 + w``).
 mlp          ``down(gelu_tanh(gate(h)) * up(h))``; KV-shared layers are double-wide when configured
              (the width comes from ``LayerSpec.intermediate_size``).
+moe          (``enable_moe_block``, 26B-A4B) the shared MLP and the routed experts are combined before
+             post_feedforward_layernorm: see ``reference/moe.py``.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ KvQuant = Callable[[np.ndarray], np.ndarray]
 
 
 class UnsupportedByReference(ConfigError, NotImplementedError):
-    """The model uses a feature the NumPy reference does not implement (e.g. MoE)."""
+    """The model uses a feature the NumPy reference does not implement (e.g. an untied LM head)."""
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray | None, eps: float) -> np.ndarray:
@@ -111,10 +113,6 @@ class Reference:
 
     def __init__(self, text: TextSpec, weights: WeightFn, *, kv_quant: KvQuant | None = None,
                  max_cache: int | None = None, cache_weights: bool = True):
-        if text.enable_moe:
-            raise UnsupportedByReference(
-                "the NumPy reference does not implement the mixture-of-experts block (enable_moe_block)",
-                fix="use a dense Gemma 4 checkpoint (E2B, E4B, 12B, 31B) for reference checks")
         if not text.tie_word_embeddings:
             raise UnsupportedByReference("untied LM head (tie_word_embeddings=false) is not a Gemma 4 layout")
         if max_cache is not None and max_cache < 1:
@@ -247,6 +245,10 @@ class Reference:
         h = rms_norm(x, g(pre + "pre_feedforward_layernorm.weight"), eps)
         h = gelu_tanh(h @ g(pre + "mlp.gate_proj.weight").T) * (h @ g(pre + "mlp.up_proj.weight").T)
         h = h @ g(pre + "mlp.down_proj.weight").T
+        if self.text.enable_moe:   # shared MLP + routed experts (reference/moe.py)
+            from .moe import moe_feed_forward
+
+            h = moe_feed_forward(g, pre, x, h, self.text.top_k_experts, eps)
         x = x + rms_norm(h, g(pre + "post_feedforward_layernorm.weight"), eps)
 
         if ple is not None:
