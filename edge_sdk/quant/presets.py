@@ -38,25 +38,25 @@ FLOAT = Recipe("float", (), KVCacheConfig(bits=32))
 
 INT8 = Recipe("int8", (
     Rule(LINEAR, INT8_CH),
-    Rule(EXPERTS, INT8_CH),
     Rule(f"{EMBED}|{PLE_TABLE}", INT8_CH),
+    Rule(EXPERTS, INT8_CH),
     Rule(FLOAT_KEEP, None),
 ), KV_INT8)
 
 INT4 = Recipe("int4", (
     Rule(LINEAR, INT4_B32),
-    Rule(EXPERTS, INT4_CH),   # blockwise scales are not carried by the expert GATHER (quant/plan.py)
     Rule(f"{EMBED}|{PLE_TABLE}", INT4_CH),  # per row: one scale per token
+    Rule(EXPERTS, INT4_CH),   # blockwise scales are not carried by the expert GATHER (quant/plan.py)
     Rule(FLOAT_KEEP, None),
 ), KV_INT8)
 
 MOBILE = Recipe("mobile", (
     Rule(MLP, INT2_CH),
-    Rule(EXPERTS, INT4_CH),   # int2 cannot be GATHERed in LiteRT: experts stay int4 per channel
     Rule(ATTN, INT4_CH),
     Rule(PLE_LINEAR, INT8_CH),
     Rule(EMBED, INT4_CH),
     Rule(PLE_TABLE, PLE_DICT),
+    Rule(EXPERTS, INT4_CH),   # int2 cannot be GATHERed in LiteRT: experts stay int4 per channel
     Rule(FLOAT_KEEP, None),
 ), KV_INT8)
 

@@ -45,6 +45,8 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..gemma4.model import LayerSpec, TextSpec
+from .moe import moe_feed_forward
+from .numerics import gelu_tanh, rms_norm
 
 WeightFn = Callable[[str], np.ndarray]
 KvQuant = Callable[[np.ndarray], np.ndarray]
@@ -52,17 +54,6 @@ KvQuant = Callable[[np.ndarray], np.ndarray]
 
 class UnsupportedByReference(ConfigError, NotImplementedError):
     """The model uses a feature the NumPy reference does not implement (e.g. an untied LM head)."""
-
-
-def rms_norm(x: np.ndarray, weight: np.ndarray | None, eps: float) -> np.ndarray:
-    ms = np.mean(np.square(x), axis=-1, keepdims=True, dtype=np.float32) + np.float32(eps)
-    y = x * np.power(ms, np.float32(-0.5))
-    return y if weight is None else y * weight
-
-
-def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    c = np.float32(math.sqrt(2.0 / math.pi))
-    return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(c * (x + np.float32(0.044715) * x * x * x)))
 
 
 def _rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
@@ -246,8 +237,6 @@ class Reference:
         h = gelu_tanh(h @ g(pre + "mlp.gate_proj.weight").T) * (h @ g(pre + "mlp.up_proj.weight").T)
         h = h @ g(pre + "mlp.down_proj.weight").T
         if self.text.enable_moe:   # shared MLP + routed experts (reference/moe.py)
-            from .moe import moe_feed_forward
-
             h = moe_feed_forward(g, pre, x, h, self.text.top_k_experts, eps)
         x = x + rms_norm(h, g(pre + "post_feedforward_layernorm.weight"), eps)
 

@@ -23,7 +23,7 @@ from typing import Callable
 
 import numpy as np
 
-from .forward import gelu_tanh, rms_norm
+from .numerics import gelu_tanh, rms_norm
 
 
 def route(r: np.ndarray, proj: np.ndarray, scale: np.ndarray, per_expert_scale: np.ndarray,
