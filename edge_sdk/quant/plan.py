@@ -15,6 +15,7 @@ from typing import Mapping
 
 from ..errors import RecipeError
 from ..gemma4 import ModelSpec, TensorSpec
+from ..gemma4.names import TIED_HEAD, TIED_TO, text_tensors, tied_roles
 from .config import AffineConfig, DictionaryConfig, Granularity, KVCacheConfig
 from .kernels import packed_nbytes
 from .recipe import Recipe, resolve, resolve_shared
@@ -151,8 +152,8 @@ def make_plan(spec: ModelSpec, recipe: Recipe, *,
     scale_sources = dict(scale_sources or {})
     text = spec.text
     plans = []
-    for t in text.tensors():
-        roles = ("embed_tokens", "lm_head") if t.role == "embed_tokens" and text.tie_word_embeddings else (t.role,)
+    for t in text_tensors(text):
+        roles = tied_roles(text, t.role)
         cfg = resolve_shared(recipe, roles) if len(roles) > 1 else resolve(recipe, t.role)
         _check_kind(t, cfg)
         data, over = tensor_bytes(t.shape, cfg)
@@ -170,7 +171,7 @@ def make_plan(spec: ModelSpec, recipe: Recipe, *,
             model, mapped = "prefill_decode", False
         plans.append(TensorPlan(t.name, t.role, t.component, t.shape, scheme_name(cfg), cfg, src,
                                 mapped, data, over, model))
-        if t.role == "embed_tokens":  # the tied LM head: same codes, resident in prefill_decode
-            plans.append(TensorPlan("lm_head", "lm_head", "lm_head", t.shape, scheme_name(cfg), cfg, src,
+        if t.name == TIED_TO:  # the tied LM head: same codes, resident in prefill_decode
+            plans.append(TensorPlan(TIED_HEAD, TIED_HEAD, TIED_HEAD, t.shape, scheme_name(cfg), cfg, src,
                                     False, data, over, "prefill_decode"))
     return QuantPlan(recipe=recipe, spec=spec, tensors=tuple(plans))
