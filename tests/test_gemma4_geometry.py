@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_sdk.errors import ConfigError
-from edge_sdk.gemma4 import TIED_HEAD, geometry, spec_from_config, tensor_of, text_tensors
+from edge_sdk.gemma4 import LM_HEAD, geometry, spec_from_config, tensor_of, text_tensors
 from edge_sdk.gemma4.names import recipe_roles, role_of, tied_roles
 from edge_sdk.quant.config import KVCacheConfig
 from edge_sdk.quant.kv_layout import kv_layout
@@ -149,12 +149,12 @@ def test_kv_layout_reads_the_caches_gemma4_declares():
 
 def test_tied_head_and_roles():
     text = spec_from_config(SMALL["shared-double-wide"]).text
-    assert tensor_of(TIED_HEAD) == "embed_tokens.weight" and tensor_of("norm.weight") == "norm.weight"
-    assert role_of(tensor_of(TIED_HEAD)) == "embed_tokens"
-    assert tied_roles(text, "embed_tokens") == ("embed_tokens", TIED_HEAD)
+    assert tensor_of(LM_HEAD) == "embed_tokens.weight" and tensor_of("norm.weight") == "norm.weight"
+    assert role_of(tensor_of(LM_HEAD)) == "embed_tokens"
+    assert tied_roles(text, "embed_tokens") == ("embed_tokens", LM_HEAD)
     assert tied_roles(text, "norm") == ("norm",)
     # every stored tensor's role is a recipe role, and so is the tied head
     roles = set(recipe_roles(text.num_layers))
-    assert {t.role for t in text_tensors(text)} | {TIED_HEAD} <= roles
+    assert {t.role for t in text_tensors(text)} | {LM_HEAD} <= roles
     assert not any(".experts." in r or ".router." in r for r in roles)
     assert any(".experts." in r for r in recipe_roles(1, moe=True))

@@ -147,12 +147,12 @@ MODEL_ROWS = (
 
 # The tied LM head: the plan's and the recipe's name for the copy of ``embed_tokens.weight`` that
 # the graph multiplies by (Gemma 4 ties them: tie_word_embeddings; no checkpoint stores it).
-TIED_HEAD = "lm_head"
+LM_HEAD = "lm_head"
 TIED_TO = "embed_tokens.weight"
 
 # Stored by some exports but not needed: dropped quietly (they are recomputed or tied).
 OPTIONAL_TEXT = (
-    f"{TIED_HEAD}.weight",  # tied to embed_tokens (tie_word_embeddings) — checked equal by the converter
+    f"{LM_HEAD}.weight",  # tied to embed_tokens (tie_word_embeddings) — checked equal by the converter
 )
 _SHARED_KV_UNUSED = re.compile(r"layers\.(\d+)\.self_attn\.(k_proj|v_proj|k_norm|v_norm)\.weight")
 
@@ -164,19 +164,19 @@ def role_of(name: str) -> str:
 
 def tensor_of(name: str) -> str:
     """The stored canonical tensor behind a planned name: the tied head reads ``embed_tokens.weight``."""
-    return TIED_TO if name == TIED_HEAD else name
+    return TIED_TO if name == LM_HEAD else name
 
 
 def tied_roles(text: TextSpec, role: str) -> tuple[str, ...]:
     """The recipe roles one stored tensor serves: the embedding also as the tied head."""
-    return (role, TIED_HEAD) if role == role_of(TIED_TO) and text.tie_word_embeddings else (role,)
+    return (role, LM_HEAD) if role == role_of(TIED_TO) and text.tie_word_embeddings else (role,)
 
 
 def recipe_roles(num_layers: int, *, moe: bool = False) -> tuple[str, ...]:
     """Every role the name table can give a decoder of ``num_layers`` layers (whatever its config:
     optional rows included), plus the tied head; the mixture-of-experts rows only with ``moe``."""
     keep = (lambda r: moe or r.component != "moe")
-    glob = tuple(role_of(r.name) for r in MODEL_ROWS if keep(r)) + (TIED_HEAD,)
+    glob = tuple(role_of(r.name) for r in MODEL_ROWS if keep(r)) + (LM_HEAD,)
     per = tuple(role_of(r.name) for r in LAYER_ROWS if keep(r))
     return glob + tuple(r.format(i=i) for i in range(num_layers) for r in per)
 

@@ -46,7 +46,7 @@ import numpy as np
 
 from ..quant.kv_layout import KvLayout
 from ..gemma4.model import TextSpec
-from ..gemma4.names import TIED_HEAD
+from ..gemma4.names import LM_HEAD
 from .dtypes import Quantization
 from .gemma4_attention import Step, attention, rms_norm, write_kv_only
 from .gemma4_weights import WeightBank
@@ -161,7 +161,7 @@ def _decoder_signature(writer: LiteRTWriter, text: TextSpec, bank: WeightBank, g
 
     if logits:
         h = rms_norm(g, x, bank.vector(g, "norm.weight"), eps)
-        z = g.fully_connected(h, bank.fc(g, TIED_HEAD))
+        z = g.fully_connected(h, bank.fc(g, LM_HEAD))
         cap = text.final_logit_softcapping
         if cap:
             z = g.mul(g.tanh(g.div(z, np.float32(cap))), np.float32(cap))

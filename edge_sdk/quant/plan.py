@@ -15,7 +15,7 @@ from typing import Mapping
 
 from ..errors import RecipeError
 from ..gemma4 import ModelSpec, TensorSpec
-from ..gemma4.names import TIED_HEAD, TIED_TO, text_tensors, tied_roles
+from ..gemma4.names import LM_HEAD, TIED_TO, text_tensors, tied_roles
 from .config import AffineConfig, DictionaryConfig, Granularity, KVCacheConfig
 from .kernels import packed_nbytes
 from .recipe import Recipe, resolve, resolve_shared
@@ -172,6 +172,6 @@ def make_plan(spec: ModelSpec, recipe: Recipe, *,
         plans.append(TensorPlan(t.name, t.role, t.component, t.shape, scheme_name(cfg), cfg, src,
                                 mapped, data, over, model))
         if t.name == TIED_TO:  # the tied LM head: same codes, resident in prefill_decode
-            plans.append(TensorPlan(TIED_HEAD, TIED_HEAD, TIED_HEAD, t.shape, scheme_name(cfg), cfg, src,
+            plans.append(TensorPlan(LM_HEAD, LM_HEAD, LM_HEAD, t.shape, scheme_name(cfg), cfg, src,
                                     False, data, over, "prefill_decode"))
     return QuantPlan(recipe=recipe, spec=spec, tensors=tuple(plans))
