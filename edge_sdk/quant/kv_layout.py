@@ -1,7 +1,11 @@
 """The KV-cache layout: ONE description of the state buffers a converted model carries.
 
-Derived in one place (``kv_layout``) from the text spec, the recipe's ``kv_cache`` config, the
-context C and the prefill chunk length T. The planner counts its ``bytes``; the converter emits
+Derived in one place (``kv_layout``) from the caches the model declares (``TextSpec.kv_caches``,
+gemma4's: which layers own a cache, their KV heads, head dim and window), the recipe's ``kv_cache``
+config, the context C and the prefill chunk length T. Gemma 4 owns what a cache holds per position;
+this module owns how the converted model stores it (lengths and rings, which depend on the prefill
+chunk; dtype and scales, which depend on the recipe; LiteRT-LM's names and axis orders), which is
+why it lives in ``quant/`` and not in ``gemma4/`` (the floor below recipes). The planner counts its ``bytes``; the converter emits
 exactly its buffers (names, shapes, dtypes) and records it in ``model.json['kv_cache']``; the
 pipeline's planned memory of a converted model reads it back from there (``KvLayout.from_json``).
 
