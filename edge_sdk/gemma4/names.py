@@ -145,8 +145,8 @@ MODEL_ROWS = (
     NameRow("norm.weight", "norms", "norm", lambda t, l: (t.hidden_size,), _always, "Gemma4TextModel.norm"),
 )
 
-# The tied LM head: the plan's and the recipe's name for the copy of ``embed_tokens.weight`` that
-# the graph multiplies by (Gemma 4 ties them: tie_word_embeddings; no checkpoint stores it).
+# The LM head: the plan's and the recipe's name for it. Gemma 4 ties it (tie_word_embeddings; no
+# checkpoint stores it): the graph multiplies by a copy of ``TIED_TO`` (``tensor_of(LM_HEAD)``).
 LM_HEAD = "lm_head"
 TIED_TO = "embed_tokens.weight"
 
@@ -182,6 +182,7 @@ def recipe_roles(num_layers: int, *, moe: bool = False) -> tuple[str, ...]:
 
 
 def text_tensors(text: TextSpec) -> tuple[TensorSpec, ...]:
+    """Every tensor the text decoder stores, in name-table order (model rows, then each layer's)."""
     out = []
     first = text.layers[0] if text.layers else None
     for row in MODEL_ROWS:
