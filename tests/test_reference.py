@@ -14,7 +14,7 @@ import pytest
 
 from edge_sdk.errors import ConfigError, InputError
 from edge_sdk.reference import Reference, UnsupportedByReference, weights_from_checkpoint
-from edge_sdk.gemma4 import spec_from_path
+from edge_sdk.gemma4 import spec_from_path, text_tensors
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -94,7 +94,7 @@ def test_fixtures_exercise_every_feature(ckpts):
     assert kfull and all(layer.k_eq_v for layer in kfull)
     assert kfull[0].num_kv_heads != kv.layers[0].num_kv_heads
     assert not any(t.name.endswith("v_proj.weight") and t.layer in {l.index for l in kfull}
-                   for t in kv.tensors())
+                   for t in text_tensors(kv))
 
     # every float tensor was perturbed away from transformers' constant init
     w = weights_from_checkpoint(ckpts["multimodal"])

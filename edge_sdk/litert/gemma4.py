@@ -46,6 +46,7 @@ import numpy as np
 
 from ..quant.kv_layout import KvLayout
 from ..gemma4.model import TextSpec
+from ..gemma4.names import LM_HEAD
 from .dtypes import Quantization
 from .gemma4_attention import Step, attention, rms_norm, write_kv_only
 from .gemma4_moe import moe_feed_forward
@@ -103,7 +104,7 @@ def build_embedder(writer: LiteRTWriter, text: TextSpec, bank: WeightBank, geo: 
         ids = g.input("token_ids", [1, T], "int32", tensor_name=f"{key}_token_ids")
         rows = bank.lookup(g, table, g.reshape(ids, [T]))
         if per_layer:
-            L, P = text.num_layers, text.hidden_size_per_layer_input
+            L, P = text.ple_dims
             out = g.mul(rows, np.float32(math.sqrt(P)))
             out = g.reshape(out, [1, T, L, P], name=f"{key}_embeddings_output")
         else:
@@ -133,7 +134,7 @@ def _decoder_signature(writer: LiteRTWriter, text: TextSpec, bank: WeightBank, g
     emb = g.input("embeddings", [1, T, H], "float32", tensor_name=f"{key}_embeddings")
     ple_in = None
     if text.has_ple:
-        L, P = text.num_layers, text.hidden_size_per_layer_input
+        L, P = text.ple_dims
         ple_in = g.input("per_layer_embeddings", [1, T, L, P], "float32",
                          tensor_name=f"{key}_per_layer_embeddings")
     pos = g.input("input_pos", [T], "int32", tensor_name=f"{key}_input_pos")
@@ -145,7 +146,7 @@ def _decoder_signature(writer: LiteRTWriter, text: TextSpec, bank: WeightBank, g
                                              tensor_name=f"{key}_{buf['name']}", quantization=q)
 
     # A layer's output matters if a later layer writes a cache, or if logits are wanted.
-    last_kv = max(text.kv_layers)
+    last_kv = text.last_kv_layer
     x = g.reshape(emb, [T, H])
     ple = None
     if ple_in is not None and (logits or last_kv > 0):
@@ -161,7 +162,7 @@ def _decoder_signature(writer: LiteRTWriter, text: TextSpec, bank: WeightBank, g
 
     if logits:
         h = rms_norm(g, x, bank.vector(g, "norm.weight"), eps)
-        z = g.fully_connected(h, bank.fc(g, "lm_head"))
+        z = g.fully_connected(h, bank.fc(g, LM_HEAD))
         cap = text.final_logit_softcapping
         if cap:
             z = g.mul(g.tanh(g.div(z, np.float32(cap))), np.float32(cap))
@@ -174,7 +175,7 @@ def _decoder_signature(writer: LiteRTWriter, text: TextSpec, bank: WeightBank, g
 def _ple_inputs(g: GraphBuilder, text: TextSpec, bank: WeightBank, x: Tensor, ple_in: Tensor,
                 T: int) -> Tensor:
     """``(rmsnorm((x @ Wpm.T) · H^-0.5 → [T, L, P]) + tok) · 2^-0.5`` → [T, L, P]."""
-    L, P, H = text.num_layers, text.hidden_size_per_layer_input, text.hidden_size
+    (L, P), H = text.ple_dims, text.hidden_size
     ctx = g.mul(g.fully_connected(x, bank.fc(g, "per_layer_model_projection.weight")),
                 np.float32(H ** -0.5))
     ctx = rms_norm(g, g.reshape(ctx, [T, L, P]), bank.vector(g, "per_layer_projection_norm.weight"),
@@ -198,7 +199,7 @@ def _layer(step: Step, layer, x: Tensor, ple: Tensor | None) -> Tensor:
     x = g.add(x, rms_norm(g, h, bank.vector(g, pre + "post_feedforward_layernorm.weight"), eps))
 
     if ple is not None:
-        P = step.text.hidden_size_per_layer_input
+        _, P = step.text.ple_dims
         ple_i = g.reshape(g.slice(ple, [0, layer.index, 0], [T, 1, P]), [T, P])
         h = g.gelu(g.fully_connected(x, bank.fc(g, pre + "per_layer_input_gate.weight")),
                    approximate=True)

@@ -125,11 +125,11 @@ def activation_bytes(plan: QuantPlan, context: int, prefill: int) -> int:
     hidden = 3 * T * t.hidden_size * f
     worst_layer = 0
     for layer in t.layers:
-        q = T * t.num_heads * layer.head_dim * f
+        q = T * t.q_width(layer) * f
         scores = 2 * t.num_heads * T * context * f  # logits + softmax output
         mlp = 3 * T * layer.intermediate_size * f
         worst_layer = max(worst_layer, q + scores, mlp)
-    ple = 2 * T * t.num_layers * t.hidden_size_per_layer_input * f
+    ple = 2 * T * math.prod(t.ple_dims) * f
     logits = t.vocab_size * f
     return hidden + max(worst_layer, moe_activation_bytes(t, T)) + ple + logits
 
@@ -179,8 +179,7 @@ def quant_channels(plan: QuantPlan) -> int:
     prefill_decode: decode and score hold every quantized tensor, prefill only the layers up to the
     last one that writes a cache (the rest reach no output and are not in its graph)."""
     q = _quantized(plan)
-    kv_layers = [ly.index for ly in plan.spec.text.layers if not ly.kv_shared]
-    last = max(kv_layers) if kv_layers else -1
+    last = plan.spec.text.last_kv_layer
     every = sum(t.shape[0] for t in q)
     prefill = sum(t.shape[0] for t in q if (_layer_of(t.name) if _layer_of(t.name) is not None else 1 << 30) <= last)
     return (SIGNATURES - 1) * every + prefill

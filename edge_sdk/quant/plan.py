@@ -15,6 +15,7 @@ from typing import Mapping
 
 from ..errors import RecipeError
 from ..gemma4 import ModelSpec, TensorSpec
+from ..gemma4.names import LM_HEAD, TIED_TO, text_tensors, tied_roles
 from .config import AffineConfig, DictionaryConfig, Granularity, KVCacheConfig
 from .kernels import packed_nbytes
 from .recipe import Recipe, resolve, resolve_shared
@@ -166,8 +167,8 @@ def make_plan(spec: ModelSpec, recipe: Recipe, *,
     scale_sources = dict(scale_sources or {})
     text = spec.text
     plans = []
-    for t in text.tensors():
-        roles = ("embed_tokens", "lm_head") if t.role == "embed_tokens" and text.tie_word_embeddings else (t.role,)
+    for t in text_tensors(text):
+        roles = tied_roles(text, t.role)
         cfg = resolve_shared(recipe, roles) if len(roles) > 1 else resolve(recipe, t.role)
         _check_kind(t, cfg)
         data, over = expert_bytes(t.shape, cfg) if t.kind == "experts" else tensor_bytes(t.shape, cfg)
@@ -187,7 +188,7 @@ def make_plan(spec: ModelSpec, recipe: Recipe, *,
             model, mapped = "prefill_decode", False
         plans.append(TensorPlan(t.name, t.role, t.component, t.shape, scheme_name(cfg), cfg, src,
                                 mapped, data, over, model))
-        if t.role == "embed_tokens":  # the tied LM head: same codes, resident in prefill_decode
-            plans.append(TensorPlan("lm_head", "lm_head", "lm_head", t.shape, scheme_name(cfg), cfg, src,
+        if t.name == TIED_TO:  # the tied LM head: same codes, resident in prefill_decode
+            plans.append(TensorPlan(LM_HEAD, LM_HEAD, LM_HEAD, t.shape, scheme_name(cfg), cfg, src,
                                     False, data, over, "prefill_decode"))
     return QuantPlan(recipe=recipe, spec=spec, tensors=tuple(plans))

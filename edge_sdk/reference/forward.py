@@ -45,6 +45,7 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..gemma4.model import LayerSpec, TextSpec
+from ..gemma4.names import text_tensors
 from .moe import moe_feed_forward
 from .numerics import gelu_tanh, rms_norm
 
@@ -90,7 +91,7 @@ class Reference:
     """Gemma 4 text decoder in NumPy (float32) with a KV cache.
 
     ``weights(name)`` returns the float32 array of a canonical tensor (``layers.3.mlp.gate_proj.weight``,
-    see ``TextSpec.tensors()``); it is called when a tensor is first needed. With ``cache_weights``
+    see ``gemma4.text_tensors``); it is called when a tensor is first needed. With ``cache_weights``
     (default) each tensor is kept after its first read; with ``cache_weights=False`` it is re-read on
     every use, so at most one layer's weights (plus the embedding) are held at a time.
 
@@ -114,7 +115,7 @@ class Reference:
         self._max_cache = max_cache
         self._cache_weights = cache_weights
         self._w: dict[str, np.ndarray] = {}
-        self._shapes = {t.name: t.shape for t in text.tensors()}
+        self._shapes = {t.name: t.shape for t in text_tensors(text)}
         self._rope: dict[tuple, np.ndarray] = {}
         self.reset()
 
@@ -203,7 +204,7 @@ class Reference:
 
         ple = None
         if t.has_ple:
-            L, P = t.num_layers, t.hidden_size_per_layer_input
+            L, P = t.ple_dims
             if ids.max() >= t.vocab_size_per_layer_input:
                 raise InputError(f"token id out of the PLE vocabulary [0, {t.vocab_size_per_layer_input})")
             tok = self._get("embed_tokens_per_layer.weight")[ids] * np.float32(math.sqrt(P))
@@ -284,7 +285,7 @@ class Reference:
         K = cache.k[:, start:cache.n]
         V = cache.v[:, start:cache.n]
 
-        rep = nh // nkv
+        rep = t.kv_groups(layer)
         qh = q.transpose(1, 0, 2).reshape(nkv, rep * T, D)           # head h → kv head h // rep
         scores = (qh @ K.transpose(0, 2, 1)).reshape(nh, T, -1)     # scaling 1.0
         scores = np.where(allowed[None], scores, np.float32(-np.inf))
