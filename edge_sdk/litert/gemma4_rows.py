@@ -20,15 +20,12 @@ from dataclasses import replace
 import numpy as np
 
 from ..checkpoint import Checkpoint
+from ..gemma4.names import role_of, tensor_of
 from ..quant.apply import Prepared, Preparer
 from ..quant.formats import format_of
 from ..quant.plan import TensorPlan
 
 BLOCK_F32_BYTES = 64 << 20   # rows per block: about this much float32
-
-
-def _canonical(tp: TensorPlan) -> str:
-    return "embed_tokens.weight" if tp.name == "lm_head" else tp.name
 
 
 class RowSlicer:
@@ -37,8 +34,14 @@ class RowSlicer:
         self.block_bytes = BLOCK_F32_BYTES if block_f32_bytes is None else block_f32_bytes
 
     def can_slice(self, tp: TensorPlan) -> bool:
-        canonical = _canonical(tp)
+        canonical = tensor_of(tp.name)
         return (len(tp.shape) == 2 and canonical not in self.prep.binding.quantized
+                and canonical in self.prep.binding.text)
+
+    def can_slice_experts(self, tp: TensorPlan) -> bool:
+        """An MoE expert stack [E, out, in] read one expert (one "row" of axis 0) at a time."""
+        canonical = tensor_of(tp.name)
+        return (len(tp.shape) == 3 and canonical not in self.prep.binding.quantized
                 and canonical in self.prep.binding.text)
 
     def blocks(self, tp: TensorPlan) -> list[tuple[int, int]] | None:
@@ -54,7 +57,7 @@ class RowSlicer:
 
     def _sliced(self, tp: TensorPlan, r0: int, r1: int) -> tuple[Checkpoint, str]:
         prep = self.prep
-        stored = prep.binding.text[_canonical(tp)]
+        stored = prep.binding.text[tensor_of(tp.name)]
         info = prep.ckpt.tensors[stored]
         row_bytes = info.nbytes // info.shape[0]
         sliced = replace(info, shape=(r1 - r0,) + tuple(info.shape[1:]),
@@ -70,7 +73,7 @@ class RowSlicer:
         prep = self.prep
         part = copy.copy(prep)
         part.ckpt, _ = self._sliced(tp, r0, r1)
-        role = "embed_tokens" if tp.name == "lm_head" else tp.role
+        role = role_of(tensor_of(tp.name))   # the tied head uses the embedding's scales
         if role in prep.sidecar:
             part.sidecar = {**prep.sidecar, role: np.asarray(prep.sidecar[role])[r0:r1]}
         return part.prepare(replace(tp, shape=(r1 - r0,) + tuple(tp.shape[1:])))

@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError, RecipeError
+from ..gemma4.names import tensor_of
 from ..quant.apply import Prepared
 from ..quant.config import DictionaryConfig
 from ..quant.formats import format_of, full_range
@@ -124,8 +125,8 @@ class WeightBank:
         """Per-channel scales, from the Preparer (whole or in row blocks), before the graph is
         written; the tensor's record (scale source, re-rounding error) comes from this pass."""
         if name not in self._scales:
-            twin = "embed_tokens.weight" if name == "lm_head" else None   # the tied head: same tensor
-            if twin in self._scales and self.plan_of(twin).config == self.plan_of(name).config:
+            twin = tensor_of(name)   # the tied head: the embedding's tensor
+            if twin != name and twin in self._scales and self.plan_of(twin).config == self.plan_of(name).config:
                 self._scales[name], self.records[name] = self._scales[twin], dict(self.records[twin])
                 self._low[name] = self._low.get(twin, False)
                 return self._scales[name]

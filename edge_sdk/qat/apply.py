@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import RecipeError
+from ..gemma4.names import LM_HEAD, TIED_TO, role_of
 from ..quant import Recipe, format_of, resolve, resolve_shared
 from .fake_quant import AffineQuantizer, DictionaryFakeQuantizer
 
@@ -80,7 +81,7 @@ def apply_qat(model: nn.Module, recipe: Recipe, *, learn_scales: bool = True) ->
             continue
         role = name
         if module is embed and tied:
-            cfg = resolve_shared(recipe, ["embed_tokens", "lm_head"])
+            cfg = resolve_shared(recipe, [role_of(TIED_TO), LM_HEAD])
         else:
             cfg = resolve(recipe, role)
         if cfg is None:
@@ -91,9 +92,9 @@ def apply_qat(model: nn.Module, recipe: Recipe, *, learn_scales: bool = True) ->
             # Same Parameter, same quantizer: lookup and LM head see one w_hat.
             parametrize.register_parametrization(head, "weight", q, unsafe=True)
     if head is not None and not tied:
-        cfg = resolve(recipe, "lm_head")
+        cfg = resolve(recipe, LM_HEAD)
         if cfg is not None:
-            q = _quantizer_for(head.weight, cfg, "lm_head", learn_scales)
+            q = _quantizer_for(head.weight, cfg, LM_HEAD, learn_scales)
             parametrize.register_parametrization(head, "weight", q, unsafe=True)
 
     for pname, p in text.named_parameters():
@@ -119,7 +120,7 @@ def quantized_roles(model: nn.Module) -> dict[str, tuple[nn.Module, nn.Module]]:
     if head is not None and parametrize.is_parametrized(head, "weight"):
         q = head.parametrizations.weight[0]
         if not any(q is v[1] for v in out.values()):
-            out["lm_head"] = (head, q)
+            out[LM_HEAD] = (head, q)
     return out
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from ..checkpoint import Checkpoint
 from ..errors import CheckpointError
 from ..gemma4 import Binding
+from ..gemma4.names import role_of, tensor_of
 from .config import AffineConfig, DictionaryConfig
 from .grid import recover_grid_scales
 from .kernels import QuantizedTensor, dequantize, quantize
@@ -37,8 +38,8 @@ class Prepared:
 
     def dequantized(self) -> np.ndarray:
         v = self.value
-        if isinstance(v, QuantizedTensor):
-            return dequantize(v)
+        if isinstance(v, QuantizedTensor):   # MoE experts are quantized as [E·out, in]
+            return dequantize(v).reshape(self.plan.shape)
         if isinstance(v, DictionaryTensor):
             return DictionaryQuantizer.dequantize(v)
         return v
@@ -72,7 +73,7 @@ class Preparer:
                               path=self.ckpt.path)
 
     def prepare(self, tp: TensorPlan) -> Prepared:
-        canonical = "embed_tokens.weight" if tp.name == "lm_head" else tp.name
+        canonical = tensor_of(tp.name)
         cfg = tp.config
         if cfg is None:
             return Prepared(tp, np.ascontiguousarray(self.read_f32(canonical), np.float32), "none", 0.0)
@@ -97,7 +98,9 @@ class Preparer:
                     fix="use a recipe matching the checkpoint's quantization_config")
             return Prepared(tp, qt, "compressed_tensors", 0.0)
         w = self.ckpt.read(self.binding.text[canonical])
-        role = tp.role if tp.name != "lm_head" else "embed_tokens"
+        if w.ndim == 3:   # MoE experts [E, out, in]: one scale per expert and output row
+            w = w.reshape(-1, w.shape[-1])
+        role = role_of(canonical)   # the tied head uses the embedding's scales
         if role in self.sidecar:
             given = np.asarray(self.sidecar[role])
             per_channel = given.ndim == 1 or (given.ndim == 2 and given.shape[1] == 1)

@@ -13,26 +13,18 @@ from dataclasses import dataclass, field
 from os import PathLike
 
 from ..errors import RecipeError
+from ..gemma4.names import recipe_roles
 from .config import (CONFIG_TYPES, WEIGHT_TAGS, KVCacheConfig, QuantConfig, check_keys,
                      config_from_dict, config_to_dict)
 
 FORMAT = "edge_sdk.recipe"
 VERSION = 1
 
-GLOBAL_ROLES = ("embed_tokens", "embed_tokens_per_layer", "per_layer_model_projection",
-                "per_layer_projection_norm", "norm", "lm_head")
-LAYER_ROLES = (
-    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-    "self_attn.q_norm", "self_attn.k_norm",
-    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
-    "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-    "post_feedforward_layernorm", "post_per_layer_input_norm",
-    "per_layer_input_gate", "per_layer_projection", "layer_scalar")
-
 
 def canonical_roles(num_layers: int) -> tuple[str, ...]:
-    """Every canonical role of a decoder with ``num_layers`` layers."""
-    return GLOBAL_ROLES + tuple(f"layers.{i}.{r}" for i in range(num_layers) for r in LAYER_ROLES)
+    """Every canonical role of a decoder with ``num_layers`` layers (the name table's,
+    ``gemma4.names``), the mixture-of-experts roles included (docs/moe.md)."""
+    return recipe_roles(num_layers, moe=True)
 
 
 @dataclass(frozen=True)
