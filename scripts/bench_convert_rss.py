@@ -108,20 +108,34 @@ def run_child(cmd: list[str], log) -> dict:
 
 
 def per_layer(events: list[list]) -> list[dict]:
-    """Per decoder layer: the time from the write before its first tensor to its last tensor's, VmRSS then."""
-    first: dict[int, int] = {}
-    end: dict[int, tuple[float, int]] = {}
-    for k, (t, name, rss) in enumerate(events):
+    """Per decoder layer: the time its data took (from the write before the run of its tensors that ends
+    with its last one: small tensors are written inline, ahead of every big one) and VmRSS at its end."""
+    last: dict[int, int] = {}
+    for k, (_, name, _) in enumerate(events):
         m = LAYER.match(name)
         if m:
-            first.setdefault(int(m.group(1)), k)
-            end[int(m.group(1))] = (t, rss)
+            last[int(m.group(1))] = k
+
+    def layer_of(k):
+        m = LAYER.match(events[k][1])
+        return int(m.group(1)) if m else None
+
     rows = []
-    for i in sorted(end):
-        t, rss = end[i]
-        before = events[first[i] - 1][0] if first[i] else None
-        rows.append({"layer": i, "t_s": t, "seconds": None if before is None else round(t - before, 3), "rss": rss})
+    for i in sorted(last):
+        k = last[i]
+        while k > 0 and layer_of(k - 1) == i:
+            k -= 1
+        t, rss = events[last[i]][0], events[last[i]][2]
+        rows.append({"layer": i, "t_s": t, "seconds": round(t - events[k - 1][0], 3) if k else None, "rss": rss})
     return rows
+
+
+def summarize(row: dict, events: list[list]) -> None:
+    """Per-layer rows, their median time and the RSS slope, from the child's stamped writes."""
+    lay = per_layer(events)
+    secs = sorted(x["seconds"] for x in lay if x["seconds"] is not None)
+    row.update({"per_layer": lay, "layer_seconds_median": secs[len(secs) // 2] if secs else None,
+                "rss_growth_per_layer_bytes": slope([x["layer"] for x in lay], [x["rss"] for x in lay])})
 
 
 def slope(xs: list[float], ys: list[float]) -> float | None:
@@ -177,16 +191,13 @@ def measure_depth(size: str, config: Path, layers: int | None, args, log) -> dic
     res = json.loads(result.read_text())
     text = json.loads(cfg.read_text())
     text = text.get("text_config", text)
-    lay = per_layer(res["events"])
-    secs = sorted(x["seconds"] for x in lay if x["seconds"] is not None)
     row.update({
         "num_layers": text["num_hidden_layers"], "layer_types": text["layer_types"],
         "wall_s": round(res["wall_s"], 1), "peak_rss_bytes": r["peak_rss_bytes"],
         "sampler_peak_rss_bytes": res["sampler"]["peak"]["rss"], "peak_phase_t_s": res["sampler"]["peak"]["t_s"],
-        "per_layer": lay, "layer_seconds_median": secs[len(secs) // 2] if secs else None,
-        "rss_growth_per_layer_bytes": slope([x["layer"] for x in lay], [x["rss"] for x in lay]),
-        "rss_series": res["sampler"]["series"], "plan_check": plan_vs_written(out),
+        "child_result": str(result), "rss_series": res["sampler"]["series"], "plan_check": plan_vs_written(out),
     })
+    summarize(row, res["events"])
     row["output_bytes"] = sum(row["plan_check"]["file_bytes"].values())
     if not args.keep:
         shutil.rmtree(ckpt, ignore_errors=True)
@@ -258,6 +269,9 @@ def main(argv=None) -> int:
     if args.merge:
         parts = [json.loads(Path(p).read_text()) for p in args.merge]
         res = {**parts[0], "runs": sorted((r for p in parts for r in p["runs"]), key=lambda r: r["num_layers"])}
+        for r in res["runs"]:   # per-layer figures recomputed from the child's stamps when they are at hand
+            if r.get("child_result") and Path(r["child_result"]).is_file():
+                summarize(r, json.loads(Path(r["child_result"]).read_text())["events"])
         return finish(res, args)
     config = Path(args.config or ROOT / "models" / "configs" / f"gemma-4-{args.size}.json")
     depths = [int(x) for x in args.layers.split(",") if x] or [None]
