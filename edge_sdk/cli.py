@@ -262,6 +262,9 @@ def _validate(sub=None, args=None) -> int:
         sub.add_argument("--no-first-run", dest="first_run", action="store_false",
                          help="measure only the steady state (default: also the first run, which builds the "
                               "XNNPACK weight cache; the budget is checked against the larger)")
+        sub.add_argument("--profile", action="store_true",
+                         help="also break one decode step down in the report: time per op kind and scheme, "
+                              "time outside the model (host only; a few minutes for a real model)")
         return 0
     from .pipeline import validate_all_devices, validate_model
 
@@ -271,7 +274,7 @@ def _validate(sub=None, args=None) -> int:
               quality=not args.no_quality, max_tokens=args.max_tokens, runs=args.runs,
               decode_tokens=args.decode_tokens, strict_backend=args.strict_backend, runner_binary=args.runner_binary,
               runtime=args.runtime, bundle=args.bundle, warm=args.warm, first_run=args.first_run,
-              keep_logits=args.keep_logits)
+              keep_logits=args.keep_logits, profile=args.profile)
     if args.device == "all":
         if not args.report:
             raise EdgeSdkError("--device all needs -o/--output DIR (one report per device under it)")
@@ -365,8 +368,25 @@ def _run(sub=None, args=None) -> int:
                          help="LiteRT API: the Interpreter, or CompiledModel (XNNPACK weight cache file)")
         sub.add_argument("--threads", type=_positive_int, default=None,
                          help="CPU threads for the runtime (default: the runtime's default, one thread)")
+        sub.add_argument("--profile", nargs="?", const="", default=None, metavar="JSON",
+                         help="after the run, break one decode step down (per op kind and scheme, time outside "
+                              "the model) on stderr; with JSON, also write it there (default: off)")
         return 0
-    return _run_model(args)
+    rc = _run_model(args)
+    if rc == 0 and args.profile is not None:
+        _profile_decode(args)
+    return rc
+
+
+def _profile_decode(args) -> None:
+    """``run --profile``: edge_sdk.validate.profile on the model just run, same API, kernels, threads."""
+    from .validate.profile import decode_profile, render, write_json
+
+    with progress.stage("profiling one decode step (each op alone, then the whole step)", announce=True):
+        res = decode_profile(args.model_dir, api=args.api, backend=args.backend, threads=args.threads)
+    print(render(res), file=sys.stderr)
+    if args.profile:
+        write_json(args.profile, res)
 
 
 def _chat_prompt(mdir, user: str) -> str:

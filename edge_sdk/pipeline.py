@@ -190,7 +190,7 @@ def validate_model(model_dir: str | Path, *, reference: str | Path | None = None
                    quality: bool = True, max_tokens: int | None = None, runs: int = 5,
                    decode_tokens: int = 32, strict_backend: bool = False, device: str | None = None,
                    runner_binary: str | Path | None = None, runtime: str = "both", bundle: str | Path | None = None,
-                   warm: bool = False, first_run: bool = True, keep_logits: bool = False):
+                   warm: bool = False, first_run: bool = True, keep_logits: bool = False, profile: bool = False):
     """Run a converted model (or a ``.litertlm``) and judge memory, speed and quality
     (``edge_sdk.validate.validator.validate``); returns its ``ValidationReport``.
 
@@ -200,6 +200,7 @@ def validate_model(model_dir: str | Path, *, reference: str | Path | None = None
     from ``model_dir`` for the measurement) and in our runner ("both" or "edge_sdk"; quality
     always comes from our runner's logits). A ``.litertlm`` alone is measured in LiteRT-LM only.
     The logits (``logits.npy``, ``reference_logits.npy``) stay in ``report`` only with ``keep_logits``.
+    ``profile``: the report also breaks one decode step down (host only; ``validate.profile``).
     With ``device`` (serial or "auto") our runner runs on an adb device
     (``validate.remote.DeviceRunner``) instead."""
     import tempfile
@@ -241,7 +242,7 @@ def validate_model(model_dir: str | Path, *, reference: str | Path | None = None
                         plan_memory=lambda ctx, distinct: planned_memory(model_dir, ctx, distinct),
                         target=target, executor=executor, cold=not warm, first_run=first_run, bundle=engine,
                         bundle_sections=sections, ours=runtime != "litert-lm" or quality, notes=tuple(notes),
-                        keep_logits=keep_logits)
+                        keep_logits=keep_logits, profile=profile)
 
 
 def validate_all_devices(model_dir: str | Path, *, report: str | Path, **kwargs) -> list[dict]:

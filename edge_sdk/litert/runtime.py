@@ -48,6 +48,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -92,6 +93,7 @@ class _Session:
 
     def __init__(self, path: str, backend: str, api: str, threads: int | None, cache_dir: str | None):
         self.path, self.api, self.weight_cache, self.cache_was_built = path, api, None, False
+        self.timings: dict[str, list[float]] | None = None   # set to a dict to time run() (profile)
         if api == "interpreter":
             from ai_edge_litert.interpreter import Interpreter, OpResolverType
             kind = (OpResolverType.AUTO if backend == "xnnpack"
@@ -142,11 +144,22 @@ class _Session:
         """Run ``sig``. ``state`` (CompiledModel only): {name: TensorBuffer} bound as BOTH the input
         and the output of that name, so the graph updates it in place (the KV cache: one live
         copy, never copied in or out); those names are not in the returned dict."""
+        if self.timings is None:
+            return self._run(sig, feeds, state)
+        t0 = time.perf_counter()
+        out = self._run(sig, feeds, state)
+        self.timings.setdefault("run", []).append(time.perf_counter() - t0)
+        return out
+
+    def _run(self, sig: str, feeds: dict[str, np.ndarray], state: dict | None) -> dict[str, np.ndarray]:
         if self.api == "interpreter":
             r = self._runners.get(sig)
             if r is None:
                 r = self._runners[sig] = self._it.get_signature_runner(sig)
-            return r(**feeds)
+            t0 = time.perf_counter()
+            out = r(**feeds)
+            self._timed("compute", t0)   # the signature runner writes, invokes and reads in one call
+            return out
         state = state or {}
         if sig not in self._bufs:
             details = {k: d for k, d in self._cm.get_output_tensor_details(sig).items() if k not in state}
@@ -156,9 +169,16 @@ class _Session:
         ins, outs, details = self._bufs[sig]
         for k, v in feeds.items():
             ins[k].write(np.ascontiguousarray(v))
+        t0 = time.perf_counter()
         self._cm.run_by_name(sig, {**ins, **state}, {**outs, **state})
+        self._timed("compute", t0)
         return {k: outs[k].read(int(np.prod(d["shape"])), np.dtype(d["dtype"])).reshape(d["shape"])
                 for k, d in details.items()}
+
+
+    def _timed(self, what: str, t0: float) -> None:
+        if self.timings is not None:
+            self.timings.setdefault(what, []).append(time.perf_counter() - t0)
 
 
 class LiteRTModel:
@@ -282,6 +302,14 @@ class LiteRTModel:
             raise ValueError(f"{self.pos + n} positions exceed the model's context {self.context}; reset() first")
 
     # ---- API ------------------------------------------------------------------------
+    def start_timing(self) -> dict[str, dict[str, list[float]]]:
+        """Time every later run of each file: {role: {"run": [s], "compute": [s]}} ("compute": the
+        runtime's own call; "run" adds the feeds written and the outputs read). A profile's hook."""
+        out = {}
+        for role, sess in self._s.items():
+            sess.timings = out[role] = {}
+        return out
+
     def decode(self, token: int) -> np.ndarray:
         """One token at the next position; logits [V]."""
         self._room(1)

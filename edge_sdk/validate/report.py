@@ -49,6 +49,7 @@ class ValidationReport:
     quality: dict | None = None
     planned: dict | None = None
     runner: dict = field(default_factory=dict, repr=False)
+    profile: dict | None = None   # validate --profile: edge_sdk.validate.profile's result
 
     @property
     def verdict(self) -> str:
@@ -73,6 +74,7 @@ class ValidationReport:
             "gates": self.gates,
             "evaluation": self.evaluation,
             "runner": self.runner,
+            **({"decode_profile": self.profile} if self.profile is not None else {}),
         }
 
     def summary(self) -> str:
@@ -159,6 +161,9 @@ class ValidationReport:
                     ""]
         else:
             out += ["Quality not measured (--no-quality).", ""]
+        if self.profile is not None:
+            from .profile import render_markdown
+            out += ["## Where one decode step goes (--profile)", "", render_markdown(self.profile), ""]
         return "\n".join(out)
 
     def save(self, directory: str | Path) -> dict[str, Path]:

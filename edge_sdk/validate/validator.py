@@ -243,11 +243,13 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
              plan_memory: Callable[[int, int], dict | None] | None = None, executor=None, cold: bool = True,
              first_run: bool = True, bundle: str | Path | None = None,
              bundle_sections: list | None = None, ours: bool = True, notes: tuple[str, ...] = (),
-             keep_logits: bool = False) -> ValidationReport:
+             keep_logits: bool = False, profile: bool = False) -> ValidationReport:
     """Run ``model_dir`` in a child process and judge it. ``plan_memory(context, distinct_tokens)``
     (from the pipeline) gives the planner's figures for the report; ``report`` is a directory for
     report.json / report.md / memory.png (and the ids and raw runner results; the model's and the
-    reference's logits .npy only with ``keep_logits``: vocab x positions x 4 bytes each)."""
+    reference's logits .npy only with ``keep_logits``: vocab x positions x 4 bytes each).
+    ``profile``: also break one decode step down (``edge_sdk.validate.profile``, a child of its own;
+    host only) into the report."""
     mdir = Path(model_dir)
     meta = model_info(mdir)
     if backend not in ("xnnpack", "builtin"):
@@ -322,6 +324,8 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
                                       threads=threads, cold=cold, first_run=first_run, sections=bundle_sections)
         if not runs_out:
             raise InputError("nothing to measure: no runtime was selected", path=mdir)
+        prof = _profile(mdir, work, api=api, backend=backend, threads=threads,
+                        cache_dir=cache_dir) if profile and executor is None else None
         reasons, warnings = (sanity_reasons(r) if r else []), list(notes)
         if r is not None:
             ran, kernels, fallbacks = kernel_report(backend, api, threads, r)
@@ -371,13 +375,23 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
                         "distinct_tokens": distinct, "max_tokens": max_tokens, "cold": cold,
                         "memory_runs": [m.label for m, _ in runs_out], "bundle": str(bundle) if bundle else None,
                         "method": "chunked: non-overlapping windows, each from an empty cache"},
-            passed=not reasons, reasons=tuple(reasons), warnings=tuple(warnings), runner=r or gated_raw)
+            passed=not reasons, reasons=tuple(reasons), warnings=tuple(warnings), runner=r or gated_raw,
+            profile=prof)
         if report is not None:
             rep.save(work)
         return rep
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+def _profile(mdir: Path, work: Path, *, api: str, backend: str, threads: int | None, cache_dir) -> dict:
+    out = work / "decode_profile.json"
+    cmd = [sys.executable, "-m", "edge_sdk.validate.profile", "--model", str(mdir), "--out", str(out),
+           "--api", api, "--backend", backend] + (["--threads", str(threads)] if threads else []) \
+        + (["--cache-dir", str(cache_dir)] if cache_dir else [])
+    return M.spawn(cmd, out, work / "decode_profile.log", label="profiling one decode step", timeout=3600,
+                   path=mdir, failed="the decode profile failed", fix="run without --profile")
 
 
 def validate_bundle(bundle: str | Path, *, context: int, budget: str | int | None = None,
