@@ -18,7 +18,8 @@ model.json (no timestamps; conversion.json alone records wall time and peak RSS)
   + generation_config), ``pad_token_id``;
 - ``files``: {prefill_decode|embedder|per_layer_embedder: {file, sha256, bytes, section_type}}
   (per_layer_embedder only with PLE; section_type is LiteRT-LM's ``model_type`` item);
-- ``signatures``: {prefill_decode: {prefill: "prefill_<T>", decode: "decode", score: "score_<T>"},
+- ``signatures``: {prefill_decode: {prefill: "prefill_<T>", decode: "decode", score: "score_<T>",
+  decode_<S>: "decode_<S>" for each of ``Geometry.decode_spans``},
   embedder: {prefill, decode}, per_layer_embedder: {prefill, decode}};
 - ``spec``: vocab/hidden/heads/layers/eps, ``final_logit_softcapping`` (+ ``softcap_in_graph``),
   ``sliding_window``, ``embed_scale``, ``kv_layers``, ``num_kv_shared_layers``, ``layers`` [{index,

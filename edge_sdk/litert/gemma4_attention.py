@@ -58,9 +58,10 @@ class Step:
     text: TextSpec
     bank: WeightBank
     pos: Tensor                              # input_pos [T] int32
-    mask: Tensor                             # [1, 1, T, C] additive
+    mask: Tensor                             # [1, 1, T, span] additive
     kv_scales: dict[str, float] | None       # None: float32 cache
     kv: KvLayout                             # the cache buffers (lengths, rings)
+    span: int = 0                            # full-length caches are read up to this slot (decode_<S>)
     cache_in: dict[str, Tensor] = field(default_factory=dict)
     cache_out: dict[str, Tensor] = field(default_factory=dict)
     _rope: dict = field(default_factory=dict)
@@ -105,9 +106,10 @@ class Step:
         w = layer.window
         if w not in self._masks:
             g = self.g
-            kpos = g.const(None, np.arange(self.context, dtype=np.int32).reshape(1, self.context))
+            n = self.span or self.context
+            kpos = g.const(None, np.arange(n, dtype=np.int32).reshape(1, n))
             lo = g.sub(g.reshape(self.pos, [self.T, 1]), np.int32(w))
-            inside = g.reshape(g.greater(kpos, lo), [1, 1, self.T, self.context])
+            inside = g.reshape(g.greater(kpos, lo), [1, 1, self.T, n])
             self._masks[w] = g.select_v2(inside, self.mask, MASKED)
         return self._masks[w]
 
@@ -171,6 +173,11 @@ class Step:
             cond = g.reshape(written, [1, 1, R, 1] if axis == 2 else [1, 1, 1, R])
             out = g.select_v2(cond, rows, cache, name=out_name, quantization=cache.quantization)
         self.cache_out[name] = out
+        span = self.span or self.context
+        if not buf.ring and span < buf.length:   # decode_<S>: read the first S slots only
+            shape = list(out.shape)
+            shape[axis] = span
+            out = g.slice(out, [0, 0, 0, 0], shape)
         return out if self.kv_scales is None else g.dequantize(out)
 
 
@@ -220,7 +227,7 @@ def _core(step: Step, layer: LayerSpec, q: Tensor, kc: Tensor, vc: Tensor, buf: 
     layer); the two small [rep·T, L] / [D, rep·T] results are transposed instead. The same
     products, the same sums per element."""
     g, T = step.g, step.T
-    nkv, L, D = kc.shape[1], buf.length, q.shape[2]
+    nkv, L, D = kc.shape[1], kc.shape[2], q.shape[2]
     nh = q.shape[1]
     rep = nh // nkv
     q = g.reshape(g.transpose(q, [1, 0, 2]), [1, nkv, rep * T, D])

@@ -273,8 +273,10 @@ class OpsMixin:
         out = [d - b if s == -1 else s for d, b, s in zip(x.shape, begin, size)]
         if any(b < 0 or o < 0 or b + o > d for d, b, o in zip(x.shape, begin, out)):
             raise InputError(f"slice {list(begin)}+{out} out of {list(x.shape)}")
+        q = x.quantization   # a per-tensor scale holds for any slice of the tensor (the int8 KV cache)
+        q = q if q is not None and len(q.scale) == 1 else None
         return self._op(OP.SLICE, [x, self.const_i32(begin), self.const_i32(size)], out,
-                        x.dtype, name=name, hint="slice")
+                        x.dtype, name=name, hint="slice", quantization=q)
 
     def strided_slice(self, x, begin: Sequence[int], end: Sequence[int],
                       strides: Sequence[int] | None = None, *, begin_mask: int = 0,

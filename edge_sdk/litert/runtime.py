@@ -17,6 +17,9 @@ K/V past the real ones, which the causal mask hides and later steps overwrite be
 visible. When they would not fit, the remaining tokens run through ``decode`` one by one.
 ``prefill(ids, logits=False)`` uses ``prefill_<T>`` (the engine's signature; no logits).
 A model converted without ``score_<T>`` runs prompts through ``decode`` per position.
+``decode`` steps take ``decode_<S>`` for the smallest S > the position where the model has them
+(attention over the first S cache slots; the same logits, bit for bit; ``decode_spans=False``
+keeps to ``decode``).
 
 Masks: additive float32 [1, 1, T, C], 0 where key position j <= the query's position, else
 -1e30 (causal over the whole cache; sliding windows are applied inside the graph).
@@ -186,7 +189,7 @@ class LiteRTModel:
 
     def __init__(self, out_dir: str | os.PathLike, *, backend: str = "xnnpack",
                  api: str = "interpreter", threads: int | None = None,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, decode_spans: bool = True):
         if backend not in ("xnnpack", "builtin"):
             raise ValueError(f"backend must be 'xnnpack' or 'builtin', not {backend!r}")
         self.out_dir = os.fspath(out_dir)
@@ -206,6 +209,8 @@ class LiteRTModel:
         self.context, self.prefill_length = int(m["context"]), int(m["prefill"])
         self.vocab_size = int(m["vocab_size"])
         self.signatures = m["signatures"]
+        self._spans = sorted(int(k.split("_", 1)[1]) for k in self.signatures["prefill_decode"]
+                             if k.startswith("decode_")) if decode_spans else []
         self.paths = {k: os.path.join(self.out_dir, v["file"]) for k, v in m["files"].items()}
         self._s = {k: _Session(p, backend, api, threads, cache_dir) for k, p in self.paths.items()}
         # A first run packs the weights into the cache files and keeps the packing buffers (~0.2 GB
@@ -285,7 +290,7 @@ class LiteRTModel:
     def _step(self, ids: np.ndarray, role: str) -> np.ndarray | None:
         """Run ``ids`` (exactly the signature's length) at positions pos..; update the cache."""
         t = len(ids)
-        feeds = self._embed(ids, "decode" if role == "decode" else "prefill")
+        feeds = self._embed(ids, "decode" if role.startswith("decode") else "prefill")
         feeds["input_pos"] = np.arange(self.pos, self.pos + t, dtype=np.int32)
         feeds["mask"] = self._mask(self.pos, t)
         sig = self.signatures["prefill_decode"][role]
@@ -310,10 +315,18 @@ class LiteRTModel:
             sess.timings = out[role] = {}
         return out
 
+    def _decode_role(self) -> str:
+        """``decode_<S>`` for the smallest S > pos (attention over the first S cache slots; the
+        converter's Geometry.decode_spans), else ``decode``."""
+        for s in self._spans:
+            if self.pos < s:
+                return f"decode_{s}"
+        return "decode"
+
     def decode(self, token: int) -> np.ndarray:
         """One token at the next position; logits [V]."""
         self._room(1)
-        logits = self._step(np.asarray([int(token)]), "decode")
+        logits = self._step(np.asarray([int(token)]), self._decode_role())
         self.pos += 1
         return np.asarray(logits, np.float32).reshape(self.vocab_size)
 
