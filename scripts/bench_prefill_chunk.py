@@ -1,10 +1,12 @@
 #!/usr/bin/env python
-"""Prefill chunk length T: prefill speed and memory of one model converted at several T, alternating.
+"""Converted models of one checkpoint side by side in our runner, alternating: prefill chunk length T
+(32/128/256), or a graph before and after a change.
 
-    python scripts/bench_prefill_chunk.py DIR_T32 DIR_T128 DIR_T256 [--rounds 3] [--threads 2]
+    python scripts/bench_prefill_chunk.py DIR_A DIR_B [DIR_C ...] [--rounds 3] [--threads 2] [--deep]
         [--work /tmp/bench-chunk] [--json WORK/bench_prefill_chunk.json]
 
-Each DIR is ``edge-sdk convert ... --prefill T`` of the same checkpoint. Per round every model runs
+Each DIR is an ``edge-sdk convert`` output of the same checkpoint (e.g. ``--prefill T``); ``--deep``
+adds the decode at 4K context (bench_peers' 4064-token window: ~2 min a model a round). Per round every model runs
 once (order rotated per round) in our runner (``edge_sdk.validate.runner``, CompiledModel +
 XNNPACK weight cache, a warm-up run builds each cache first): a 128-token and a 512-token prompt
 (``bench_peers.run_ours`` without the 4K run). Reports medians of prefill tok/s, decode tok/s and
@@ -26,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_peers as B  # noqa: E402
 
 FIELDS = (("prefill_128", "prefill tok/s, 128-token prompt"), ("prefill_512", "prefill tok/s, 512-token prompt"),
-          ("decode_short", "decode tok/s after 128 tokens"), ("model_share", "model share of peak RSS (GB)"))
+          ("decode_short", "decode tok/s after 128 tokens"), ("decode_4k", "decode tok/s at 4K context (--deep)"),
+          ("model_share", "model share of peak RSS (GB)"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,10 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "bench-chunk"))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--deep", action="store_true", help="also decode at 4K context")
     a = ap.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    names = [f"T={json.loads((Path(m) / 'model.json').read_text())['prefill']}" for m in a.models]
+    names = [f"{Path(m).name} (T={json.loads((Path(m) / 'model.json').read_text())['prefill']})" for m in a.models]
     cache = str(work / "xnnpack_cache")
     for m in a.models:   # build each weight cache outside the measurement
         B.run_ours(m, cache, a.threads, work, deep_run=False)
@@ -50,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         rnd = {}
         for j in order:
             loads.append(os.getloadavg()[0])
-            r = B.run_ours(a.models[j], cache, a.threads, work, deep_run=False)
+            r = B.run_ours(a.models[j], cache, a.threads, work, deep_run=a.deep)
             rnd[names[j]] = {k: r.get(k) for k, _ in FIELDS}
             B.log(f"round {i + 1}: {names[j]} {rnd[names[j]]}")
         rounds.append(rnd)
