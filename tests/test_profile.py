@@ -44,3 +44,16 @@ def test_run_profile_breaks_a_decode_step_down(tiny_mobile, tmp_path):
     assert sum(e["ops"] for e in cats.values()) == p["ops"]["ops"]
     assert p["steps"]["compute_s"].keys() == {"embedder", "per_layer_embedder", "prefill_decode"}
     assert all(v > 0 for v in p["steps"]["compute_s"].values())
+
+
+def test_validate_profile_lands_in_the_report(tiny_mobile, tmp_path):
+    rep = tmp_path / "rep"
+    r = subprocess.run([sys.executable, "-m", "edge_sdk", "validate", str(tiny_mobile), "--no-quality", "--runtime",
+                        "edge_sdk", "--runs", "1", "--no-first-run", "--profile", "-o", str(rep)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    p = json.loads((rep / "report.json").read_text())["decode_profile"]
+    assert sum(row["seconds"] for row in p["breakdown"]["rows"]) == pytest.approx(p["breakdown"]["step_s"], rel=1e-9)
+    assert p["steps"]["api"] == "compiled"
+    md = (rep / "report.md").read_text()
+    assert "## Where one decode step goes (--profile)" in md and "FULLY_CONNECTED int2 per-channel" in md
