@@ -324,6 +324,9 @@ def _convert(sub=None, args=None) -> int:
         sub.add_argument("--prefill", type=_positive_int, default=32, help="prefill chunk length T")
         sub.add_argument("--no-score", action="store_true",
                          help="omit the score_<T> signature (logits of every prompt position)")
+        sub.add_argument("--decode-spans", action="store_true",
+                         help="add decode_<S> signatures (S = C/2, C/4, C/8) that attend to the first S cache slots: "
+                              "our runner decodes faster at short context; +~50 MB of runtime memory at 4K on E2B")
         sub.add_argument("--overwrite", action="store_true",
                          help="replace an existing output directory, only one edge-sdk convert wrote")
         sub.add_argument("--json", action="store_true", help="print model.json")
@@ -332,7 +335,8 @@ def _convert(sub=None, args=None) -> int:
 
     context = DEFAULT_CONVERT_CONTEXT if args.context is None else args.context
     res = convert(args.checkpoint, args.out, recipe=args.recipe, text_only=args.text_only, context=context,
-                  prefill=args.prefill, score=not args.no_score, overwrite=args.overwrite)
+                  prefill=args.prefill, score=not args.no_score, overwrite=args.overwrite,
+                  decode_spans=args.decode_spans)
     progress.flush()   # the stage lines before the result
     if args.json:
         _print_json(res.model)

@@ -289,7 +289,7 @@ def validate_all_devices(model_dir: str | Path, *, report: str | Path, **kwargs)
 
 def convert(source: str | Path, out_dir: str | Path, *, recipe: str | Path = "mobile", text_only: bool = False,
             context: int = 512, prefill: int = 32, score: bool = True, overwrite: bool = False,
-            progress: bool | None = None):
+            progress: bool | None = None, decode_spans: bool = False):
     """Checkpoint → converted model directory (``edge_sdk.litert.export``); returns its
     ``ConversionResult``. Towers (vision/audio) cannot be converted: ``text_only`` is required
     for a checkpoint that has them."""
@@ -301,7 +301,8 @@ def convert(source: str | Path, out_dir: str | Path, *, recipe: str | Path = "mo
     with P.stage("reading the checkpoint and planning") if progress is not False else nullcontext():
         src, plan = _open_and_plan(source, recipe, text_only)
     return export_model(open_checkpoint(src.path), src.spec, src.binding, plan, out_dir, text_only=text_only,
-                        context=context, prefill=prefill, score=score, overwrite=overwrite, progress=progress)
+                        context=context, prefill=prefill, score=score, overwrite=overwrite, progress=progress,
+                        decode_spans=decode_spans)
 
 
 def _open_and_plan(source: str | Path, recipe: str | Path, text_only: bool) -> tuple[Source, QuantPlan]:

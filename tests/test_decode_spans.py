@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("spans") / "m"
     subprocess.run([sys.executable, "-m", "edge_sdk", "convert", str(ROOT / "models" / "tiny-gemma4" / "qat"),
-                    "-o", str(out), "--recipe", "mobile", "--text-only", "--context", "512"],
+                    "-o", str(out), "--recipe", "mobile", "--text-only", "--context", "512", "--decode-spans"],
                    check=True, capture_output=True)
     return out
 
@@ -41,11 +41,11 @@ def test_span_decode_equals_whole_cache_decode(tiny, api):
         m.prefill(ids, logits=False)
     tok, roles = 5, []
     for _ in range(250):   # positions 20..269: decode_128, decode_256, then decode
-        roles.append(spans._decode_role())
+        roles.append(spans.decode_signature())
         a, b = spans.decode(tok), whole.decode(tok)
         np.testing.assert_array_equal(a, b)
         tok = int(b.argmax())
     assert roles[0] == "decode_128" and roles[128 - 20] == "decode_256" and roles[-1] == "decode"
-    assert whole._decode_role() == "decode"
+    assert whole.decode_signature() == "decode"
     for m in (spans, whole):
         m.close()

@@ -42,6 +42,7 @@ def test_run_profile_breaks_a_decode_step_down(tiny_mobile, tmp_path):
     assert all(e["untimed_ops"] == 0 for e in cats.values()), cats
     # every op of the three decode signatures is counted once
     assert sum(e["ops"] for e in cats.values()) == p["ops"]["ops"]
+    assert p["steps"]["signature"] == "decode"   # converted without --decode-spans
     assert p["steps"]["compute_s"].keys() == {"embedder", "per_layer_embedder", "prefill_decode"}
     assert all(v > 0 for v in p["steps"]["compute_s"].values())
 

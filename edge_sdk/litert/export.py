@@ -153,7 +153,7 @@ def _publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
 def export_model(ckpt: Checkpoint, spec: ModelSpec, binding: Binding, plan: QuantPlan,
                  out_dir: str | os.PathLike, *, text_only: bool, context: int, prefill: int,
                  score: bool = True, overwrite: bool = False, progress: bool | None = None,
-                 fsync: bool = True) -> ConversionResult:
+                 fsync: bool = True, decode_spans: bool = False) -> ConversionResult:
     """Convert (see the module docstring). Progress (one stage per model file, a bar on a
     terminal, one line per stage otherwise) goes to the current ``edge_sdk.progress`` reporter:
     ``progress`` None = whatever the caller set up (the CLI: on), True = on stderr, False = off."""
@@ -174,7 +174,7 @@ def export_model(ckpt: Checkpoint, spec: ModelSpec, binding: Binding, plan: Quan
     try:
         result = _convert_into(staging, ckpt, spec, binding, plan, text_only=text_only,
                                context=context, prefill=prefill, score=score, progress=progress,
-                               fsync=fsync, t0=t0, out_dir=out_dir)
+                               fsync=fsync, t0=t0, out_dir=out_dir, decode_spans=decode_spans)
         _publish(staging, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -185,7 +185,7 @@ def export_model(ckpt: Checkpoint, spec: ModelSpec, binding: Binding, plan: Quan
 
 def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Binding,
                   plan: QuantPlan, *, text_only, context, prefill, score, progress, fsync, t0,
-                  out_dir) -> ConversionResult:
+                  out_dir, decode_spans=False) -> ConversionResult:
     text = spec.text
     prep = Preparer(ckpt, binding, plan)
     layout = kv_layout(text, plan.kv_cache, context, prefill)   # refuses float16
@@ -193,7 +193,7 @@ def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Bin
     if layout.dtype == "int8":
         scales = compute_kv_scales({i: prep.read_f32(f"layers.{i}.self_attn.k_norm.weight")
                                     for i in text.kv_layers})
-    geo = Geometry(context=context, prefill=prefill, kv=layout, kv_scales=scales, score=score)
+    geo = Geometry(context=context, prefill=prefill, kv=layout, kv_scales=scales, score=score, spans=decode_spans)
     models = ["embedder"] + (["per_layer_embedder"] if text.has_ple else []) + ["prefill_decode"]
     tensors = [t for t in plan.tensors if t.model in models]
     live: list[P.Stage] = []

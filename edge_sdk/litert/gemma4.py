@@ -67,13 +67,18 @@ class Geometry:
     kv: KvLayout          # the KV state buffers (edge_sdk.quant.kv_layout)
     kv_scales: dict | None = None   # int8 cache scales by buffer name; None: float32 cache
     score: bool = True    # add the score_<T> signature (logits for every position)
+    spans: bool = False   # add the decode_<S> signatures (decode_spans)
 
     @property
     def decode_spans(self) -> tuple[int, ...]:
         """Lengths S of the extra ``decode_<S>`` signatures: ``decode`` that attends to the first S
         slots of the full-length caches only (C/2, C/4, C/8, each >= MIN_SPAN). A runner at position
         p < S takes the smallest such: attention costs what the filled cache holds, not C (LiteRT-LM
-        runs ``decode`` and ignores them, as it ignores ``score_<T>``)."""
+        runs ``decode`` and ignores them, as it ignores ``score_<T>``). Opt-in (``spans``): each is a
+        subgraph of its own, and its XNNPACK runtime and arena stay allocated in every runtime that
+        loads the file (E2B at 4K: +50 MB of anonymous memory for the three, LiteRT-LM included)."""
+        if not self.spans:
+            return ()
         out, s = [], self.context // 2
         while s >= MIN_SPAN and len(out) < 3:
             out.append(s)

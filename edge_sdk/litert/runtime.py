@@ -315,7 +315,7 @@ class LiteRTModel:
             sess.timings = out[role] = {}
         return out
 
-    def _decode_role(self) -> str:
+    def decode_signature(self) -> str:
         """``decode_<S>`` for the smallest S > pos (attention over the first S cache slots; the
         converter's Geometry.decode_spans), else ``decode``."""
         for s in self._spans:
@@ -326,7 +326,7 @@ class LiteRTModel:
     def decode(self, token: int) -> np.ndarray:
         """One token at the next position; logits [V]."""
         self._room(1)
-        logits = self._step(np.asarray([int(token)]), self._decode_role())
+        logits = self._step(np.asarray([int(token)]), self.decode_signature())
         self.pos += 1
         return np.asarray(logits, np.float32).reshape(self.vocab_size)
 

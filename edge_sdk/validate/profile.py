@@ -71,6 +71,7 @@ def profile_steps(model_dir: str, *, api: str, backend: str, threads: int | None
         model.reset()
         model.prefill(ids, logits=False)
         logits = model.decode(int(ids[-1]))
+        signature = model.decode_signature()   # decode_<S> when the model has spans (runtime docstring)
         timings = model.start_timing()
         step_s, argmax_s = [], []
         for _ in range(steps):
@@ -83,7 +84,8 @@ def profile_steps(model_dir: str, *, api: str, backend: str, threads: int | None
     finally:
         model.close()
     med = {role: {k: statistics.median(v) for k, v in t.items()} for role, t in timings.items()}
-    return {"fill_tokens": int(ids.size), "steps": steps, "threads": threads, "api": api, "backend": backend,
+    return {"fill_tokens": int(ids.size), "steps": steps, "signature": signature, "threads": threads, "api": api,
+            "backend": backend,
             "decode_s": statistics.median(step_s), "decode_min_s": min(step_s), "decode_max_s": max(step_s),
             "argmax_s": statistics.median(argmax_s),
             "compute_s": {r: m.get("compute", 0.0) for r, m in med.items()},
@@ -92,8 +94,9 @@ def profile_steps(model_dir: str, *, api: str, backend: str, threads: int | None
 
 
 def profile_ops(model_dir: str, *, threads: int, reps: int, flush_bytes: int = FLUSH_BYTES,
-                log=lambda s: None) -> dict:
-    """Part 2: every distinct op of every file's decode signature alone; seconds per category."""
+                log=lambda s: None, signature: str | None = None) -> dict:
+    """Part 2: every distinct op of every file's decode signature alone (``signature``: the
+    prefill_decode signature the step ran, e.g. ``decode_512``); seconds per category."""
     from ..litert.oneop import OneOpModels, empty_model, time_invoke
     meta = json.loads((Path(model_dir) / "model.json").read_text())
     vocab = int(meta["vocab_size"])
@@ -104,13 +107,14 @@ def profile_ops(model_dir: str, *, threads: int, reps: int, flush_bytes: int = F
         if role not in meta["files"]:
             continue
         cut = OneOpModels(os.path.join(model_dir, meta["files"][role]["file"]))
-        sgi = cut.subgraph(meta["signatures"][role]["decode"])
+        sig = signature if role == "prefill_decode" and signature else meta["signatures"][role]["decode"]
+        sgi = cut.subgraph(sig)
         groups: dict = {}
         for op in cut.model.subgraphs[sgi].operators:
             kind, key = cut.describe(sgi, op)
             groups.setdefault(key, {"kind": kind, "count": 0, "op": op})["count"] += 1
             n_ops += 1
-        log(f"profile: {role}: {sum(g['count'] for g in groups.values())} ops, {len(groups)} distinct")
+        log(f"profile: {role} '{sig}': {sum(g['count'] for g in groups.values())} ops, {len(groups)} distinct")
         for key, g in groups.items():
             kind, ins = g["kind"], key[1]
             w_shape = list(ins[1][0]) if kind == "FULLY_CONNECTED" and len(ins) > 1 and ins[1] else None
@@ -154,7 +158,8 @@ def decode_profile(model_dir: str, *, api: str = "compiled", backend: str = "xnn
     load = os.getloadavg()
     st = profile_steps(model_dir, api=api, backend=backend, threads=threads, fill=fill, steps=steps,
                        cache_dir=cache_dir)
-    op = profile_ops(model_dir, threads=threads or 1, reps=reps, flush_bytes=flush_bytes, log=log)
+    op = profile_ops(model_dir, threads=threads or 1, reps=reps, flush_bytes=flush_bytes, log=log,
+                     signature=st["signature"])
     return {"version": 1, "model": os.path.abspath(model_dir), "cpus": os.cpu_count(),
             "loadavg": [load[0], os.getloadavg()[0]], "steps": st, "ops": op, "breakdown": breakdown(st, op)}
 
@@ -162,7 +167,7 @@ def decode_profile(model_dir: str, *, api: str = "compiled", backend: str = "xnn
 def render(p: dict) -> str:
     st, b = p["steps"], p["breakdown"]
     step = b["step_s"]
-    lines = [f"decode step ({st['api']}, {st['backend']}, {st['threads'] or 1} thread(s), after {st['fill_tokens']} "
+    lines = [f"decode step '{st['signature']}' ({st['api']}, {st['backend']}, {st['threads'] or 1} thread(s), after {st['fill_tokens']} "
              f"tokens; load {p['loadavg'][0]:.1f}): {step * 1e3:.2f} ms ({1 / step:.2f} tok/s); ops alone on XNNPACK, "
              f"fastest of {p['ops']['reps']}, {p['ops']['ops']} ops ({p['ops']['distinct']} distinct)",
              f"{'part of the step':<58} {'ops':>6} {'ms':>9} {'share':>7}"]
@@ -177,7 +182,7 @@ def render(p: dict) -> str:
 def render_markdown(p: dict) -> str:
     st, b = p["steps"], p["breakdown"]
     step, cats = b["step_s"], p["ops"]["by_category"]
-    lines = [f"One decode step after {st['fill_tokens']} tokens ({st['api']}, {st['backend']}, "
+    lines = [f"One decode step (`{st['signature']}`) after {st['fill_tokens']} tokens ({st['api']}, {st['backend']}, "
              f"{st['threads'] or 1} thread(s), load average {p['loadavg'][0]:.1f}): {step * 1e3:.2f} ms. Op rows: each "
              f"distinct op of the decode signatures alone on XNNPACK (weights cold, fastest of {p['ops']['reps']}) × its "
              "count; 'between ops' is the measured model compute minus their sum.", "",
