@@ -29,9 +29,10 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from ..errors import RecipeError
+from ..quant.formats import format_of
 from ..quant.kernels import quantize
 from ..quant.moe_layout import group_pairs
-from .dtypes import INT_DTYPE_FOR_BITS, tensor_nbytes, to_bytes
+from .dtypes import tensor_nbytes, to_bytes
 from .gemma4_attention import Step, rms_norm
 from .gemma4_weights import WeightBank
 from .graph import GraphBuilder, Tensor
@@ -86,7 +87,7 @@ class ExpertStack:
         return np.asarray(self.bank.prepared(self.name).value, np.float32)[e]
 
     def codes(self, g: GraphBuilder) -> Tensor:
-        dt = "float32" if self.cfg is None else INT_DTYPE_FOR_BITS[self.cfg.bits]
+        dt = "float32" if self.cfg is None else format_of(self.cfg).litert
         if self.cfg is not None:
             self.scales = self._take_scales()
         else:
