@@ -210,61 +210,9 @@ def _plan(sub=None, args=None) -> int:
 @command("validate", "run a converted model on the host interpreter: memory vs budget, speed, quality vs float")
 def _validate(sub=None, args=None) -> int:
     if sub is not None:
-        sub.add_argument("model_dir", help="converted model directory (edge-sdk convert OUT_DIR), or a .litertlm "
-                                           "(then memory and speed in LiteRT-LM only)")
-        sub.add_argument("--reference", default=None,
-                         help="float checkpoint to compare against (default: the float sibling of a "
-                              "'qat' source, else the source checkpoint in conversion.json)")
-        sub.add_argument("--text", default=None, help="evaluation text file (default: tiny model's held-out split)")
-        sub.add_argument("--tokens", default=None,
-                         help="evaluation token ids (.npy or .json) instead of text (default: the --text)")
-        sub.add_argument("--budget", default=None, help="memory budget for the model's share of peak RSS, "
-                                                        "e.g. 1GB (10^9) or 900MiB (default: none, not gated)")
-        sub.add_argument("--context", type=_positive_int, default=None,
-                         help="tokens per evaluation window / KV fill (default: the model's context)")
-        sub.add_argument("--max-tokens", type=_positive_int, default=None,
-                         help="evaluate at most this many tokens (default: all of the text)")
-        sub.add_argument("-o", "--output", "--report", dest="report", default=None, metavar="DIR",
-                         help="directory for report.json, report.md, memory.png and the runs' logs "
-                              "(default: none, a temporary directory)")
-        sub.add_argument("--keep-logits", action="store_true",
-                         help="also keep logits.npy and reference_logits.npy in the report directory "
-                              "(positions x vocab x 4 bytes each: 165 MB for the tiny model, GBs for a real one)")
-        sub.add_argument("--threads", type=_positive_int, default=O.THREADS,
-                         help="CPU threads for the runtime (default: the runtime's default, one thread)")
-        sub.add_argument("--backend", default=O.BACKEND, choices=("xnnpack", "builtin"),
-                         help="CPU kernels: XNNPACK, or LiteRT's builtin reference kernels")
-        sub.add_argument("--api", default=O.VALIDATE_API, choices=("interpreter", "compiled"),
-                         help="compiled: CompiledModel with an XNNPACK weight cache (weights ~1x in memory); "
-                              "interpreter: the classic Interpreter (per-op kernel census)")
-        sub.add_argument("--max-kld", type=float, default=O.MAX_KLD, help="gate on mean KLD")
-        sub.add_argument("--min-top1", type=float, default=O.MIN_TOP1, help="gate on top-1 agreement")
-        sub.add_argument("--no-quality", action="store_true", help="skip the float reference comparison")
-        sub.add_argument("--runs", type=_positive_int, default=O.SPEED_RUNS, help="timed speed runs (median reported)")
-        sub.add_argument("--decode-tokens", type=_positive_int, default=O.DECODE_TOKENS, help="greedy decode steps per run")
-        sub.add_argument("--strict-backend", action="store_true",
-                         help="fail (not warn) when the requested kernels did not run")
-        sub.add_argument("--json", action="store_true", help="print report.json instead of a summary")
-        sub.add_argument("--device", default=None, metavar="SERIAL|auto|all",
-                         help="run on an adb device instead of the host: a serial, 'auto' (the only one), or "
-                              "'all' (every connected device at once; one report each under -o DIR) "
-                              "(default: none, the host)")
-        sub.add_argument("--runner-binary", default=None, metavar="PATH",
-                         help="Android devices (no python3): LiteRT's benchmark_model for the device's ABI "
-                              "(default: none, the Python runner)")
-        sub.add_argument("--runtime", default=O.VALIDATE_RUNTIME, choices=("both", "litert-lm", "edge_sdk"),
-                         help="where memory and speed are measured: LiteRT-LM's engine (what an app runs), our "
-                              "runner, or both (default); quality always comes from our runner")
-        sub.add_argument("--bundle", default=None, metavar="FILE.litertlm",
-                         help="the bundle LiteRT-LM measures (default: one packed from MODEL_DIR for the run)")
-        sub.add_argument("--warm", action="store_true",
-                         help="leave the model's files in the page cache (default: evict them first, as a phone's "
-                              "first launch after an install reads them)")
-        sub.add_argument("--no-first-run", dest="first_run", action="store_false",
-                         help="measure only the steady state (default: also the first run, which builds the "
-                              "XNNPACK weight cache; the budget is checked against the larger)")
+        _validate_args(sub)
         return 0
-    from .pipeline import validate_all_devices, validate_model
+    from .pipeline import validate_model
 
     kw = dict(reference=args.reference, text=args.text, tokens=args.tokens,
               budget=args.budget, context=args.context, threads=args.threads,
@@ -274,16 +222,7 @@ def _validate(sub=None, args=None) -> int:
               runtime=args.runtime, bundle=args.bundle, warm=args.warm, first_run=args.first_run,
               keep_logits=args.keep_logits)
     if args.device == "all":
-        if not args.report:
-            raise EdgeSdkError("--device all needs -o/--output DIR (one report per device under it)")
-        rows = validate_all_devices(args.model_dir, report=args.report, **kw)
-        _print_device_table(rows)
-        print(f"summary: {args.report}/summary.json")
-        for r in rows:
-            if r["error"] or r["reasons"]:
-                print(f"edge-sdk: validate: {r['serial']}: " + (r["error"] or "FAIL: " + "; ".join(r["reasons"])),
-                      file=sys.stderr)
-        return 2 if any(r["error"] for r in rows) else 1 if any(r["verdict"] != "pass" for r in rows) else 0
+        return _validate_all_devices(args, kw)
     rep = validate_model(args.model_dir, report=args.report, device=args.device, **kw)
     progress.flush()   # the stage lines before the result
     if args.json:
@@ -295,6 +234,79 @@ def _validate(sub=None, args=None) -> int:
     if not rep.passed:
         print("edge-sdk: validate: FAIL: " + "; ".join(rep.reasons), file=sys.stderr)
     return 0 if rep.passed else 1
+
+
+def _validate_args(sub: argparse.ArgumentParser) -> None:
+    """validate's flags: ``pipeline.validate_model``'s keyword arguments."""
+    sub.add_argument("model_dir", help="converted model directory (edge-sdk convert OUT_DIR), or a .litertlm "
+                                       "(then memory and speed in LiteRT-LM only)")
+    sub.add_argument("--reference", default=None,
+                     help="float checkpoint to compare against (default: the float sibling of a "
+                          "'qat' source, else the source checkpoint in conversion.json)")
+    sub.add_argument("--text", default=None, help="evaluation text file (default: tiny model's held-out split)")
+    sub.add_argument("--tokens", default=None,
+                     help="evaluation token ids (.npy or .json) instead of text (default: the --text)")
+    sub.add_argument("--budget", default=None, help="memory budget for the model's share of peak RSS, "
+                                                    "e.g. 1GB (10^9) or 900MiB (default: none, not gated)")
+    sub.add_argument("--context", type=_positive_int, default=None,
+                     help="tokens per evaluation window / KV fill (default: the model's context)")
+    sub.add_argument("--max-tokens", type=_positive_int, default=None,
+                     help="evaluate at most this many tokens (default: all of the text)")
+    sub.add_argument("-o", "--output", "--report", dest="report", default=None, metavar="DIR",
+                     help="directory for report.json, report.md, memory.png and the runs' logs "
+                          "(default: none, a temporary directory)")
+    sub.add_argument("--keep-logits", action="store_true",
+                     help="also keep logits.npy and reference_logits.npy in the report directory "
+                          "(positions x vocab x 4 bytes each: 165 MB for the tiny model, GBs for a real one)")
+    sub.add_argument("--threads", type=_positive_int, default=O.THREADS,
+                     help="CPU threads for the runtime (default: the runtime's default, one thread)")
+    sub.add_argument("--backend", default=O.BACKEND, choices=("xnnpack", "builtin"),
+                     help="CPU kernels: XNNPACK, or LiteRT's builtin reference kernels")
+    sub.add_argument("--api", default=O.VALIDATE_API, choices=("interpreter", "compiled"),
+                     help="compiled: CompiledModel with an XNNPACK weight cache (weights ~1x in memory); "
+                          "interpreter: the classic Interpreter (per-op kernel census)")
+    sub.add_argument("--max-kld", type=float, default=O.MAX_KLD, help="gate on mean KLD")
+    sub.add_argument("--min-top1", type=float, default=O.MIN_TOP1, help="gate on top-1 agreement")
+    sub.add_argument("--no-quality", action="store_true", help="skip the float reference comparison")
+    sub.add_argument("--runs", type=_positive_int, default=O.SPEED_RUNS, help="timed speed runs (median reported)")
+    sub.add_argument("--decode-tokens", type=_positive_int, default=O.DECODE_TOKENS, help="greedy decode steps per run")
+    sub.add_argument("--strict-backend", action="store_true",
+                     help="fail (not warn) when the requested kernels did not run")
+    sub.add_argument("--json", action="store_true", help="print report.json instead of a summary")
+    sub.add_argument("--device", default=None, metavar="SERIAL|auto|all",
+                     help="run on an adb device instead of the host: a serial, 'auto' (the only one), or "
+                          "'all' (every connected device at once; one report each under -o DIR) "
+                          "(default: none, the host)")
+    sub.add_argument("--runner-binary", default=None, metavar="PATH",
+                     help="Android devices (no python3): LiteRT's benchmark_model for the device's ABI "
+                          "(default: none, the Python runner)")
+    sub.add_argument("--runtime", default=O.VALIDATE_RUNTIME, choices=("both", "litert-lm", "edge_sdk"),
+                     help="where memory and speed are measured: LiteRT-LM's engine (what an app runs), our "
+                          "runner, or both (default); quality always comes from our runner")
+    sub.add_argument("--bundle", default=None, metavar="FILE.litertlm",
+                     help="the bundle LiteRT-LM measures (default: one packed from MODEL_DIR for the run)")
+    sub.add_argument("--warm", action="store_true",
+                     help="leave the model's files in the page cache (default: evict them first, as a phone's "
+                          "first launch after an install reads them)")
+    sub.add_argument("--no-first-run", dest="first_run", action="store_false",
+                     help="measure only the steady state (default: also the first run, which builds the "
+                          "XNNPACK weight cache; the budget is checked against the larger)")
+
+
+def _validate_all_devices(args: argparse.Namespace, kw: dict) -> int:
+    """``validate --device all``: one report per device under -o DIR, a table, the failures."""
+    from .pipeline import validate_all_devices
+
+    if not args.report:
+        raise EdgeSdkError("--device all needs -o/--output DIR (one report per device under it)")
+    rows = validate_all_devices(args.model_dir, report=args.report, **kw)
+    _print_device_table(rows)
+    print(f"summary: {args.report}/summary.json")
+    for r in rows:
+        if r["error"] or r["reasons"]:
+            print(f"edge-sdk: validate: {r['serial']}: " + (r["error"] or "FAIL: " + "; ".join(r["reasons"])),
+                  file=sys.stderr)
+    return 2 if any(r["error"] for r in rows) else 1 if any(r["verdict"] != "pass" for r in rows) else 0
 
 
 def _print_device_table(rows: list[dict]) -> None:

@@ -154,10 +154,15 @@ class ValidationReport:
                     f"| prefill | {_num(s['prefill_tokens_per_s'])} tok/s {_rng(s['prefill_spread'])} |",
                     f"| decode | {_num(s['decode_tokens_per_s'])} tok/s {_rng(s['decode_spread'])} |",
                     f"| load | {_num(s['load_s'], 3)} s |", ""]
+        out += self._quality_markdown()
+        return "\n".join(out)
+
+    def _quality_markdown(self) -> list[str]:
+        """report.md's quality table (llama.cpp's metrics against the float reference)."""
         q = self.quality
         if q:
             g = self.gates
-            out += ["## Quality vs float reference (llama.cpp conventions)", "",
+            return ["## Quality vs float reference (llama.cpp conventions)", "",
                     "| metric | value | gate |", "|---|---:|---:|",
                     f"| perplexity (model) | {q['ppl']:.4f} | |",
                     f"| perplexity (reference) | {q['ppl_reference']:.4f} | |",
@@ -168,9 +173,7 @@ class ValidationReport:
                     f"{self.evaluation.get('context')} tokens ({self.evaluation.get('method')}); "
                     f"text: {self.evaluation.get('text')}; reference: {self.evaluation.get('reference')}.",
                     ""]
-        else:
-            out += ["Quality not measured (--no-quality).", ""]
-        return "\n".join(out)
+        return ["Quality not measured (--no-quality).", ""]
 
     def _benchmark_markdown(self) -> str:
         """report.md of an Android run: its host tables need RSS splits benchmark_model does not give."""

@@ -281,6 +281,15 @@ def _eval_context(mdir: Path, meta: ModelInfo, context: int | None) -> int:
     return ctx
 
 
+def _reference(mdir: Path, reference: str | Path | None) -> Path:
+    """The float checkpoint quality is measured against: ``reference``, else conversion.json's."""
+    ref_path = Path(reference) if reference else Q.default_reference(mdir, ConversionRecord.read_optional(mdir))
+    if ref_path is None:
+        raise InputError("no float reference checkpoint for the quality check", path=mdir,
+                         fix="pass --reference CHECKPOINT (the float model), or --no-quality")
+    return ref_path
+
+
 def _windows(mdir: Path, meta: ModelInfo, opts: ValidateOptions, window: int,
              ctx: int) -> tuple[list[np.ndarray], str]:
     """The evaluation windows of ``window`` tokens and where their ids came from."""
@@ -382,12 +391,7 @@ def validate(model_dir: str | Path, opts: ValidateOptions = ValidateOptions(), *
         return benchmark_validate(executor, mdir, budget=budget, report=report, target=target, threads=opts.threads,
                                   backend=opts.backend, runs=opts.runs, context=ctx, plan_memory=plan_memory)
     window = ctx - opts.decode_tokens  # the last window + its decode steps fill the cache to the context
-    ref_path = None
-    if opts.quality:
-        ref_path = Path(opts.reference) if opts.reference else Q.default_reference(mdir, ConversionRecord.read_optional(mdir))
-        if ref_path is None:
-            raise InputError("no float reference checkpoint for the quality check", path=mdir,
-                             fix="pass --reference CHECKPOINT (the float model), or --no-quality")
+    ref_path = _reference(mdir, opts.reference) if opts.quality else None
     windows, source = _windows(mdir, meta, opts, window, ctx)
     with scratch_dir(report) as work:
         runs_out, r = _measure(mdir, work, windows, window, opts, ctx=ctx, executor=executor, bundle=bundle,
