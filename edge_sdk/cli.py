@@ -366,7 +366,7 @@ def _run(sub=None, args=None) -> int:
         sub.add_argument("--chat", action="store_true",
                          help="wrap the prompt in the checkpoint's chat template (chat_template.jinja) as one "
                               "user turn, with the generation prompt")
-        sub.add_argument("-n", "--max-tokens", dest="n", type=_positive_int, default=O.RUN_MAX_TOKENS,
+        sub.add_argument("-n", "--max-tokens", metavar="N", type=_positive_int, default=O.RUN_MAX_TOKENS,
                          help="generate at most this many tokens (greedy)")
         sub.add_argument("--ignore-eos", action="store_true",
                          help="keep generating past an end-of-sequence token (--prompt stops at one)")
@@ -381,7 +381,7 @@ def _run(sub=None, args=None) -> int:
         return 0
     from .generate import run_model
 
-    res = run_model(args.model_dir, prompt=args.prompt, ids=args.ids, chat=args.chat, max_tokens=args.n,
+    res = run_model(args.model_dir, prompt=args.prompt, ids=args.ids, chat=args.chat, max_tokens=args.max_tokens,
                     ignore_eos=args.ignore_eos, logits_out=args.logits_out, backend=args.backend, api=args.api,
                     threads=args.threads, out=sys.stdout)
     if res.broken_pipe:   # `edge-sdk run ... | head`: the reader has gone; stop quietly

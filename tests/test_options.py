@@ -17,7 +17,7 @@ from edge_sdk.validate.validator import ValidateOptions
 
 VERBS = {"plan": pipeline.plan_model, "convert": pipeline.convert, "validate": pipeline.validate_model,
          "bundle": pipeline.bundle_model, "run": generate.run_model}
-RENAMED = {("run", "n"): "max_tokens", ("validate", "warm"): "warm"}
+RENAMED: dict = {}   # (verb, flag dest) -> keyword argument, where they differ (none today)
 SAID_IN_WORDS = {("plan", "context"): O.PLAN_CONTEXT, ("convert", "context"): O.CONVERT_CONTEXT}
 
 
