@@ -37,6 +37,8 @@ class PlanReport:
                  f"  {'component':<13}{'params':>10}{'bits/w':>8}{'bytes':>11}  where"]
         for comp, row in plan.ledger().items():
             where = "mapped" if row["mapped_bytes"] and not row["resident_bytes"] else "resident"
+            if row["mapped_bytes"] and row["resident_bytes"]:   # e.g. moe: the router resident, experts mapped
+                where = f"{fmt_bytes(row['mapped_bytes'])} mapped, rest resident"
             lines.append(f"  {comp:<13}{fmt_count(row['params']):>10}{row['bits_per_weight']:>8.2f}"
                          f"{fmt_bytes(row['bytes']):>11}  {where}")
         kv = mem.kv
