@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Operators per layer of the mixture-of-experts block, per signature, in a real conversion.
 
-    python scripts/moe_ops.py CKPT [--recipe int4] [--work DIR] [--json OUT.json] [--tag NAME]
+    python scripts/moe_ops.py CKPT [--recipe int4] [--work DIR] [--json OUT.json] [--tag NAME] [--keep]
 
 Converts ``CKPT`` (e.g. a full-width reduced-depth 26B-A4B checkpoint from ``make_synthetic_checkpoint.py``)
 with ``edge-sdk convert --text-only`` in this process, with ``gemma4.moe_feed_forward`` wrapped to count
@@ -61,13 +61,15 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=None, help="conversion output goes here (deleted after)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--tag", default="", help="a label for the formulation measured (e.g. the commit)")
+    ap.add_argument("--keep", action="store_true", help="keep the converted model (WORK/out)")
     args = ap.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="moe_ops_"))
     out = work / "out"
     try:
         res = {"ckpt": args.ckpt, "recipe": args.recipe, "tag": args.tag, **count(args.ckpt, out, args.recipe)}
     finally:
-        shutil.rmtree(out, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
     print(f"{'signature':<16} {'MoE ops / layer':>16} {'layers':>7} {'all ops':>8}  ({args.tag})")
     for name, sg in res["subgraphs"].items():
         calls = res["moe_ops_per_layer"].get(name, [])
