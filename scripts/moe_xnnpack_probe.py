@@ -6,8 +6,8 @@
 Builds small graphs shaped like one matmul of the 26B-A4B MoE block (``litert/gemma4_moe.py``): an
 int8 [16, 1408, 2816] expert stack (constant), 8 pairs a group, and per group GATHER(stack, ids) →
 CAST float32 → matmul with the pairs' rows (127 MB of float32 a group), for 1 and 4 groups, with the
-matmul as BATCH_MATMUL (``adj_y``, as the converter emits it), as BATCH_MATMUL with the experts on
-the left, or as one FULLY_CONNECTED with dynamic weights. Each runs in a fresh child process that
+matmul as BATCH_MATMUL (``adj_y``, as the converter emits it), with ``adj_x`` too, at rank 5, with
+the experts on the left, or as one FULLY_CONNECTED with dynamic weights. Each runs in a fresh child process that
 loads the model in the real LiteRT Interpreter (builtin kernels, or the default XNNPACK delegate),
 invokes it once and reports VmRSS. Prints a table (RSS after the invoke, and what each group past the
 first adds) and writes JSON. RSS is a page count, so the machine's load does not change it.
@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 E, N, O, I = 16, 8, 1408, 2816
-FORMS = ("bmm_adj_y", "experts_left", "fc_dynamic")
+FORMS = ("bmm_adj_y", "bmm_adj_x", "bmm_rank5", "experts_left", "fc_dynamic")
 
 
 def build(path: Path, form: str, groups: int) -> None:
@@ -41,6 +41,11 @@ def build(path: Path, form: str, groups: int) -> None:
         wt = g.cast(g.gather(stack, ids, axis=0), "float32")
         if form == "bmm_adj_y":
             y = g.batch_matmul(x, wt, adj_y=True)
+        elif form == "bmm_adj_x":
+            y = g.batch_matmul(g.reshape(x, [N, I, 1]), wt, adj_x=True, adj_y=True)
+        elif form == "bmm_rank5":
+            y = g.reshape(g.batch_matmul(g.reshape(x, [N, 1, 1, 1, I]), g.reshape(wt, [N, 1, 1, O, I]), adj_y=True),
+                          [N, 1, O])
         elif form == "experts_left":
             y = g.reshape(g.batch_matmul(wt, g.reshape(x, [N, I, 1])), [N, 1, O])
         else:
