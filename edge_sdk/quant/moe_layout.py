@@ -5,7 +5,9 @@ that expert's codes out of the [E, out, in] stack, CASTing them to float32 and B
 The float copies are activations: each of the two matmuls (gate_up, down) takes the pairs in
 ``group_sizes`` groups so that one group's float expert weights stay under ``MOE_GROUP_BYTES``
 (real size: decode one group of 8 pairs per matmul, 8·2·704·2816·4 = 127 MB for gate_up; prefill_32
-32 groups for gate_up, 16 for down; the fixture: one group). The arena holds one group.
+32 groups for gate_up, 16 for down; the fixture: one group). The arena holds one group: so do the
+builtin kernels; the XNNPACK delegate keeps every delegated matmul's copy (measured,
+``scripts/moe_xnnpack_probe.py``; docs/moe.md), which this estimate does not count.
 
 Pages: GATHER copies only the indexed experts' rows, so a token reads k of the E experts of each
 layer (measured: ``scripts/moe_pages.py``). Over ``n`` tokens an expert stack has
