@@ -14,7 +14,7 @@ from edge_sdk.quant.presets import PRESETS
 from edge_sdk.quant.scales import ct_pack_int32
 from edge_sdk.gemma4 import bind, spec_from_config
 
-from test_spec import TINY_TEXT
+from test_gemma4_config import TINY_TEXT
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 
