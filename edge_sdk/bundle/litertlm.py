@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..artefacts import ConversionRecord, ModelInfo, PlanRecord
 from ..errors import InputError
+from ..litert.reader import read_tflite
 from ..outputs import check_replaceable_bundle
 from ..units import fmt_bytes
 from . import container as ct
@@ -32,7 +33,7 @@ from .manifest import (MANIFEST_KEY, MANIFEST_VERSION, conversion_block, dumps, 
                        plan_summary, read_manifest, validation_report, versions)
 from .android import check_android_dir, place
 from .metadata import executor_metadata, find_tokenizer, llm_metadata
-from .signatures import cache_context, check_llm_signatures, kv_buffers, read_tflite
+from .signatures import cache_context, check_llm_signatures, kv_buffers
 
 MODEL_FILES = (("prefill_decode", "tf_lite_prefill_decode", True),
                ("embedder", "tf_lite_embedder", True),
