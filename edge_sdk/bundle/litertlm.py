@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..artefacts import ConversionRecord, ModelInfo, PlanRecord
 from ..errors import InputError
+from ..hashing import sha256_file
 from ..litert.reader import read_tflite
 from ..outputs import check_replaceable_bundle
 from ..units import fmt_bytes
@@ -190,7 +191,7 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
                 sources.append((ct.SectionSource("tflite", infos[stem].path, model_type), infos[stem].path.name))
         hashes = []
         for src, name in sources:
-            h = ct.sha256_file(src.path)
+            h = sha256_file(src.path)
             if name in recorded and recorded[name] != h:
                 raise InputError(f"{name} does not match the sha256 conversion.json records (changed since "
                                  "conversion?)", path=mdir / name, fix="re-run `edge-sdk convert`")
@@ -278,5 +279,5 @@ def _check_written(path: Path, written: list[ct.SectionInfo], manifest: dict, ve
         raise RuntimeError("bundle size differs from the planned one")
     if verify:
         for s in want:
-            if ct.sha256_file(path, s["begin"], s["end"]) != s["sha256"]:
+            if sha256_file(path, s["begin"], s["end"]) != s["sha256"]:
                 raise RuntimeError(f"section {s['index']} bytes differ from their source after writing")
