@@ -4,7 +4,7 @@
 
 - **Linux userland with python3** (``probe().has_python and not is_android``): push the model's
   ``model.json`` + ``*.tflite`` to ``ROOT/models/<name>-<sha>/`` (sha256-matched files are reused,
-  so a second run pushes nothing), push ``runner.py``, ``memwatch.py``, ``runtime.py`` and ``paging.py`` (the
+  so a second run pushes nothing), push ``runner.py``, ``memwatch.py``, ``runtime.py``, ``paging.py`` and ``decoding.py`` (the
   runner imports its siblings when edge_sdk is not installed) to ``ROOT/runner/``, push the ids file to
   a per-run directory ``ROOT/runs/<id>/``, run ``python3 runner.py ...`` there (``AdbSession.run``:
   argv quoted, a non-zero exit is a DeviceError), pull ``runner_result.json`` and ``logits.npy``
@@ -38,7 +38,8 @@ from .device import AdbSession, DeviceInfo
 REMOTE_ROOT = "/data/local/tmp/edge_sdk"
 _HERE = Path(__file__).resolve().parent
 RUNNER_FILES = {"runner.py": _HERE / "runner.py", "memwatch.py": _HERE / "memwatch.py",
-                "runtime.py": _HERE.parent / "litert" / "runtime.py", "paging.py": _HERE.parent / "litert" / "paging.py"}
+                "runtime.py": _HERE.parent / "litert" / "runtime.py", "paging.py": _HERE.parent / "litert" / "paging.py",
+                "decoding.py": _HERE.parent / "decoding.py"}
 QUALITY_UNAVAILABLE = ("quality is not measured on Android: benchmark_model runs the decode signature "
                        "on random inputs and returns no logits (run `edge-sdk validate` on the host, or on "
                        "a Linux device with python3, for PPL/KLD/top-1)")
