@@ -417,6 +417,7 @@ def test_synthetic_checkpoint_tiny_config(tmp_path):
     assert first.read_bytes() == (tmp_path / "ck2" / first.name).read_bytes()
 
 
+@pytest.mark.slow
 def test_bench_script_on_a_tiny_config(tmp_path):
     """scripts/bench_e2b.py end to end on the shrunk E2B config: synthetic checkpoint, convert,
     bundle, validate (both runtimes, first and steady, cold), JSON and the markdown tables."""

@@ -48,6 +48,7 @@ def model(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_device_report_matches_host(adb, device, model, tmp_path):  # noqa: F811
     # like with like: our runner on both (LiteRT-LM is measured on the host only)
     host = _cli(["validate", str(model), "--runtime", "edge_sdk", "--report", str(tmp_path / "host"), *FAST],
