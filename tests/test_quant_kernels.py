@@ -14,8 +14,8 @@ from edge_sdk.errors import CheckpointError, RecipeError
 from edge_sdk.gemma4 import spec_from_path
 from edge_sdk.quant.config import AffineConfig, DictionaryConfig
 from edge_sdk.quant.grid import recover_grid_scales
-from edge_sdk.quant.kernels import (compute_scales, dequantize, from_codes, pack, qrange,
-                                    quantize, unpack)
+from edge_sdk.quant.formats import pack, qrange, unpack
+from edge_sdk.quant.kernels import compute_scales, dequantize, from_codes, quantize
 from edge_sdk.quant.kernels_dict import DictionaryQuantizer
 from edge_sdk.quant.plan import make_plan, tensor_bytes
 from edge_sdk.quant.presets import PRESETS
