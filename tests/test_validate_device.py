@@ -107,6 +107,7 @@ def test_runner_crash_is_a_device_error(adb, device, tmp_path):  # noqa: F811
     assert list(Path(device.root, "edge_sdk", "runs").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_device_all_writes_one_report_each_and_a_summary(adb, device, model, tmp_path):  # noqa: F811
     with _ExtraDevice(adb, tmp_path / "second") as second:
         r = _cli(["validate", str(model), "--device", "all", "--report", str(tmp_path / "all"),
