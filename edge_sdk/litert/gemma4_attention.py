@@ -204,7 +204,6 @@ def _attention(step: Step, layer: LayerSpec, h: Tensor, need_output: bool) -> Te
         v = rms_norm(g, v_raw, None, eps)
         i = layer.index
         buf = step.kv.buffer(f"kv_cache_k_{i}")
-        L = buf.length
         k_all = step.write_cache(f"kv_cache_k_{i}",
                                  g.reshape(g.transpose(k, [1, 0, 2]), [1, nkv, T, D]), 2)
         v_all = step.write_cache(f"kv_cache_v_{i}",
@@ -229,7 +228,7 @@ def _core(step: Step, layer: LayerSpec, q: Tensor, kc: Tensor, vc: Tensor, buf: 
     g, T = step.g, step.T
     nkv, L, D = kc.shape[1], kc.shape[2], q.shape[2]
     nh = q.shape[1]
-    rep = nh // nkv
+    rep = step.text.kv_groups(layer)
     q = g.reshape(g.transpose(q, [1, 0, 2]), [1, nkv, rep * T, D])
     scores_t = g.batch_matmul(kc, q, adj_y=True)                                 # [1, KVH, L, rep*T]
     scores = g.transpose(scores_t, [0, 1, 3, 2])                                  # [1, KVH, rep*T, L]
