@@ -415,11 +415,7 @@ def validate(model_dir: str | Path, opts: ValidateOptions = ValidateOptions(), *
         speed = speed_figures(r) if r else dict(runs_out[-1][0].speed)
         speed["by_run"] = {m.label: m.speed for m, _ in runs_out}
         q = opts.quality
-        prof = None
-        if opts.profile and executor is None:
-            cached = opts.api == "compiled" and opts.backend == "xnnpack"
-            prof = _profile(mdir, work, api=opts.api, backend=opts.backend, threads=opts.threads,
-                            cache_dir=work / "weight_cache" if cached else None)
+        prof = _profile(mdir, work, opts) if opts.profile and executor is None else None
         rep = ValidationReport.judged(
             checked, reasons, warnings, model_dir=str(mdir.resolve()), target=target, backend=ran, kernels=kernels,
             memory=mem, speed=speed, quality=qual, planned=plan_memory(ctx, distinct) if plan_memory else None,
@@ -438,11 +434,13 @@ def validate(model_dir: str | Path, opts: ValidateOptions = ValidateOptions(), *
         return rep
 
 
-def _profile(mdir: Path, work: Path, *, api: str, backend: str, threads: int | None, cache_dir) -> dict:
+def _profile(mdir: Path, work: Path, opts: ValidateOptions) -> dict:
+    """``--profile``: edge_sdk.validate.profile in a child of its own, on the weight cache the runs built."""
     out = work / "decode_profile.json"
+    cached = opts.api == "compiled" and opts.backend == "xnnpack"
     cmd = [sys.executable, "-m", "edge_sdk.validate.profile", "--model", str(mdir), "--out", str(out),
-           "--api", api, "--backend", backend] + (["--threads", str(threads)] if threads else []) \
-        + (["--cache-dir", str(cache_dir)] if cache_dir else [])
+           "--api", opts.api, "--backend", opts.backend] + (["--threads", str(opts.threads)] if opts.threads else []) \
+        + (["--cache-dir", str(work / "weight_cache")] if cached else [])
     return M.spawn(cmd, out, work / "decode_profile.log", label="profiling one decode step", timeout=3600,
                    path=mdir, failed="the decode profile failed", fix="run without --profile")
 
