@@ -191,7 +191,7 @@ def validate_model(model_dir: str | Path, *, reference: str | Path | None = None
                    decode_tokens: int = O.DECODE_TOKENS, strict_backend: bool = False, device: str | None = None,
                    runner_binary: str | Path | None = None, runtime: str = O.VALIDATE_RUNTIME,
                    bundle: str | Path | None = None, warm: bool = not O.COLD, first_run: bool = O.FIRST_RUN,
-                   keep_logits: bool = False):
+                   keep_logits: bool = False, profile: bool = False):
     """Run a converted model (or a ``.litertlm``) and judge memory, speed and quality
     (``edge_sdk.validate.validator.validate``, its options as keyword arguments: the CLI's flags);
     returns its ``ValidationReport``.
@@ -219,7 +219,7 @@ def validate_model(model_dir: str | Path, *, reference: str | Path | None = None
                            quality=quality, backend=backend, api=api, threads=threads, runs=runs,
                            decode_tokens=decode_tokens, cold=not warm, first_run=first_run, budget=budget,
                            max_kld=max_kld, min_top1=min_top1, strict_backend=strict_backend,
-                           keep_logits=keep_logits)
+                           keep_logits=keep_logits, profile=profile)
     return _validate_converted(src, opts, report=report, device=device, runner_binary=runner_binary,
                                runtime=runtime, bundle=bundle)
 
@@ -298,7 +298,7 @@ def validate_all_devices(model_dir: str | Path, *, report: str | Path, **kwargs)
 
 def convert(source: str | Path, out_dir: str | Path, *, recipe: str | Path = O.RECIPE, text_only: bool = False,
             context: int = O.CONVERT_CONTEXT, prefill: int = O.PREFILL, score: bool = True, overwrite: bool = False,
-            progress: bool | None = None):
+            progress: bool | None = None, decode_spans: bool = False):
     """Checkpoint → converted model directory (``edge_sdk.litert.export``); returns its
     ``ConversionResult``. Towers (vision/audio) cannot be converted: ``text_only`` is required
     for a checkpoint that has them."""
@@ -310,7 +310,8 @@ def convert(source: str | Path, out_dir: str | Path, *, recipe: str | Path = O.R
     with P.stage("reading the checkpoint and planning") if progress is not False else nullcontext():
         src, plan = _open_and_plan(source, recipe, text_only)
     return export_model(open_checkpoint(src.path), src.spec, src.binding, plan, out_dir, text_only=text_only,
-                        context=context, prefill=prefill, score=score, overwrite=overwrite, progress=progress)
+                        context=context, prefill=prefill, score=score, overwrite=overwrite, progress=progress,
+                        decode_spans=decode_spans)
 
 
 def _open_and_plan(source: str | Path, recipe: str | Path, text_only: bool) -> tuple[Source, QuantPlan]:

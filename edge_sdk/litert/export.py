@@ -18,7 +18,8 @@ model.json (no timestamps; conversion.json alone records wall time and peak RSS)
   + generation_config), ``pad_token_id``;
 - ``files``: {prefill_decode|embedder|per_layer_embedder: {file, sha256, bytes, section_type}}
   (per_layer_embedder only with PLE; section_type is LiteRT-LM's ``model_type`` item);
-- ``signatures``: {prefill_decode: {prefill: "prefill_<T>", decode: "decode", score: "score_<T>"},
+- ``signatures``: {prefill_decode: {prefill: "prefill_<T>", decode: "decode", score: "score_<T>",
+  decode_<S>: "decode_<S>" for each of ``Geometry.decode_spans``},
   embedder: {prefill, decode}, per_layer_embedder: {prefill, decode}};
 - ``spec``: vocab/hidden/heads/layers/eps, ``final_logit_softcapping`` (+ ``softcap_in_graph``),
   ``sliding_window``, ``embed_scale``, ``kv_layers``, ``num_kv_shared_layers``, ``layers`` [{index,
@@ -144,7 +145,7 @@ def _publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
 def export_model(ckpt: Checkpoint, spec: ModelSpec, binding: Binding, plan: QuantPlan,
                  out_dir: str | os.PathLike, *, text_only: bool, context: int, prefill: int,
                  score: bool = True, overwrite: bool = False, progress: bool | None = None,
-                 fsync: bool = True) -> ConversionResult:
+                 fsync: bool = True, decode_spans: bool = False) -> ConversionResult:
     """Convert (see the module docstring). Progress (one stage per model file, a bar on a
     terminal, one line per stage otherwise) goes to the current ``edge_sdk.progress`` reporter:
     ``progress`` None = whatever the caller set up (the CLI: on), True = on stderr, False = off."""
@@ -165,7 +166,7 @@ def export_model(ckpt: Checkpoint, spec: ModelSpec, binding: Binding, plan: Quan
     try:
         result = _convert_into(staging, ckpt, spec, binding, plan, text_only=text_only,
                                context=context, prefill=prefill, score=score, progress=progress,
-                               fsync=fsync, t0=t0, out_dir=out_dir)
+                               fsync=fsync, t0=t0, out_dir=out_dir, decode_spans=decode_spans)
         _publish(staging, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -176,7 +177,7 @@ def export_model(ckpt: Checkpoint, spec: ModelSpec, binding: Binding, plan: Quan
 
 def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Binding,
                   plan: QuantPlan, *, text_only, context, prefill, score, progress, fsync, t0,
-                  out_dir) -> ConversionResult:
+                  out_dir, decode_spans=False) -> ConversionResult:
     text = spec.text
     prep = Preparer(ckpt, binding, plan)
     layout = kv_layout(text, plan.kv_cache, context, prefill)   # refuses float16
@@ -184,7 +185,7 @@ def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Bin
     if layout.dtype == "int8":
         scales = compute_kv_scales({i: prep.read_f32(f"layers.{i}.self_attn.k_norm.weight")
                                     for i in text.kv_layers})
-    geo = Geometry(context=context, prefill=prefill, kv=layout, kv_scales=scales, score=score)
+    geo = Geometry(context=context, prefill=prefill, kv=layout, kv_scales=scales, score=score, spans=decode_spans)
     models = ["embedder"] + (["per_layer_embedder"] if text.has_ple else []) + ["prefill_decode"]
     tensors = [t for t in plan.tensors if t.model in models]
     live: list[P.Stage] = []

@@ -52,6 +52,7 @@ class ValidationReport:
     quality: dict | None = None
     planned: dict | None = None
     runner: dict = field(default_factory=dict, repr=False)
+    profile: dict | None = None   # validate --profile: edge_sdk.validate.profile's result
 
     @classmethod
     def judged(cls, budget: BudgetCheck, reasons: list[str], warnings: list[str], **fields) -> ValidationReport:
@@ -84,6 +85,7 @@ class ValidationReport:
             "gates": self.gates,
             "evaluation": self.evaluation,
             "runner": self.runner,
+            **({"decode_profile": self.profile} if self.profile is not None else {}),
         }
 
     def summary(self) -> str:
@@ -155,6 +157,9 @@ class ValidationReport:
                     f"| decode | {_num(s['decode_tokens_per_s'])} tok/s {_rng(s['decode_spread'])} |",
                     f"| load | {_num(s['load_s'], 3)} s |", ""]
         out += self._quality_markdown()
+        if self.profile is not None:
+            from .profile import render_markdown
+            out += ["## Where one decode step goes (--profile)", "", render_markdown(self.profile), ""]
         return "\n".join(out)
 
     def _quality_markdown(self) -> list[str]:
