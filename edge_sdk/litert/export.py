@@ -232,7 +232,7 @@ def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Bin
                        "section_type": SECTION_TYPES[k]} for k, p in files.items()}
         inputs = {p.name: sha256_file(p) for p in sorted(Path(ckpt.path).iterdir())
                   if p.is_file() and not p.name.startswith(".")}
-    plan_doc = plan_json(plan, bank.records, models)
+    plan_doc = plan_json(plan, bank.records, models, ckpt.config)
     model_doc = dataclasses.replace(model_json(spec, plan, geo, outputs, text_only, copied, _generation_eos(ckpt)),
                                     requires_xnnpack=requires_xnnpack(bank.requires_xnnpack))
     _write_json(staging / "plan.json", plan_doc.to_json())
@@ -283,7 +283,10 @@ def requires_xnnpack(tensors: dict[str, str]) -> dict | None:
             "tensors": dict(sorted(tensors.items()))}
 
 
-def plan_json(plan: QuantPlan, records: dict, models: list[str]) -> PlanRecord:
+def plan_json(plan: QuantPlan, records: dict, models: list[str], source_config: dict) -> PlanRecord:
+    """plan.json: a row per written tensor (``TensorPlan.to_json`` and what the writer recorded)
+    and ``source_config`` (the checkpoint's config.json, which the spec was read from), so that
+    ``quant.plan.plan_from_rows`` rebuilds the plan from the model's own files."""
     rows = []
     for t in plan.tensors:
         if t.model not in models:
@@ -300,7 +303,8 @@ def plan_json(plan: QuantPlan, records: dict, models: list[str]) -> PlanRecord:
         d["file"] = f"{t.model}.tflite"
         rows.append(d)
     return PlanRecord(recipe=plan.recipe.name, data_bytes=sum(r["data_bytes"] for r in rows),
-                      overhead_bytes=sum(r["overhead_bytes"] for r in rows), tensors=tuple(rows))
+                      overhead_bytes=sum(r["overhead_bytes"] for r in rows), tensors=tuple(rows),
+                      source_config=source_config)
 
 
 def model_json(spec: ModelSpec, plan: QuantPlan, geo: Geometry, outputs: dict, text_only: bool,
