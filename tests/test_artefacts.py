@@ -164,3 +164,19 @@ def test_a_plan_row_missing_a_key_names_the_tensor_and_the_fix(converted, tmp_pa
         planned_memory(mdir, 512, None)
     line = _one_line(e.value)
     assert "lacks 'data_bytes'" in line and name in line and "plan.json" in line
+
+
+def test_device_side_readers_read_only_model_info_fields():
+    """litert/runtime.py and validate/runner.py run on a device without edge_sdk and read model.json
+    with the stdlib (docs/design.md): every top-level key they read is a ModelInfo field, so the
+    type stays the one description of the file."""
+    import dataclasses
+    import re
+
+    fields = {f.name for f in dataclasses.fields(ModelInfo)}
+    seen = set()
+    for rel in ("edge_sdk/litert/runtime.py", "edge_sdk/validate/runner.py"):
+        src = (ROOT / rel).read_text()
+        seen |= set(re.findall(r'\b(?:m|meta)(?:\[|\.get\()"(\w+)"', src))
+    assert {"context", "prefill", "vocab_size", "files", "kv_cache"} <= seen
+    assert seen <= fields, sorted(seen - fields)
