@@ -93,7 +93,7 @@ def test_every_file_of_a_newer_version_is_refused_in_one_line(converted, tmp_pat
     with pytest.raises(InputError) as e:
         cls.read(tmp_path)
     line = _one_line(e.value)
-    assert f"version {cls.VERSION + 1} is newer" in line and cls.FILE in line and "pip install -U" in line
+    assert f"version {cls.VERSION + 1} is newer" in line and cls.FILE in line and "upgrade edge-sdk" in line
 
 
 def test_tensor_rows_round_trip_through_tensor_plan(converted):

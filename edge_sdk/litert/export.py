@@ -81,8 +81,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
 class ConversionResult:
     out_dir: Path
     files: dict[str, Path]          # model key → .tflite path
-    model: dict                     # model.json
-    conversion: dict                # conversion.json
+    model: ModelInfo                # model.json
+    conversion: ConversionRecord    # conversion.json
     wall_s: float
 
 
@@ -252,7 +252,7 @@ def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Bin
     )
     _write_json(staging / "conversion.json", conv.to_json())
     _write_json(staging / "model.json", model_doc.to_json())   # last: the directory's "complete" marker
-    return ConversionResult(out_dir, files, model_doc.to_json(), conv.to_json(), wall)
+    return ConversionResult(out_dir, files, model_doc, conv, wall)
 
 
 def _write_json(path: Path, obj) -> None:
