@@ -25,6 +25,8 @@ from pathlib import Path
 
 from ..artefacts import ConversionRecord, ModelInfo, PlanRecord
 from ..errors import InputError
+from ..hashing import sha256_file
+from ..litert.reader import read_tflite
 from ..outputs import check_replaceable_bundle
 from ..quant.kv_layout import KvLayout, model_kv_layout
 from ..units import fmt_bytes
@@ -33,7 +35,7 @@ from .manifest import (MANIFEST_KEY, MANIFEST_VERSION, conversion_block, dumps, 
                        plan_summary, read_manifest, validation_report, versions)
 from .android import check_android_dir, place
 from .metadata import executor_metadata, find_tokenizer, llm_metadata
-from .signatures import cache_context, check_llm_signatures, kv_buffers, read_tflite
+from .signatures import cache_context, check_llm_signatures, kv_buffers
 
 MODEL_FILES = (("prefill_decode", "tf_lite_prefill_decode", True),
                ("embedder", "tf_lite_embedder", True),
@@ -249,7 +251,7 @@ def _sections(sdir: Path, mdir: Path, tok, llm_msg, exe_msg, infos: dict,
             sources.append((ct.SectionSource("tflite", infos[stem].path, model_type), infos[stem].path.name))
     hashes = []
     for src, name in sources:
-        h = ct.sha256_file(src.path)
+        h = sha256_file(src.path)
         if name in recorded and recorded[name] != h:
             raise InputError(f"{name} does not match the sha256 conversion.json records (changed since "
                              "conversion?)", path=mdir / name, fix="re-run `edge-sdk convert`")
@@ -331,5 +333,5 @@ def _check_written(path: Path, written: list[ct.SectionInfo], manifest: dict, ve
         raise RuntimeError("bundle size differs from the planned one")
     if verify:
         for s in want:
-            if ct.sha256_file(path, s["begin"], s["end"]) != s["sha256"]:
+            if sha256_file(path, s["begin"], s["end"]) != s["sha256"]:
                 raise RuntimeError(f"section {s['index']} bytes differ from their source after writing")

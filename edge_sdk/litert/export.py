@@ -41,7 +41,6 @@ model.json (no timestamps; conversion.json alone records wall time and peak RSS)
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import resource
@@ -58,6 +57,7 @@ from ..artefacts import ConversionRecord, ModelInfo, PlanRecord
 from .. import progress as P
 from ..checkpoint import Checkpoint
 from ..errors import InputError
+from ..hashing import sha256_file
 from ..quant.apply import Preparer
 from ..quant.kv import kv_scales as compute_kv_scales
 from ..quant.kv_layout import kv_layout
@@ -84,14 +84,6 @@ class ConversionResult:
     model: ModelInfo                # model.json
     conversion: ConversionRecord    # conversion.json
     wall_s: float
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_files(model_dir: str | Path, files: dict) -> None:

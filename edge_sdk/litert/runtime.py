@@ -1,7 +1,8 @@
 """Run a converted model directory (``edge-sdk convert`` output) in the real LiteRT runtime.
 
-Self-contained on purpose: imports only numpy, json and ai_edge_litert, so this file can be
-pushed beside the validator's runner onto a device that has no edge_sdk.
+Self-contained on purpose: imports only numpy, json, ai_edge_litert and two standard-library
+siblings (``paging.py``, ``edge_sdk/decoding.py``), so this file and they can be pushed beside the
+validator's runner onto a device that has no edge_sdk.
 
     m = LiteRTModel(out_dir, backend="xnnpack", api="interpreter")
     logits = m.prefill(ids)        # [T, V]: logits of EVERY prompt position (cache carries over)
@@ -52,10 +53,12 @@ import tempfile
 import numpy as np
 
 try:
+    from edge_sdk.decoding import greedy
     from edge_sdk.litert import paging
-except ImportError:  # standalone on a device: paging.py pushed beside this file
+except ImportError:  # standalone on a device: decoding.py and paging.py pushed beside this file
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import paging  # type: ignore[no-redef]
+    from decoding import greedy  # type: ignore[no-redef]
 
 MASKED = np.float32(-1e30)
 TABLE_FILES = ("embedder", "per_layer_embedder")   # memory-mapped lookup tables: only looked-up rows count
@@ -321,12 +324,4 @@ class LiteRTModel:
     def greedy(self, ids, n: int) -> list[int]:
         """Reset, prefill ``ids`` and take ``n`` argmax tokens (EOS does not stop it)."""
         self.reset()
-        out: list[int] = []
-        if n <= 0:
-            return out
-        logits = self.prefill(ids)[-1]
-        for step in range(n):
-            out.append(int(np.argmax(logits)))
-            if step + 1 < n:
-                logits = self.decode(out[-1])
-        return out
+        return greedy(lambda: self.prefill(ids)[-1], self.decode, n)
