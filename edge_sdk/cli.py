@@ -352,12 +352,13 @@ def _convert(sub=None, args=None) -> int:
                   decode_spans=args.decode_spans)
     progress.flush()   # the stage lines before the result
     if args.json:
-        _print_json(res.model)
+        _print_json(res.model.to_json())
     else:
-        files = ", ".join(f"{v['file']} ({v['bytes']:,} B)" for v in res.model["files"].values())
+        m = res.model   # ModelInfo
+        files = ", ".join(f"{v['file']} ({v['bytes']:,} B)" for v in m.files.values())
         note = " (the default; --context N for another)" if args.context is None else ""
-        print(f"{args.out}: {files}; recipe {res.model['recipe']}, context {res.model['context']}{note}, "
-              f"prefill {res.model['prefill']}, KV cache {res.model['kv_cache']['dtype']}; {res.wall_s:.1f} s")
+        print(f"{args.out}: {files}; recipe {m.recipe}, context {m.context}{note}, "
+              f"prefill {m.prefill}, KV cache {m.kv_cache['dtype']}; {res.wall_s:.1f} s")
     return 0
 
 

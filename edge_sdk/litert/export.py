@@ -82,8 +82,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
 class ConversionResult:
     out_dir: Path
     files: dict[str, Path]          # model key → .tflite path
-    model: dict                     # model.json
-    conversion: dict                # conversion.json
+    model: ModelInfo                # model.json
+    conversion: ConversionRecord    # conversion.json
     wall_s: float
 
 
@@ -225,7 +225,7 @@ def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Bin
                        "section_type": SECTION_TYPES[k]} for k, p in files.items()}
         inputs = {p.name: sha256_file(p) for p in sorted(Path(ckpt.path).iterdir())
                   if p.is_file() and not p.name.startswith(".")}
-    plan_doc = plan_json(plan, bank.records, models)
+    plan_doc = plan_json(plan, bank.records, models, ckpt.config)
     model_doc = dataclasses.replace(model_json(spec, plan, geo, outputs, text_only, copied, _generation_eos(ckpt)),
                                     requires_xnnpack=requires_xnnpack(bank.requires_xnnpack))
     _write_json(staging / "plan.json", plan_doc.to_json())
@@ -245,7 +245,7 @@ def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Bin
     )
     _write_json(staging / "conversion.json", conv.to_json())
     _write_json(staging / "model.json", model_doc.to_json())   # last: the directory's "complete" marker
-    return ConversionResult(out_dir, files, model_doc.to_json(), conv.to_json(), wall)
+    return ConversionResult(out_dir, files, model_doc, conv, wall)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -276,7 +276,10 @@ def requires_xnnpack(tensors: dict[str, str]) -> dict | None:
             "tensors": dict(sorted(tensors.items()))}
 
 
-def plan_json(plan: QuantPlan, records: dict, models: list[str]) -> PlanRecord:
+def plan_json(plan: QuantPlan, records: dict, models: list[str], source_config: dict) -> PlanRecord:
+    """plan.json: a row per written tensor (``TensorPlan.to_json`` and what the writer recorded)
+    and ``source_config`` (the checkpoint's config.json, which the spec was read from), so that
+    ``quant.plan.plan_from_rows`` rebuilds the plan from the model's own files."""
     rows = []
     for t in plan.tensors:
         if t.model not in models:
@@ -293,7 +296,8 @@ def plan_json(plan: QuantPlan, records: dict, models: list[str]) -> PlanRecord:
         d["file"] = f"{t.model}.tflite"
         rows.append(d)
     return PlanRecord(recipe=plan.recipe.name, data_bytes=sum(r["data_bytes"] for r in rows),
-                      overhead_bytes=sum(r["overhead_bytes"] for r in rows), tensors=tuple(rows))
+                      overhead_bytes=sum(r["overhead_bytes"] for r in rows), tensors=tuple(rows),
+                      source_config=source_config)
 
 
 def model_json(spec: ModelSpec, plan: QuantPlan, geo: Geometry, outputs: dict, text_only: bool,

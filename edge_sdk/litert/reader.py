@@ -10,7 +10,6 @@ memory-mapped and walked with the schema's table accessors; buffers stored after
 
 from __future__ import annotations
 
-import json
 import mmap
 import struct
 from collections import Counter
@@ -19,7 +18,9 @@ from pathlib import Path
 
 from ai_edge_litert import schema_py_generated as schema
 
+from ..artefacts import ModelInfo
 from ..errors import InputError
+from ..quant.kv_layout import model_kv_layout
 from ..units import fmt_bytes
 
 _TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
@@ -183,19 +184,19 @@ def read_tflite(path: str | Path) -> FileInfo:
 @dataclass
 class ConvertedReport:
     path: str
-    model: dict
+    model: ModelInfo
     files: dict[str, FileInfo]
 
     def to_json(self) -> dict:
-        return {"path": self.path, "model": self.model,
+        return {"path": self.path, "model": self.model.to_json(),
                 "files": {k: v.to_json() for k, v in self.files.items()}}
 
     def to_text(self, max_tensors: int = 40) -> str:
         m = self.model
-        kv = m.get("kv_cache", {})
-        lines = [f"{self.path}  (converted model: recipe {m.get('recipe')}, context {m.get('context')}, "
-                 f"prefill {m.get('prefill')}, KV cache {kv.get('dtype')}"
-                 + (" per-tensor scales" if kv.get("dtype") == "int8" else "") + ")"]
+        kv = model_kv_layout(m, self.path)
+        lines = [f"{self.path}  (converted model: recipe {m.recipe}, context {m.context}, "
+                 f"prefill {m.prefill}, KV cache {kv.dtype}"
+                 + (" per-tensor scales" if kv.dtype == "int8" else "") + ")"]
         for key, fi in self.files.items():
             lines.append(f"  [{key}] {Path(fi.path).name}: {fmt_bytes(fi.file_bytes)} "
                          f"(flatbuffer {fmt_bytes(fi.flatbuffer_bytes)}, weights {fmt_bytes(fi.weight_bytes)}); "
@@ -220,9 +221,6 @@ class ConvertedReport:
 
 def inspect_converted(path: str | Path) -> ConvertedReport:
     d = Path(path)
-    try:
-        model = json.loads((d / "model.json").read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read model.json: {e}", path=d / "model.json") from None
-    files = {k: read_tflite(d / v["file"]) for k, v in model.get("files", {}).items()}
+    model = ModelInfo.read(d)
+    files = {k: read_tflite(d / v["file"]) for k, v in model.files.items()}
     return ConvertedReport(str(d), model, files)
