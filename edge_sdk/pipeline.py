@@ -6,8 +6,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import options as O
 from . import progress as P
-from .artefacts import ConversionRecord, ModelInfo
+from .artefacts import ConversionRecord, ModelInfo, PlanRecord
+from .budget import Budget
 from .checkpoint import open_checkpoint
 from .errors import InputError, install_fix
 from .outputs import check_replaceable_dir, is_nonempty_dir
@@ -15,8 +17,7 @@ from .quant.memory import MemoryEstimate, estimate_memory
 from .quant.plan import QuantPlan, make_plan
 from .quant.presets import load_recipe
 from .quant.source import Source, open_source
-from .gemma4 import spec_from_path
-from .units import parse_size
+from .gemma4 import spec_from_config
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class PlanReport:
     plan: QuantPlan
     memory: MemoryEstimate
     text_only: bool
-    budget: int | None
+    budget: Budget | None   # checked against the planner's peak estimate
 
     def to_text(self) -> str:
         from .units import fmt_bytes, fmt_count
@@ -60,8 +61,8 @@ class PlanReport:
         if kv.adaptation:
             lines.append(f"  note: {kv.adaptation}")
         if self.budget is not None:
-            verdict = "fits" if mem.peak_bytes <= self.budget else "DOES NOT FIT"
-            lines.append(f"  budget                    {fmt_bytes(self.budget):>11}  {verdict}")
+            verdict = "fits" if self.budget.check(mem.peak_bytes).passed else "DOES NOT FIT"
+            lines.append(f"  budget                    {fmt_bytes(self.budget.bytes):>11}  {verdict}")
         inv = self.source.inventory
         lines.append(f"  checkpoint params {fmt_count(inv.total.params)}; kept "
                      f"{fmt_count((inv.kept if self.text_only else inv.total).params)}")
@@ -91,15 +92,15 @@ class PlanReport:
             "components": self.plan.ledger(),
             "kv_cache": {"bits": self.plan.kv_cache.bits, "by_layer": dict(mem.kv_by_layer),
                          "layout": mem.kv.to_json()},
-            "budget": {"limit": self.budget,
-                       "fits": None if self.budget is None else mem.peak_bytes <= self.budget},
+            "budget": {"limit": None if self.budget is None else self.budget.bytes,
+                       "fits": None if self.budget is None else self.budget.check(mem.peak_bytes).passed},
             "tensors": [t.to_json() for t in self.plan.tensors],
         }
 
 
-def plan_model(source: str | Path, *, recipe: str | Path = "mobile", text_only: bool = False,
-               context: int = 4096, prefill: int = 32, budget: str | int | None = None,
-               distinct_tokens: int | None = None, runtime: str = "litert-lm") -> PlanReport:
+def plan_model(source: str | Path, *, recipe: str | Path = O.RECIPE, text_only: bool = False,
+               context: int = O.PLAN_CONTEXT, prefill: int = O.PREFILL, budget: str | int | None = None,
+               distinct_tokens: int | None = None, runtime: str = O.PLAN_RUNTIME) -> PlanReport:
     if context < 1 or prefill < 1:
         raise InputError(f"context ({context}) and prefill ({prefill}) must be positive")
     src = open_source(source)
@@ -108,31 +109,36 @@ def plan_model(source: str | Path, *, recipe: str | Path = "mobile", text_only: 
         mem = estimate_memory(plan, context, prefill, distinct_tokens=distinct_tokens, runtime=runtime)
     except ValueError as e:
         raise InputError(str(e), fix="use --runtime litert-lm or edge_sdk") from None
-    limit = None if budget is None else parse_size(budget)
-    if limit is not None and limit <= 0:
-        raise InputError(f"--budget {budget}: a budget must be more than 0 bytes", fix="e.g. --budget 1GB")
-    return PlanReport(src, plan, mem, text_only, limit)
+    return PlanReport(src, plan, mem, text_only, Budget.parse(budget))
 
 
-def planned_memory(model_dir: str | Path, context: int, distinct_tokens: int, runtime: str | None = None) -> dict | None:
-    """The planner's figures for a converted model: its plan (source checkpoint's config + the recipe
-    ``conversion.json`` records) with the KV cache the model actually carries (the layout recorded in
-    ``model.json['kv_cache']``, ``KvLayout.from_json``) and ``distinct_tokens`` looked-up rows.
-    ``context`` is the evaluated context, recorded beside the model's. None when the source is not
-    at hand. The figures are for ``runtime`` (default: LiteRT-LM, what an app runs); ``by_runtime``
-    gives the peak for each runtime the planner knows."""
-    from .quant.kv_layout import KvLayout
-    from .quant.memory import DEFAULT_RUNTIME, RUNTIMES
+def converted_plan(model_dir: str | Path):
+    """(QuantPlan, KvLayout) of a converted model, from its own files: plan.json's rows and
+    ``source_config`` (``quant.plan.plan_from_rows``), conversion.json's recipe, and the KV layout
+    model.json records. The source checkpoint need not exist. InputError (one line: the file, what
+    it lacks, the fix) when a file is missing or was written by an older edge-sdk."""
+    from .quant.kv_layout import model_kv_layout
+    from .quant.plan import plan_from_rows
     from .quant.recipe import recipe_from_dict
-    try:
-        conv, meta = ConversionRecord.read(model_dir), ModelInfo.read(model_dir)
-        spec = spec_from_path(conv.source["path"])
-        recipe = recipe_from_dict(conv.recipe)
-        kv_len, prefill = meta.context, meta.prefill
-        kv = KvLayout.from_json(meta.kv_cache, context=kv_len, prefill=prefill)
-    except (OSError, ValueError, KeyError, TypeError, InputError):
-        return None
-    plan = make_plan(spec, recipe)
+
+    mdir = Path(model_dir)
+    meta, conv, rec = ModelInfo.read(mdir), ConversionRecord.read(mdir), PlanRecord.read(mdir)
+    spec = spec_from_config(rec.require_source_config(mdir), source=mdir / PlanRecord.FILE)
+    recipe = recipe_from_dict(conv.recipe, source=mdir / ConversionRecord.FILE)
+    return plan_from_rows(spec, recipe, rec.tensors, source=mdir / PlanRecord.FILE), model_kv_layout(meta, mdir)
+
+
+def planned_memory(model_dir: str | Path, context: int, distinct_tokens: int, runtime: str | None = None) -> dict:
+    """The planner's figures for a converted model, from its own files (``converted_plan``: the
+    plan.json rows it was written with, the KV cache it carries) with ``distinct_tokens``
+    looked-up rows. ``context`` is the evaluated context, recorded beside the model's. The figures
+    are for ``runtime`` (default: LiteRT-LM, what an app runs); ``by_runtime`` gives the peak for
+    each runtime the planner knows. InputError (one line with the fix) when the files cannot give
+    them; ``planned_or_absent`` turns that into a reported absence."""
+    from .quant.memory import DEFAULT_RUNTIME, RUNTIMES
+
+    plan, kv = converted_plan(model_dir)
+    kv_len, prefill = kv.context, kv.prefill
     by = {rt: estimate_memory(plan, kv_len, prefill, distinct_tokens=distinct_tokens, kv=kv, runtime=rt)
           for rt in RUNTIMES}
     m = by[runtime or DEFAULT_RUNTIME]
@@ -146,6 +152,17 @@ def planned_memory(model_dir: str | Path, context: int, distinct_tokens: int, ru
             "model_bytes": m.model_bytes, "peak_bytes": m.peak_bytes,
             "by_runtime": {rt: e.peak_bytes for rt, e in by.items()}, "recipe": plan.recipe.name,
             "kv_sliding": "ring" if kv.ring_layers else "full-length"}
+
+
+def planned_or_absent(model_dir: str | Path, context: int, distinct_tokens: int | None,
+                      runtime: str | None = None) -> dict:
+    """``planned_memory``, or ``{"absent": reason}`` where the planned figures only sit beside
+    measured ones (validate, bundle): the reason (which file, what it lacks, the fix) goes into
+    the report instead of failing the run or vanishing."""
+    try:
+        return planned_memory(model_dir, context, distinct_tokens, runtime)
+    except InputError as e:
+        return {"absent": str(e)}
 
 
 RUNTIMES = ("both", "litert-lm", "edge_sdk")
@@ -187,14 +204,16 @@ def bundle_context(path: str | Path) -> int:
 
 def validate_model(model_dir: str | Path, *, reference: str | Path | None = None, text: str | Path | None = None,
                    tokens: str | Path | None = None, budget: str | int | None = None, context: int | None = None,
-                   report: str | Path | None = None, threads: int | None = None, backend: str = "xnnpack",
-                   api: str = "compiled", max_kld: float | None = None, min_top1: float | None = None,
-                   quality: bool = True, max_tokens: int | None = None, runs: int = 5,
-                   decode_tokens: int = 32, strict_backend: bool = False, device: str | None = None,
-                   runner_binary: str | Path | None = None, runtime: str = "both", bundle: str | Path | None = None,
-                   warm: bool = False, first_run: bool = True, keep_logits: bool = False):
+                   report: str | Path | None = None, threads: int | None = O.THREADS, backend: str = O.BACKEND,
+                   api: str = O.VALIDATE_API, max_kld: float = O.MAX_KLD, min_top1: float = O.MIN_TOP1,
+                   quality: bool = True, max_tokens: int | None = None, runs: int = O.SPEED_RUNS,
+                   decode_tokens: int = O.DECODE_TOKENS, strict_backend: bool = False, device: str | None = None,
+                   runner_binary: str | Path | None = None, runtime: str = O.VALIDATE_RUNTIME,
+                   bundle: str | Path | None = None, warm: bool = not O.COLD, first_run: bool = O.FIRST_RUN,
+                   keep_logits: bool = False, profile: bool = False):
     """Run a converted model (or a ``.litertlm``) and judge memory, speed and quality
-    (``edge_sdk.validate.validator.validate``); returns its ``ValidationReport``.
+    (``edge_sdk.validate.validator.validate``, its options as keyword arguments: the CLI's flags);
+    returns its ``ValidationReport``.
 
     Memory is measured cold (the files evicted from the page cache; ``warm`` skips it), on the
     first run (weight cache built) and the steady state (``first_run=False``: steady only), in
@@ -203,10 +222,8 @@ def validate_model(model_dir: str | Path, *, reference: str | Path | None = None
     always comes from our runner's logits). A ``.litertlm`` alone is measured in LiteRT-LM only.
     The logits (``logits.npy``, ``reference_logits.npy``) stay in ``report`` only with ``keep_logits``.
     With ``device`` (serial or "auto") our runner runs on an adb device
-    (``validate.remote.DeviceRunner``) instead."""
-    import tempfile
-
-    from .validate.validator import DEFAULT_MAX_KLD, DEFAULT_MIN_TOP1, validate, validate_bundle
+    (``device.remote.DeviceRunner``) instead."""
+    from .validate.validator import ValidateOptions, validate_bundle
 
     if runtime not in RUNTIMES:
         raise InputError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
@@ -217,14 +234,30 @@ def validate_model(model_dir: str | Path, *, reference: str | Path | None = None
         return validate_bundle(src, context=context or bundle_context(src), budget=budget, report=report,
                                threads=threads, decode_tokens=decode_tokens, cold=not warm, first_run=first_run,
                                sections=_engine_bundle(src, src, src.parent)[1])
+    opts = ValidateOptions(reference=reference, text=text, tokens=tokens, context=context, max_tokens=max_tokens,
+                           quality=quality, backend=backend, api=api, threads=threads, runs=runs,
+                           decode_tokens=decode_tokens, cold=not warm, first_run=first_run, budget=budget,
+                           max_kld=max_kld, min_top1=min_top1, strict_backend=strict_backend,
+                           keep_logits=keep_logits, profile=profile)
+    return _validate_converted(src, opts, report=report, device=device, runner_binary=runner_binary,
+                               runtime=runtime, bundle=bundle)
+
+
+def _validate_converted(src: Path, opts, *, report, device: str | None, runner_binary, runtime: str, bundle):
+    """``validate_model`` for a converted model directory: on the host (with a bundle packed for
+    LiteRT-LM when ``runtime`` asks for it) or an adb ``device``."""
+    import tempfile
+
+    from .validate.validator import validate
+
     executor, target = None, "host"
     if device is not None:
-        from .validate.device import AdbSession
-        from .validate.remote import DeviceRunner
+        from .device.adb import AdbSession
+        from .validate.remote import device_runner
 
         session = AdbSession()
         target = session.pick_device(device)
-        executor = DeviceRunner(session, target, runner_binary=runner_binary)
+        executor = device_runner(session, target, runner_binary=runner_binary)
     with tempfile.TemporaryDirectory(prefix="edge-sdk-bundle-") as scratch:
         engine, sections, notes = None, None, []
         if executor is None and runtime in ("both", "litert-lm"):
@@ -235,15 +268,9 @@ def validate_model(model_dir: str | Path, *, reference: str | Path | None = None
                     raise
                 notes.append(f"LiteRT-LM not measured: no bundle could be packed for it ({e}); pass --bundle "
                              "FILE.litertlm (edge-sdk bundle) to measure the runtime the app uses")
-        return validate(model_dir, reference=reference, text=text, tokens=tokens, budget=budget, context=context,
-                        report=report, threads=threads, backend=backend, api=api,
-                        max_kld=DEFAULT_MAX_KLD if max_kld is None else max_kld,
-                        min_top1=DEFAULT_MIN_TOP1 if min_top1 is None else min_top1, quality=quality,
-                        max_tokens=max_tokens, runs=runs, decode_tokens=decode_tokens, strict_backend=strict_backend,
-                        plan_memory=lambda ctx, distinct: planned_memory(model_dir, ctx, distinct),
-                        target=target, executor=executor, cold=not warm, first_run=first_run, bundle=engine,
-                        bundle_sections=sections, ours=runtime != "litert-lm" or quality, notes=tuple(notes),
-                        keep_logits=keep_logits)
+        return validate(src, opts, report=report, target=target, executor=executor, bundle=engine,
+                        plan_memory=lambda ctx, distinct: planned_or_absent(src, ctx, distinct),
+                        bundle_sections=sections, ours=runtime != "litert-lm" or opts.quality, notes=tuple(notes))
 
 
 def validate_all_devices(model_dir: str | Path, *, report: str | Path, **kwargs) -> list[dict]:
@@ -253,8 +280,8 @@ def validate_all_devices(model_dir: str | Path, *, report: str | Path, **kwargs)
     import threading
 
     from .errors import DeviceError, EdgeSdkError
-    from .validate.device import AdbSession
-    from .validate.remote import sanitize
+    from .device.adb import AdbSession
+    from .device.remote import sanitize
 
     serials = [d.serial for d in AdbSession().list_devices() if d.state == "device"]
     if not serials:
@@ -288,9 +315,9 @@ def validate_all_devices(model_dir: str | Path, *, report: str | Path, **kwargs)
     return summary
 
 
-def convert(source: str | Path, out_dir: str | Path, *, recipe: str | Path = "mobile", text_only: bool = False,
-            context: int = 512, prefill: int = 32, score: bool = True, overwrite: bool = False,
-            progress: bool | None = None):
+def convert(source: str | Path, out_dir: str | Path, *, recipe: str | Path = O.RECIPE, text_only: bool = False,
+            context: int = O.CONVERT_CONTEXT, prefill: int = O.PREFILL, score: bool = True, overwrite: bool = False,
+            progress: bool | None = None, decode_spans: bool = False):
     """Checkpoint → converted model directory (``edge_sdk.litert.export``); returns its
     ``ConversionResult``. Towers (vision/audio) cannot be converted: ``text_only`` is required
     for a checkpoint that has them."""
@@ -302,7 +329,8 @@ def convert(source: str | Path, out_dir: str | Path, *, recipe: str | Path = "mo
     with P.stage("reading the checkpoint and planning") if progress is not False else nullcontext():
         src, plan = _open_and_plan(source, recipe, text_only)
     return export_model(open_checkpoint(src.path), src.spec, src.binding, plan, out_dir, text_only=text_only,
-                        context=context, prefill=prefill, score=score, overwrite=overwrite, progress=progress)
+                        context=context, prefill=prefill, score=score, overwrite=overwrite, progress=progress,
+                        decode_spans=decode_spans)
 
 
 def _open_and_plan(source: str | Path, recipe: str | Path, text_only: bool) -> tuple[Source, QuantPlan]:
@@ -320,24 +348,19 @@ def _open_and_plan(source: str | Path, recipe: str | Path, text_only: bool) -> t
 def bundle_model(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path | None = None,
                  max_tokens: int | None = None, android: str | Path | None = None, overwrite: bool = False):
     """Converted model directory → ``.litertlm`` + ``<bundle>.manifest.json`` (``edge_sdk.bundle``),
-    with the planner's peak memory at the model's context when the source checkpoint is at hand;
-    returns the ``BundleReport``."""
-    import json
-
+    with the planner's peak memory at the model's context from the model's own plan.json (absent,
+    with the reason in the manifest, for a model converted before plan.json version 2); returns
+    the ``BundleReport``."""
     try:
         from .bundle import bundle
     except ImportError as e:
         raise InputError(f"bundling needs LiteRT-LM's builder ({e.name or e} is not installed)",
                          fix=install_fix("bundle")) from None
 
-    planned = None
-    try:
-        context = json.loads((Path(model_dir) / "model.json").read_text()).get("context")
-    except (OSError, ValueError):
-        context = None   # bundle() reports the missing or malformed model.json
-    if isinstance(context, int) and context > 0:
-        with P.stage("planned memory from the source checkpoint"):
-            planned = planned_memory(model_dir, context, None)
+    meta, planned = ModelInfo.read_optional(model_dir), None   # no model.json: bundle() says what is wrong
+    if meta is not None:
+        with P.stage("planned memory from the model's plan.json"):
+            planned = planned_or_absent(model_dir, meta.context, None)
     with P.stage(f"writing {Path(out_file).name} (sections, sha256, manifest)"):
         return bundle(model_dir, out_file, tokenizer=tokenizer, max_tokens=max_tokens, android=android,
                       planned=planned, overwrite=overwrite)

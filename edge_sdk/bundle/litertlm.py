@@ -25,14 +25,17 @@ from pathlib import Path
 
 from ..artefacts import ConversionRecord, ModelInfo, PlanRecord
 from ..errors import InputError
+from ..hashing import sha256_file
+from ..litert.reader import read_tflite
 from ..outputs import check_replaceable_bundle
+from ..quant.kv_layout import KvLayout, model_kv_layout
 from ..units import fmt_bytes
 from . import container as ct
 from .manifest import (MANIFEST_KEY, MANIFEST_VERSION, conversion_block, dumps, manifest_path_for, memory_block,
                        plan_summary, read_manifest, validation_report, versions)
 from .android import check_android_dir, place
 from .metadata import executor_metadata, find_tokenizer, llm_metadata
-from .signatures import cache_context, check_llm_signatures, kv_buffers, read_tflite
+from .signatures import cache_context, check_llm_signatures, kv_buffers
 
 MODEL_FILES = (("prefill_decode", "tf_lite_prefill_decode", True),
                ("embedder", "tf_lite_embedder", True),
@@ -115,10 +118,52 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
     ``max_tokens``: LiteRT-LM's ``max_num_tokens`` (default and maximum: the model's KV cache
     length); ``android``: an ``android_demo`` directory to place the bundle in (see
     :mod:`.android`); ``planned``: the planner's figures at the model's context
-    (``pipeline.bundle_model`` passes ``planned_memory(...)``; None: no plan at hand);
+    (``pipeline.bundle_model`` passes ``planned_or_absent(...)``; None or {"absent": reason}: no plan);
     ``overwrite``: replace an existing ``out_file`` (and its side manifest), only when edge-sdk wrote
     it (:func:`edge_sdk.outputs.check_replaceable_bundle`); without it an existing file is refused."""
     mdir, out = Path(model_dir), Path(out_file)
+    _check_destination(mdir, out, android, overwrite)
+    meta = ModelInfo.read(mdir)
+    conv = ConversionRecord.read_optional(mdir)
+    infos = _read_graphs(mdir, meta)
+    m = _model_facts(mdir, infos["prefill_decode"], tokenizer, max_tokens)
+    llm_msg, facts = llm_metadata(m.tok, meta, m.max_num)
+    if not facts.chat_template:
+        m.warnings.append("no chat template: apps must prompt with apply_prompt_template off")
+    kv = model_kv_layout(meta, mdir)
+    windows = {b.name: b.window for b in kv.buffers if b.ring and b.window}
+    exe_msg = executor_metadata(m.kv, m.context, windows)
+
+    with tempfile.TemporaryDirectory(prefix=".edge_sdk_bundle.", dir=out.parent) as stage:
+        sources, hashes = _sections(Path(stage), mdir, m.tok, llm_msg, exe_msg, infos,
+                                    dict(conv.outputs) if conv else {})
+        sections = [s for s, _ in sources]
+        manifest = {
+            "format": MANIFEST_KEY, "version": MANIFEST_VERSION, "created_by": versions(),
+            "bundle": {"bytes": 0, "container": f"litertlm {ct.VERSION}"},
+            "model": _model_block(m, facts, meta, infos["prefill_decode"]),
+            "recipe": conv.recipe_name if conv else meta.recipe,
+            "conversion": conversion_block(conv),
+            "plan": plan_summary(PlanRecord.read_optional(mdir), planned),
+            "memory": memory_block(planned, validation_report(mdir), m.context,
+                                   sum(s.size for s in sections if s.kind == "tflite")),
+            "adaptations": kv_adaptations(kv),
+            "warnings": m.warnings,
+        }
+        _lay_out(manifest, sources, hashes)
+        text = dumps(manifest)
+        _write_container(out, text, sections, manifest, verify)
+    mpath = manifest_path_for(out)
+    _atomic_write_text(mpath, text)
+    placed = None
+    if android is not None:
+        placed = place(out, mpath, Path(android))
+    return BundleReport(out, mpath, out.stat().st_size, manifest, placed, tuple(m.warnings))
+
+
+def _check_destination(mdir: Path, out: Path, android: str | Path | None, overwrite: bool) -> None:
+    """Refuse, before anything is read or written: no model directory, a wrong name, a missing
+    output directory, a file we may not replace, an unusable android_demo directory."""
     if not mdir.is_dir():
         raise InputError("no such model directory", path=mdir, fix="pass the OUT_DIR written by `edge-sdk convert`")
     if out.suffix != ".litertlm":
@@ -128,8 +173,11 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
     check_replaceable_bundle(out, manifest_path_for(out), overwrite=overwrite, read_manifest=read_manifest)
     if android is not None:
         check_android_dir(Path(android))     # before anything is written
-    meta = ModelInfo.read(mdir)
-    conv = ConversionRecord.read_optional(mdir)
+
+
+def _read_graphs(mdir: Path, meta: ModelInfo) -> dict:
+    """The model files LiteRT-LM will call, read (a per-layer embedder the graph does not use is
+    left out); InputError when one is missing or its signatures are not what the engine calls."""
     infos = {}
     for stem, _, required in MODEL_FILES:
         p = _model_file(mdir, meta, stem)
@@ -141,10 +189,28 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
     problems = check_llm_signatures(infos["prefill_decode"], infos.get("embedder"), infos.get("per_layer_embedder"))
     if problems:
         raise InputError("LiteRT-LM cannot run this model: " + "; ".join(problems), path=mdir)
-    pd = infos["prefill_decode"]
-    decode = pd.signatures["decode"]
-    if "per_layer_embeddings" not in decode.inputs:
+    if "per_layer_embeddings" not in infos["prefill_decode"].signatures["decode"].inputs:
         infos.pop("per_layer_embedder", None)       # unused by the graph: the engine would not call it
+    return infos
+
+
+@dataclass
+class _Facts:
+    """What the graph and the tokenizer say, checked against each other."""
+
+    tok: object
+    kv: list
+    context: int
+    max_num: int
+    vocab: int
+    warnings: list[str]
+
+
+def _model_facts(mdir: Path, pd, tokenizer, max_tokens: int | None) -> _Facts:
+    """KV buffers, context, ``max_num_tokens``, vocabulary and tokenizer (InputError for a
+    ``max_tokens`` out of range, a tokenizer larger than the logits, a KV dtype the engine
+    runs unfaithfully)."""
+    decode = pd.signatures["decode"]
     kv = kv_buffers(decode)
     context = cache_context(decode)
     max_num = context if max_tokens is None else int(max_tokens)
@@ -164,104 +230,94 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
         raise InputError(f"KV cache dtype {kv[0].dtype}: LiteRT-LM's CPU engine loads it but its output is not "
                          "faithful (LITERTLM_GEMMA4.md §7)", path=mdir / "model.json",
                          fix="re-convert with kv_cache bits 8 (int8, per-tensor scale) or 32")
-    adaptations = kv_adaptations(meta)
-    llm_msg, facts = llm_metadata(tok, meta.to_json(), max_num)
-    if not facts.chat_template:
-        warnings.append("no chat template: apps must prompt with apply_prompt_template off")
-    windows = {b["name"]: b["window"] for b in meta.kv_cache.get("buffers", [])
-               if isinstance(b, dict) and b.get("ring") and b.get("window")}
-    exe_msg = executor_metadata(kv, context, windows)
-    recorded = dict(conv.outputs) if conv else {}
-
-    with tempfile.TemporaryDirectory(prefix=".edge_sdk_bundle.", dir=out.parent) as stage:
-        sdir = Path(stage)
-        raw_tok = tok.tokenizer_json.read_bytes()
-        sources = [
-            (ct.SectionSource("llm_metadata", _stage(sdir, "llm_metadata.pb", llm_msg.SerializeToString())),
-             "generated"),
-            (ct.SectionSource("executor_metadata", _stage(sdir, "executor_metadata.pb", exe_msg.SerializeToString())),
-             "generated"),
-            (ct.SectionSource("hf_tokenizer", _stage(sdir, "tokenizer.zlib", len(raw_tok).to_bytes(8, "little")
-                                                     + zlib.compress(raw_tok))), tok.tokenizer_json.name),
-        ]
-        for stem, model_type, _ in MODEL_FILES:
-            if stem in infos:
-                sources.append((ct.SectionSource("tflite", infos[stem].path, model_type), infos[stem].path.name))
-        hashes = []
-        for src, name in sources:
-            h = ct.sha256_file(src.path)
-            if name in recorded and recorded[name] != h:
-                raise InputError(f"{name} does not match the sha256 conversion.json records (changed since "
-                                 "conversion?)", path=mdir / name, fix="re-run `edge-sdk convert`")
-            hashes.append(h)
-        sections = [s for s, _ in sources]
-
-        manifest = {
-            "format": MANIFEST_KEY, "version": MANIFEST_VERSION, "created_by": versions(),
-            "bundle": {"bytes": 0, "container": f"litertlm {ct.VERSION}"},
-            "model": {"llm_model_type": "gemma4", "vocab_size": vocab, "context": context,
-                      "max_num_tokens": max_num, "prefill_lengths": _prefill_lengths(pd.signatures),
-                      "kv_cache": {"dtype": kv[0].dtype, "layers": sorted({b.layer for b in kv}),
-                                   "buffers": len(kv), "sequence_axes": {"k": 2, "v": 3},
-                                   "ring_slots": {b.name: b.max_length for b in kv if b.max_length < context}
-                                   or None,
-                                   "scales": {b.name: b.scale for b in kv if b.scale is not None} or None},
-                      "bos_token_id": facts.bos_id, "stop_token_ids": list(facts.stop_ids),
-                      "stop_strings": list(facts.stop_strings), "has_chat_template": facts.chat_template,
-                      "text_only": meta.text_only},
-            "recipe": conv.recipe_name if conv else meta.recipe,
-            "conversion": conversion_block(conv),
-            "plan": plan_summary(PlanRecord.read_optional(mdir), planned),
-            "memory": memory_block(planned, validation_report(mdir), context,
-                                   sum(s.size for s in sections if s.kind == "tflite")),
-            "adaptations": adaptations,
-            "warnings": warnings,
-        }
-        layout = None
-        for _ in range(4):  # offsets live in the header they position: iterate to a fixed point
-            entries = {"Authors": "edge-sdk", MANIFEST_KEY: dumps(manifest)}
-            new = ct.plan_layout(entries, sections)
-            if new == layout:
-                break
-            layout = new
-            manifest["bundle"]["bytes"] = layout[-1][1]
-            manifest["sections"] = [
-                {"index": i, "type": ct.type_name(s.kind), "model_type": s.model_type,
-                 "source": name, "begin": b, "end": e, "bytes": e - b, "sha256": h}
-                for i, ((s, name), (b, e), h) in enumerate(zip(sources, layout, hashes))]
-        else:
-            raise RuntimeError("bundle layout did not converge")
-        text = dumps(manifest)
-        bundle_uuid = str(uuidlib.uuid5(uuidlib.NAMESPACE_URL,
-                                        "edge-sdk:" + hashlib.sha256(text.encode()).hexdigest()))
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "w+b") as f:
-                written = ct.write_container(f, {"Authors": "edge-sdk", MANIFEST_KEY: text}, sections,
-                                             uuid=bundle_uuid)
-                f.flush()
-                os.fsync(f.fileno())
-            _check_written(Path(tmp), written, manifest, verify)
-            ct.publish_mode(tmp)
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    mpath = manifest_path_for(out)
-    _atomic_write_text(mpath, text)
-    placed = None
-    if android is not None:
-        placed = place(out, mpath, Path(android))
-    return BundleReport(out, mpath, out.stat().st_size, manifest, placed, tuple(warnings))
+    return _Facts(tok, kv, context, max_num, vocab, warnings)
 
 
-def kv_adaptations(meta: ModelInfo) -> list[dict]:
-    """Where the model departs from its recipe so that LiteRT-LM can run it (model.json records it)."""
-    kv = meta.kv_cache
-    req, emitted = kv.get("requested") or {}, kv.get("emitted") or {}
-    if req.get("granularity") and emitted.get("quantization") and req["granularity"] != emitted["quantization"]:
-        return [{"part": "kv_cache", "requested": f"int{req.get('bits')} per-{req['granularity']} scales",
-                 "bundled": f"{emitted.get('dtype')} {emitted['quantization']} scale per cache buffer",
+def _sections(sdir: Path, mdir: Path, tok, llm_msg, exe_msg, infos: dict,
+              recorded: dict) -> tuple[list, list[str]]:
+    """The bundle's sections in order as [(SectionSource, source name)] (metadata staged in
+    ``sdir``) and their sha256s; a model file whose sha256 differs from conversion.json's is refused."""
+    raw_tok = tok.tokenizer_json.read_bytes()
+    sources = [
+        (ct.SectionSource("llm_metadata", _stage(sdir, "llm_metadata.pb", llm_msg.SerializeToString())),
+         "generated"),
+        (ct.SectionSource("executor_metadata", _stage(sdir, "executor_metadata.pb", exe_msg.SerializeToString())),
+         "generated"),
+        (ct.SectionSource("hf_tokenizer", _stage(sdir, "tokenizer.zlib", len(raw_tok).to_bytes(8, "little")
+                                                 + zlib.compress(raw_tok))), tok.tokenizer_json.name),
+    ]
+    for stem, model_type, _ in MODEL_FILES:
+        if stem in infos:
+            sources.append((ct.SectionSource("tflite", infos[stem].path, model_type), infos[stem].path.name))
+    hashes = []
+    for src, name in sources:
+        h = sha256_file(src.path)
+        if name in recorded and recorded[name] != h:
+            raise InputError(f"{name} does not match the sha256 conversion.json records (changed since "
+                             "conversion?)", path=mdir / name, fix="re-run `edge-sdk convert`")
+        hashes.append(h)
+    return sources, hashes
+
+
+def _model_block(m: _Facts, facts, meta: ModelInfo, pd) -> dict:
+    """The manifest's ``model``: what LiteRT-LM is told and the KV cache it will hold."""
+    kv, context = m.kv, m.context
+    return {"llm_model_type": "gemma4", "vocab_size": m.vocab, "context": context,
+            "max_num_tokens": m.max_num, "prefill_lengths": _prefill_lengths(pd.signatures),
+            "kv_cache": {"dtype": kv[0].dtype, "layers": sorted({b.layer for b in kv}),
+                         "buffers": len(kv), "sequence_axes": {"k": 2, "v": 3},
+                         "ring_slots": {b.name: b.max_length for b in kv if b.max_length < context} or None,
+                         "scales": {b.name: b.scale for b in kv if b.scale is not None} or None},
+            "bos_token_id": facts.bos_id, "stop_token_ids": list(facts.stop_ids),
+            "stop_strings": list(facts.stop_strings), "has_chat_template": facts.chat_template,
+            "text_only": meta.text_only}
+
+
+def _lay_out(manifest: dict, sources: list, hashes: list[str]) -> None:
+    """Set ``manifest['sections']`` and the bundle's size: the offsets live in the header they
+    position, so iterate to a fixed point."""
+    sections = [s for s, _ in sources]
+    layout = None
+    for _ in range(4):
+        entries = {"Authors": "edge-sdk", MANIFEST_KEY: dumps(manifest)}
+        new = ct.plan_layout(entries, sections)
+        if new == layout:
+            return
+        layout = new
+        manifest["bundle"]["bytes"] = layout[-1][1]
+        manifest["sections"] = [
+            {"index": i, "type": ct.type_name(s.kind), "model_type": s.model_type,
+             "source": name, "begin": b, "end": e, "bytes": e - b, "sha256": h}
+            for i, ((s, name), (b, e), h) in enumerate(zip(sources, layout, hashes))]
+    raise RuntimeError("bundle layout did not converge")
+
+
+def _write_container(out: Path, text: str, sections: list, manifest: dict, verify: bool) -> None:
+    """Write the .litertlm beside ``out``, check it against the manifest, then rename it into place
+    (nothing is left behind on failure). Its UUID is derived from the manifest: same input, same bytes."""
+    bundle_uuid = str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, "edge-sdk:" + hashlib.sha256(text.encode()).hexdigest()))
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w+b") as f:
+            written = ct.write_container(f, {"Authors": "edge-sdk", MANIFEST_KEY: text}, sections,
+                                         uuid=bundle_uuid)
+            f.flush()
+            os.fsync(f.fileno())
+        _check_written(Path(tmp), written, manifest, verify)
+        ct.publish_mode(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def kv_adaptations(kv: KvLayout) -> list[dict]:
+    """Where the model departs from its recipe so that LiteRT-LM can run it (the KV layout
+    model.json records: the recipe's request beside the buffers' emitted scales)."""
+    emitted = kv.buffers[0].scale_granularity if kv.buffers else None
+    if kv.requested_granularity and emitted and kv.requested_granularity != emitted:
+        return [{"part": "kv_cache", "requested": f"int{kv.requested_bits} per-{kv.requested_granularity} scales",
+                 "bundled": f"{kv.dtype} {emitted} scale per cache buffer",
                  "why": "LiteRT-LM carries each KV cache as one state buffer; per-(token, head) scales would "
                         "need extra state buffers the engine does not know"}]
     return []
@@ -277,5 +333,5 @@ def _check_written(path: Path, written: list[ct.SectionInfo], manifest: dict, ve
         raise RuntimeError("bundle size differs from the planned one")
     if verify:
         for s in want:
-            if ct.sha256_file(path, s["begin"], s["end"]) != s["sha256"]:
+            if sha256_file(path, s["begin"], s["end"]) != s["sha256"]:
                 raise RuntimeError(f"section {s['index']} bytes differ from their source after writing")

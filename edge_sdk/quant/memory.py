@@ -29,6 +29,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from ..options import PLAN_RUNTIME
 from .kv_layout import KvLayout, kv_layout
 from .moe_layout import moe_activation_bytes, touched_expert_bytes
 from .plan import QuantPlan
@@ -59,7 +60,7 @@ RUNTIMES = {
                                measured="ai-edge-litert 2.3.0 CompiledModel+XNNPACK cache, E2B mobile 4K cold "
                                         "steady 936 MB (2026-12-01)"),
 }
-DEFAULT_RUNTIME = "litert-lm"   # what an app runs
+DEFAULT_RUNTIME = PLAN_RUNTIME   # what an app runs (edge_sdk.options owns the default)
 SIGNATURES = 3                  # prefill_<T>, decode, score_<T> in prefill_decode.tflite
 HEAD_CONSTANT_BYTES = 1_200_000  # inline constants and tensor tables of the E2B head, beside the quant params
 
