@@ -419,13 +419,13 @@ def test_synthetic_checkpoint_tiny_config(tmp_path):
 
 @pytest.mark.slow
 def test_bench_script_on_a_tiny_config(tmp_path):
-    """scripts/bench_e2b.py end to end on the shrunk E2B config: synthetic checkpoint, convert,
+    """scripts/bench_size.py (--size e2b) end to end on the shrunk E2B config: synthetic checkpoint, convert,
     bundle, validate (both runtimes, first and steady, cold), JSON and the markdown tables."""
     cfg = _tiny_e2b_config(tmp_path / "cfg.json")
     cfg["text_config"].update(vocab_size=2048, vocab_size_per_layer_input=2048)   # the stand-in tokenizer's
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     docs = tmp_path / "bench.md"
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_e2b.py"), "--work", str(tmp_path / "w"),
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_size.py"), "--work", str(tmp_path / "w"),
                           "--config", str(tmp_path / "cfg.json"), "--contexts", "64", "--repeats", "1",
                           "--first-run-max", "64", "--docs", str(docs)],
                          capture_output=True, text=True, timeout=600)

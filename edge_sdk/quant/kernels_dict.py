@@ -106,7 +106,10 @@ def kmeans_groups(x: np.ndarray, k: int, iterations: int):
         bounds, counts, sums = partition(c)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = (sums / counts).astype(np.float32)
-        c = np.sort(np.where(counts > 0, mean, c), axis=1)
+        nc = np.sort(np.where(counts > 0, mean, c), axis=1)
+        if np.array_equal(nc, c):   # a fixed point: the remaining iterations would return it unchanged
+            break
+        c = nc
     bounds, counts, sums = partition(c)
     lo, last = bounds[:, :-1], np.maximum(bounds[:, 1:] - 1, 0)
     dev = np.maximum(c - xs[rows, np.minimum(lo, n - 1)], xs[rows, last] - c)
