@@ -134,24 +134,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_processes_match_one(texts, tmp_path, capsys):
-    """The same command under ``torchrun --nproc_per_node 2`` (DDP, gloo): each rank takes half of
-    the same global batch, so the result equals one process up to float summation order."""
+LAUNCH_ARGS = ["--steps", "2", "--batch", "4", "--seq-len", "32", "--eval-every", "2", "--threads", "1",
+               "--max-ppl-increase", "1000%"]
+
+
+@pytest.fixture(scope="module")
+def one_process(texts, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "q"
+    assert main(["qat", str(FLOAT), "--data", str(texts / "train.jsonl"), "--eval", str(texts / "eval.txt"),
+                 *LAUNCH_ARGS, "-o", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_match_one(launcher, texts, one_process, tmp_path):
+    """The same command under ``torchrun --nproc_per_node 2`` and ``accelerate launch
+    --num_processes 2`` (DDP, gloo on CPU): each rank takes half of the same global batch, so the
+    result equals one process up to float summation order."""
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")
-    args = ["qat", FLOAT, "--data", texts / "train.jsonl", "--eval", texts / "eval.txt", "--steps", "2",
-            "--batch", "4", "--seq-len", "32", "--eval-every", "2", "--threads", "1", "--max-ppl-increase", "1000%"]
-    one = tmp_path / "one"
-    assert _run([*args, "-o", one], capsys)[0] == 0
     two = tmp_path / "two"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "edge_sdk", *map(str, args), "-o", str(two)]
+    port = str(_free_port())
+    if launcher == "torchrun":
+        pre = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port]
+    else:
+        pytest.importorskip("accelerate")
+        pre = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               port]
+    cmd = [*pre, "-m", "edge_sdk", "qat", str(FLOAT), "--data", str(texts / "train.jsonl"), "--eval",
+           str(texts / "eval.txt"), *LAUNCH_ARGS, "-o", str(two)]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count(f"{two}: 2 steps") == 1, p.stdout   # rank 0 speaks, once
     assert all(e == 0.0 for e in verify_export(two).values())
-    a, b, f = _weights(one), _weights(two), _weights_float()
+    a, b, f = _weights(one_process), _weights(two), _weights_float()
     assert a.keys() == b.keys()
     text = [k for k in a if "language_model" in k]   # the towers hold +-inf clip bounds: untouched
     assert all(np.array_equal(a[k], b[k], equal_nan=True) for k in a if k not in text)
@@ -160,6 +179,8 @@ def test_torchrun_two_processes_match_one(texts, tmp_path, capsys):
     assert moved > 1e-3 and diff <= 1e-2 * moved, (diff, moved)
     rep = json.loads((two / "qat_report.json").read_text())
     assert rep["settings"]["world_size"] == 2 and rep["steps_done"] == 2
+    one_rep = json.loads((one_process / "qat_report.json").read_text())
+    assert abs(rep["evals"][-1]["loss"] - one_rep["evals"][-1]["loss"]) < 1e-4   # the mean over ranks
 
 
 def _weights_float() -> dict[str, np.ndarray]:
@@ -195,3 +216,18 @@ def test_trainer_callback(texts, tmp_path):
     errs = verify_export(cb.exported)
     assert errs and all(e == 0.0 for e in errs.values())
     assert (cb.exported / "tokenizer.json").is_file()
+
+
+def test_stop_rule_and_widen_advice():
+    from edge_sdk.qat.monitor import StopRule, widen_advice
+    r = StopRule(0.05, patience=2)
+    # missed, still improving: go on; plateaued after half the steps: stop; met: never stop
+    assert [r.should_stop(x, s, 100) for x, s in [(0.3, 10), (0.2, 20), (0.15, 50), (0.149, 60), (0.15, 70)]] \
+        == [False, False, False, False, True]
+    assert not StopRule(0.05, patience=1).should_stop(0.04, 90, 100)
+    assert not StopRule(None).should_stop(9.0, 90, 100)
+    sens = {"mlp": {"kld_if_float": 0.1, "scheme": "int2"}, "attention": {"kld_if_float": 0.25, "scheme": "int4"},
+            "ple_table": {"kld_if_float": 0.31, "scheme": "4-bit codebook"}}
+    adv = widen_advice(sens, kld_now=0.3)
+    assert [(a["section"], a["from"], a["to"]) for a in adv] == [("mlp", "int2", "int4"), ("attention", "int4", "int8")]
+    assert abs(adv[0]["kld_gain"] - 0.2) < 1e-12

@@ -302,6 +302,10 @@ class _Run:
 
     def _checkpoint_and_eval(self, loss: float, st) -> bool:
         stop = 0.0
+        if self.dist.world > 1:   # the logged loss: the mean over the ranks' halves of the batch
+            t = torch.tensor([loss], dtype=torch.float64, device=self.dist.device)
+            torch.distributed.all_reduce(t)
+            loss = float(t.item()) / self.dist.world
         if self.dist.rank == 0:
             m = self._evaluate(loss)
             st.log(f"step {self.step}/{self.s['steps']}  loss {loss:.4f}  held-out PPL {m['ppl']:.3f} "
