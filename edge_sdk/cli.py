@@ -28,10 +28,11 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
 from . import __version__, progress
+from . import options as O
 from .errors import EdgeSdkError
 
-DEFAULT_PLAN_CONTEXT = 4096   # plan: the context a phone app is planned for
-DEFAULT_CONVERT_CONTEXT = 512  # convert: the KV cache the converted model carries
+DEFAULT_PLAN_CONTEXT = O.PLAN_CONTEXT        # edge_sdk.options owns every default the flags show
+DEFAULT_CONVERT_CONTEXT = O.CONVERT_CONTEXT
 
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
@@ -174,17 +175,17 @@ def _inspect(sub: argparse.ArgumentParser | None = None, args: argparse.Namespac
 def _plan(sub=None, args=None) -> int:
     if sub is not None:
         sub.add_argument("source", help="checkpoint directory or config.json")
-        sub.add_argument("--recipe", default="mobile", help="preset (float, int8, int4, mobile) or recipe .json")
+        sub.add_argument("--recipe", default=O.RECIPE, help="preset (float, int8, int4, mobile) or recipe .json")
         sub.add_argument("--text-only", action="store_true", help="drop vision and audio towers")
         sub.add_argument("--context", type=int, default=None,
                          help=f"context length for the KV cache, tokens (default: {DEFAULT_PLAN_CONTEXT}, "
                               f"what a phone app is planned for; convert's default is {DEFAULT_CONVERT_CONTEXT})")
-        sub.add_argument("--prefill", type=int, default=32, help="prefill chunk length (activation arena)")
+        sub.add_argument("--prefill", type=int, default=O.PREFILL, help="prefill chunk length (activation arena)")
         sub.add_argument("--distinct-tokens", type=int, default=None,
                          help="distinct tokens in the context (mapped rows touched) (default: context/4)")
         sub.add_argument("--budget", default=None,
                          help="memory budget, e.g. 1GB (10^9) or 900MiB (default: none, no fit verdict)")
-        sub.add_argument("--runtime", default="litert-lm", choices=("litert-lm", "edge_sdk"),
+        sub.add_argument("--runtime", default=O.PLAN_RUNTIME, choices=("litert-lm", "edge_sdk"),
                          help="whose additions to count: LiteRT-LM's engine (what an app runs) or our runner "
                               "(default: %(default)s)")
         sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -209,61 +210,9 @@ def _plan(sub=None, args=None) -> int:
 @command("validate", "run a converted model on the host interpreter: memory vs budget, speed, quality vs float")
 def _validate(sub=None, args=None) -> int:
     if sub is not None:
-        sub.add_argument("model_dir", help="converted model directory (edge-sdk convert OUT_DIR), or a .litertlm "
-                                           "(then memory and speed in LiteRT-LM only)")
-        sub.add_argument("--reference", default=None,
-                         help="float checkpoint to compare against (default: the float sibling of a "
-                              "'qat' source, else the source checkpoint in conversion.json)")
-        sub.add_argument("--text", default=None, help="evaluation text file (default: tiny model's held-out split)")
-        sub.add_argument("--tokens", default=None,
-                         help="evaluation token ids (.npy or .json) instead of text (default: the --text)")
-        sub.add_argument("--budget", default=None, help="memory budget for the model's share of peak RSS, "
-                                                        "e.g. 1GB (10^9) or 900MiB (default: none, not gated)")
-        sub.add_argument("--context", type=_positive_int, default=None,
-                         help="tokens per evaluation window / KV fill (default: the model's context)")
-        sub.add_argument("--max-tokens", type=_positive_int, default=None,
-                         help="evaluate at most this many tokens (default: all of the text)")
-        sub.add_argument("-o", "--output", "--report", dest="report", default=None, metavar="DIR",
-                         help="directory for report.json, report.md, memory.png and the runs' logs "
-                              "(default: none, a temporary directory)")
-        sub.add_argument("--keep-logits", action="store_true",
-                         help="also keep logits.npy and reference_logits.npy in the report directory "
-                              "(positions x vocab x 4 bytes each: 165 MB for the tiny model, GBs for a real one)")
-        sub.add_argument("--threads", type=_positive_int, default=None,
-                         help="CPU threads for the runtime (default: the runtime's default, one thread)")
-        sub.add_argument("--backend", default="xnnpack", choices=("xnnpack", "builtin"),
-                         help="CPU kernels: XNNPACK, or LiteRT's builtin reference kernels")
-        sub.add_argument("--api", default="compiled", choices=("interpreter", "compiled"),
-                         help="compiled: CompiledModel with an XNNPACK weight cache (weights ~1x in memory); "
-                              "interpreter: the classic Interpreter (per-op kernel census)")
-        sub.add_argument("--max-kld", type=float, default=None, help="gate on mean KLD (default: 0.5)")
-        sub.add_argument("--min-top1", type=float, default=None, help="gate on top-1 agreement (default: 0.6)")
-        sub.add_argument("--no-quality", action="store_true", help="skip the float reference comparison")
-        sub.add_argument("--runs", type=_positive_int, default=5, help="timed speed runs (median reported)")
-        sub.add_argument("--decode-tokens", type=_positive_int, default=32, help="greedy decode steps per run")
-        sub.add_argument("--strict-backend", action="store_true",
-                         help="fail (not warn) when the requested kernels did not run")
-        sub.add_argument("--json", action="store_true", help="print report.json instead of a summary")
-        sub.add_argument("--device", default=None, metavar="SERIAL|auto|all",
-                         help="run on an adb device instead of the host: a serial, 'auto' (the only one), or "
-                              "'all' (every connected device at once; one report each under -o DIR) "
-                              "(default: none, the host)")
-        sub.add_argument("--runner-binary", default=None, metavar="PATH",
-                         help="Android devices (no python3): LiteRT's benchmark_model for the device's ABI "
-                              "(default: none, the Python runner)")
-        sub.add_argument("--runtime", default="both", choices=("both", "litert-lm", "edge_sdk"),
-                         help="where memory and speed are measured: LiteRT-LM's engine (what an app runs), our "
-                              "runner, or both (default); quality always comes from our runner")
-        sub.add_argument("--bundle", default=None, metavar="FILE.litertlm",
-                         help="the bundle LiteRT-LM measures (default: one packed from MODEL_DIR for the run)")
-        sub.add_argument("--warm", action="store_true",
-                         help="leave the model's files in the page cache (default: evict them first, as a phone's "
-                              "first launch after an install reads them)")
-        sub.add_argument("--no-first-run", dest="first_run", action="store_false",
-                         help="measure only the steady state (default: also the first run, which builds the "
-                              "XNNPACK weight cache; the budget is checked against the larger)")
+        _validate_args(sub)
         return 0
-    from .pipeline import validate_all_devices, validate_model
+    from .pipeline import validate_model
 
     kw = dict(reference=args.reference, text=args.text, tokens=args.tokens,
               budget=args.budget, context=args.context, threads=args.threads,
@@ -273,16 +222,7 @@ def _validate(sub=None, args=None) -> int:
               runtime=args.runtime, bundle=args.bundle, warm=args.warm, first_run=args.first_run,
               keep_logits=args.keep_logits)
     if args.device == "all":
-        if not args.report:
-            raise EdgeSdkError("--device all needs -o/--output DIR (one report per device under it)")
-        rows = validate_all_devices(args.model_dir, report=args.report, **kw)
-        _print_device_table(rows)
-        print(f"summary: {args.report}/summary.json")
-        for r in rows:
-            if r["error"] or r["reasons"]:
-                print(f"edge-sdk: validate: {r['serial']}: " + (r["error"] or "FAIL: " + "; ".join(r["reasons"])),
-                      file=sys.stderr)
-        return 2 if any(r["error"] for r in rows) else 1 if any(r["verdict"] != "pass" for r in rows) else 0
+        return _validate_all_devices(args, kw)
     rep = validate_model(args.model_dir, report=args.report, device=args.device, **kw)
     progress.flush()   # the stage lines before the result
     if args.json:
@@ -294,6 +234,79 @@ def _validate(sub=None, args=None) -> int:
     if not rep.passed:
         print("edge-sdk: validate: FAIL: " + "; ".join(rep.reasons), file=sys.stderr)
     return 0 if rep.passed else 1
+
+
+def _validate_args(sub: argparse.ArgumentParser) -> None:
+    """validate's flags: ``pipeline.validate_model``'s keyword arguments."""
+    sub.add_argument("model_dir", help="converted model directory (edge-sdk convert OUT_DIR), or a .litertlm "
+                                       "(then memory and speed in LiteRT-LM only)")
+    sub.add_argument("--reference", default=None,
+                     help="float checkpoint to compare against (default: the float sibling of a "
+                          "'qat' source, else the source checkpoint in conversion.json)")
+    sub.add_argument("--text", default=None, help="evaluation text file (default: tiny model's held-out split)")
+    sub.add_argument("--tokens", default=None,
+                     help="evaluation token ids (.npy or .json) instead of text (default: the --text)")
+    sub.add_argument("--budget", default=None, help="memory budget for the model's share of peak RSS, "
+                                                    "e.g. 1GB (10^9) or 900MiB (default: none, not gated)")
+    sub.add_argument("--context", type=_positive_int, default=None,
+                     help="tokens per evaluation window / KV fill (default: the model's context)")
+    sub.add_argument("--max-tokens", type=_positive_int, default=None,
+                     help="evaluate at most this many tokens (default: all of the text)")
+    sub.add_argument("-o", "--output", "--report", dest="report", default=None, metavar="DIR",
+                     help="directory for report.json, report.md, memory.png and the runs' logs "
+                          "(default: none, a temporary directory)")
+    sub.add_argument("--keep-logits", action="store_true",
+                     help="also keep logits.npy and reference_logits.npy in the report directory "
+                          "(positions x vocab x 4 bytes each: 165 MB for the tiny model, GBs for a real one)")
+    sub.add_argument("--threads", type=_positive_int, default=O.THREADS,
+                     help="CPU threads for the runtime (default: the runtime's default, one thread)")
+    sub.add_argument("--backend", default=O.BACKEND, choices=("xnnpack", "builtin"),
+                     help="CPU kernels: XNNPACK, or LiteRT's builtin reference kernels")
+    sub.add_argument("--api", default=O.VALIDATE_API, choices=("interpreter", "compiled"),
+                     help="compiled: CompiledModel with an XNNPACK weight cache (weights ~1x in memory); "
+                          "interpreter: the classic Interpreter (per-op kernel census)")
+    sub.add_argument("--max-kld", type=float, default=O.MAX_KLD, help="gate on mean KLD")
+    sub.add_argument("--min-top1", type=float, default=O.MIN_TOP1, help="gate on top-1 agreement")
+    sub.add_argument("--no-quality", action="store_true", help="skip the float reference comparison")
+    sub.add_argument("--runs", type=_positive_int, default=O.SPEED_RUNS, help="timed speed runs (median reported)")
+    sub.add_argument("--decode-tokens", type=_positive_int, default=O.DECODE_TOKENS, help="greedy decode steps per run")
+    sub.add_argument("--strict-backend", action="store_true",
+                     help="fail (not warn) when the requested kernels did not run")
+    sub.add_argument("--json", action="store_true", help="print report.json instead of a summary")
+    sub.add_argument("--device", default=None, metavar="SERIAL|auto|all",
+                     help="run on an adb device instead of the host: a serial, 'auto' (the only one), or "
+                          "'all' (every connected device at once; one report each under -o DIR) "
+                          "(default: none, the host)")
+    sub.add_argument("--runner-binary", default=None, metavar="PATH",
+                     help="Android devices (no python3): LiteRT's benchmark_model for the device's ABI "
+                          "(default: none, the Python runner)")
+    sub.add_argument("--runtime", default=O.VALIDATE_RUNTIME, choices=("both", "litert-lm", "edge_sdk"),
+                     help="where memory and speed are measured: LiteRT-LM's engine (what an app runs), our "
+                          "runner, or both (default); quality always comes from our runner")
+    sub.add_argument("--bundle", default=None, metavar="FILE.litertlm",
+                     help="the bundle LiteRT-LM measures (default: one packed from MODEL_DIR for the run)")
+    sub.add_argument("--warm", action="store_true",
+                     help="leave the model's files in the page cache (default: evict them first, as a phone's "
+                          "first launch after an install reads them)")
+    sub.add_argument("--no-first-run", dest="first_run", action="store_false",
+                     help="measure only the steady state (default: also the first run, which builds the "
+                          "XNNPACK weight cache; the budget is checked against the larger)")
+
+
+def _validate_all_devices(args: argparse.Namespace, kw: dict) -> int:
+    """``validate --device all``: one report per device under -o DIR, a table, the failures."""
+    from .pipeline import validate_all_devices
+
+    if not args.report:
+        raise EdgeSdkError("--device all needs -o/--output DIR (one report per device under it)")
+    rows = validate_all_devices(args.model_dir, report=args.report, **kw)
+    _print_device_table(rows)
+    print(f"summary: {args.report}/summary.json")
+    for r in rows:
+        if r["error"] or r["reasons"]:
+            print(f"edge-sdk: validate: {r['serial']}: " + (r["error"] or "FAIL: " + "; ".join(r["reasons"])),
+                  file=sys.stderr)
+    return 2 if any(r["error"] for r in rows) else 1 if any(r["verdict"] != "pass" for r in rows) else 0
 
 
 def _print_device_table(rows: list[dict]) -> None:
@@ -312,13 +325,13 @@ def _convert(sub=None, args=None) -> int:
         sub.add_argument("checkpoint", help="checkpoint directory (config.json + *.safetensors)")
         sub.add_argument("-o", "--output", "--out", dest="out", required=True, metavar="OUT_DIR",
                          help="output directory (created; must be new or empty; required, no default)")
-        sub.add_argument("--recipe", default="mobile", help="preset (float, int8, int4, mobile) or recipe .json")
+        sub.add_argument("--recipe", default=O.RECIPE, help="preset (float, int8, int4, mobile) or recipe .json")
         sub.add_argument("--text-only", action="store_true",
                          help="convert the text decoder alone (required when the checkpoint has vision/audio towers)")
         sub.add_argument("--context", type=_positive_int, default=None,
                          help=f"KV cache length in tokens (default: {DEFAULT_CONVERT_CONTEXT}; plan's default "
                               f"is {DEFAULT_PLAN_CONTEXT})")
-        sub.add_argument("--prefill", type=_positive_int, default=32, help="prefill chunk length T")
+        sub.add_argument("--prefill", type=_positive_int, default=O.PREFILL, help="prefill chunk length T")
         sub.add_argument("--no-score", action="store_true",
                          help="omit the score_<T> signature (logits of every prompt position)")
         sub.add_argument("--overwrite", action="store_true",
@@ -353,177 +366,28 @@ def _run(sub=None, args=None) -> int:
         sub.add_argument("--chat", action="store_true",
                          help="wrap the prompt in the checkpoint's chat template (chat_template.jinja) as one "
                               "user turn, with the generation prompt")
-        sub.add_argument("-n", "--max-tokens", dest="n", type=_positive_int, default=16,
+        sub.add_argument("-n", "--max-tokens", metavar="N", type=_positive_int, default=O.RUN_MAX_TOKENS,
                          help="generate at most this many tokens (greedy)")
         sub.add_argument("--ignore-eos", action="store_true",
                          help="keep generating past an end-of-sequence token (--prompt stops at one)")
         sub.add_argument("--logits-out", default=None,
                          help="save the prompt's logits, float32 [prompt_len, vocab] .npy (default: not saved)")
-        sub.add_argument("--backend", default="xnnpack", choices=("xnnpack", "builtin"),
+        sub.add_argument("--backend", default=O.BACKEND, choices=("xnnpack", "builtin"),
                          help="CPU kernels: XNNPACK, or LiteRT's builtin reference kernels")
-        sub.add_argument("--api", default="interpreter", choices=("interpreter", "compiled"),
+        sub.add_argument("--api", default=O.RUN_API, choices=("interpreter", "compiled"),
                          help="LiteRT API: the Interpreter, or CompiledModel (XNNPACK weight cache file)")
-        sub.add_argument("--threads", type=_positive_int, default=None,
+        sub.add_argument("--threads", type=_positive_int, default=O.THREADS,
                          help="CPU threads for the runtime (default: the runtime's default, one thread)")
         return 0
-    return _run_model(args)
+    from .generate import run_model
 
-
-def _chat_prompt(mdir, user: str) -> str:
-    """``user`` as one user turn in the checkpoint's chat template (transformers' rendering:
-    a sandboxed Jinja environment with trim_blocks and lstrip_blocks)."""
-    from pathlib import Path
-
-    from .errors import InputError, install_fix
-
-    tpl_file, cfg_file = Path(mdir) / "chat_template.jinja", Path(mdir) / "tokenizer_config.json"
-    cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
-    template = tpl_file.read_text() if tpl_file.is_file() else cfg.get("chat_template")
-    if not isinstance(template, str):
-        raise InputError("--chat needs the checkpoint's chat template (chat_template.jinja, or chat_template in "
-                         "tokenizer_config.json) in the model directory", path=mdir,
-                         fix="copy it from the checkpoint, or run without --chat")
-    try:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError:
-        raise InputError("--chat needs jinja2", fix=install_fix("bundle")) from None
-
-    def special(name):
-        v = cfg.get(name)
-        return v.get("content") if isinstance(v, dict) else v
-
-    def raise_exception(msg):
-        raise InputError(f"the chat template refused the prompt: {msg}", path=tpl_file)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(template).render(messages=[{"role": "user", "content": user}],
-                                            add_generation_prompt=True, bos_token=special("bos_token") or "",
-                                            eos_token=special("eos_token") or "")
-
-
-class _TextStream:
-    """Writes a growing token list's text to ``out`` as it grows: decodes the whole list each step
-    and writes what is new, holding back an incomplete UTF-8 sequence (decoded as U+FFFD)."""
-
-    def __init__(self, tok, out):
-        self.tok, self.out, self.ids, self.shown = tok, out, [], ""
-
-    def push(self, token: int) -> None:
-        self.ids.append(token)
-        text = self.tok.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
-            return
-        new = text[len(self.shown):] if text.startswith(self.shown) else text[len(self.shown):]
-        self.shown = text
-        if new:
-            self.out.write(new)
-            self.out.flush()
-
-
-def _run_model(args) -> int:
-    import resource
-    import time
-    from pathlib import Path
-
-    import numpy as np
-
-    from .artefacts import ModelInfo
-    from .errors import CheckFailed, InputError
-    from .litert.export import verify_files
-    from .litert.runtime import LiteRTModel, OutputCheckError, check_logits
-
-    mdir = Path(args.model_dir)
-    if args.logits_out and not Path(args.logits_out).absolute().parent.is_dir():
-        raise InputError("the directory for --logits-out does not exist", path=Path(args.logits_out).parent,
-                         fix="create it first, or pass a path in an existing directory")
-    if not (mdir / "model.json").is_file():
-        raise InputError("not a converted model directory (no model.json)", path=mdir,
-                         fix="pass the OUT_DIR written by `edge-sdk convert`")
-    if args.chat and args.ids is not None:
-        raise InputError("--chat applies the chat template to --prompt text; --ids are used as given")
-    tok = None
-    if (mdir / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-        tok = Tokenizer.from_file(str(mdir / "tokenizer.json"))
-    meta = json.loads((mdir / "model.json").read_text())
-    if args.ids is not None:
-        try:
-            ids = [int(x) for x in args.ids.replace(" ", "").split(",") if x]
-        except ValueError:
-            raise InputError(f"--ids must be comma-separated integers, got {args.ids!r}") from None
-    else:
-        if tok is None:
-            raise InputError("--prompt needs tokenizer.json in the model directory", path=mdir, fix="pass --ids")
-        prompt = args.prompt
-        if prompt == "-":
-            prompt = sys.stdin.read()
-            prompt = prompt[:-1] if prompt.endswith("\n") else prompt
-        if args.chat:
-            prompt = _chat_prompt(mdir, prompt)
-        ids = tok.encode(prompt, add_special_tokens=not args.chat).ids   # the template has its own <bos>
-        bos = meta.get("bos_token_id")
-        if bos is not None and (not ids or ids[0] != bos):
-            ids = [bos] + ids
-    if not ids:
-        raise InputError("empty prompt")
-    eos = meta.get("eos_token_id")
-    stops = set() if args.ids is not None or args.ignore_eos else set(eos if isinstance(eos, list) else [eos]) - {None}
-    out = sys.stdout
-    text = _TextStream(tok, out) if args.ids is None else None
-    generated: list[int] = []
-
-    def emit(token: int) -> None:
-        generated.append(token)
-        if text is not None:
-            text.push(token)
-        else:
-            out.write(("," if len(generated) > 1 else "generated ids: ") + str(token))
-            out.flush()
-
-    try:
-        verify_files(mdir, ModelInfo.read(mdir).files)   # a changed file is refused, not run
-        model = LiteRTModel(mdir, backend=args.backend, api=args.api, threads=args.threads)
-        if len(ids) + args.n > model.context:
-            raise InputError(f"{len(ids)} prompt tokens + {args.n} steps exceed the context {model.context}",
-                             fix=f"use -n <= {max(1, model.context - len(ids))}, or convert with a longer --context")
-        if min(ids) < 0 or max(ids) >= model.vocab_size:
-            raise InputError(f"token id out of range [0, {model.vocab_size})")
-        t0 = time.perf_counter()
-        logits = model.prefill(ids)
-        t_prompt = time.perf_counter() - t0
-        check_logits(logits, "prompt logits")
-        if args.ids is not None:
-            out.write("prompt ids:    " + ",".join(map(str, ids)) + "\n")
-        last, t1 = logits[-1], time.perf_counter()
-        for step in range(args.n):
-            token = int(np.argmax(last))
-            if token in stops:
-                break
-            emit(token)
-            if step + 1 < args.n:
-                last = model.decode(token)
-                check_logits(last, f"decode step {step + 1} logits")
-        t_gen = time.perf_counter() - t1
-    except OutputCheckError as e:
-        raise CheckFailed(f"{e} ({args.backend} kernels)", path=mdir) from None
-    except (RuntimeError, ValueError) as e:
-        raise CheckFailed(f"LiteRT could not run the model with {args.backend} kernels: "
-                          f"{str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}", path=mdir) from None
-    except BrokenPipeError:   # `edge-sdk run ... | head`: the reader has gone; stop quietly
+    res = run_model(args.model_dir, prompt=args.prompt, ids=args.ids, chat=args.chat, max_tokens=args.max_tokens,
+                    ignore_eos=args.ignore_eos, logits_out=args.logits_out, backend=args.backend, api=args.api,
+                    threads=args.threads, out=sys.stdout)
+    if res.broken_pipe:   # `edge-sdk run ... | head`: the reader has gone; stop quietly
         sys.stdout = open(os.devnull, "w")
         return 0
-    if args.logits_out:
-        np.save(args.logits_out, np.asarray(logits, np.float32))
-    out.write("\n")
-    if args.ids is not None and tok is not None:
-        out.write("text:          " + json.dumps(tok.decode(generated, skip_special_tokens=False)) + "\n")
-    out.flush()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9   # Linux: kB
-    decode_steps = max(0, len(generated) - 1)   # the first token comes from the prompt's logits
-    gen_rate = f"{decode_steps / t_gen:,.1f}" if decode_steps and t_gen > 0 else "-"
-    print(f"prompt: {len(ids)} tok, {len(ids) / t_prompt:,.1f} tok/s | generation: {len(generated)} tok, "
-          f"{gen_rate} tok/s | peak memory: {peak:.3f} GB", file=sys.stderr)
+    print(res.stats_line, file=sys.stderr)
     return 0
 
 

@@ -6,8 +6,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import options as O
 from . import progress as P
 from .artefacts import ConversionRecord, ModelInfo
+from .budget import Budget
 from .checkpoint import open_checkpoint
 from .errors import InputError, install_fix
 from .outputs import check_replaceable_dir, is_nonempty_dir
@@ -16,7 +18,6 @@ from .quant.plan import QuantPlan, make_plan
 from .quant.presets import load_recipe
 from .quant.source import Source, open_source
 from .gemma4 import spec_from_path
-from .units import parse_size
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class PlanReport:
     plan: QuantPlan
     memory: MemoryEstimate
     text_only: bool
-    budget: int | None
+    budget: Budget | None   # checked against the planner's peak estimate
 
     def to_text(self) -> str:
         from .units import fmt_bytes, fmt_count
@@ -36,6 +37,8 @@ class PlanReport:
                  f"  {'component':<13}{'params':>10}{'bits/w':>8}{'bytes':>11}  where"]
         for comp, row in plan.ledger().items():
             where = "mapped" if row["mapped_bytes"] and not row["resident_bytes"] else "resident"
+            if row["mapped_bytes"] and row["resident_bytes"]:   # e.g. moe: the router resident, experts mapped
+                where = f"{fmt_bytes(row['mapped_bytes'])} mapped, rest resident"
             lines.append(f"  {comp:<13}{fmt_count(row['params']):>10}{row['bits_per_weight']:>8.2f}"
                          f"{fmt_bytes(row['bytes']):>11}  {where}")
         kv = mem.kv
@@ -58,8 +61,8 @@ class PlanReport:
         if kv.adaptation:
             lines.append(f"  note: {kv.adaptation}")
         if self.budget is not None:
-            verdict = "fits" if mem.peak_bytes <= self.budget else "DOES NOT FIT"
-            lines.append(f"  budget                    {fmt_bytes(self.budget):>11}  {verdict}")
+            verdict = "fits" if self.budget.check(mem.peak_bytes).passed else "DOES NOT FIT"
+            lines.append(f"  budget                    {fmt_bytes(self.budget.bytes):>11}  {verdict}")
         inv = self.source.inventory
         lines.append(f"  checkpoint params {fmt_count(inv.total.params)}; kept "
                      f"{fmt_count((inv.kept if self.text_only else inv.total).params)}")
@@ -89,15 +92,15 @@ class PlanReport:
             "components": self.plan.ledger(),
             "kv_cache": {"bits": self.plan.kv_cache.bits, "by_layer": dict(mem.kv_by_layer),
                          "layout": mem.kv.to_json()},
-            "budget": {"limit": self.budget,
-                       "fits": None if self.budget is None else mem.peak_bytes <= self.budget},
+            "budget": {"limit": None if self.budget is None else self.budget.bytes,
+                       "fits": None if self.budget is None else self.budget.check(mem.peak_bytes).passed},
             "tensors": [t.to_json() for t in self.plan.tensors],
         }
 
 
-def plan_model(source: str | Path, *, recipe: str | Path = "mobile", text_only: bool = False,
-               context: int = 4096, prefill: int = 32, budget: str | int | None = None,
-               distinct_tokens: int | None = None, runtime: str = "litert-lm") -> PlanReport:
+def plan_model(source: str | Path, *, recipe: str | Path = O.RECIPE, text_only: bool = False,
+               context: int = O.PLAN_CONTEXT, prefill: int = O.PREFILL, budget: str | int | None = None,
+               distinct_tokens: int | None = None, runtime: str = O.PLAN_RUNTIME) -> PlanReport:
     if context < 1 or prefill < 1:
         raise InputError(f"context ({context}) and prefill ({prefill}) must be positive")
     src = open_source(source)
@@ -106,10 +109,7 @@ def plan_model(source: str | Path, *, recipe: str | Path = "mobile", text_only: 
         mem = estimate_memory(plan, context, prefill, distinct_tokens=distinct_tokens, runtime=runtime)
     except ValueError as e:
         raise InputError(str(e), fix="use --runtime litert-lm or edge_sdk") from None
-    limit = None if budget is None else parse_size(budget)
-    if limit is not None and limit <= 0:
-        raise InputError(f"--budget {budget}: a budget must be more than 0 bytes", fix="e.g. --budget 1GB")
-    return PlanReport(src, plan, mem, text_only, limit)
+    return PlanReport(src, plan, mem, text_only, Budget.parse(budget))
 
 
 def planned_memory(model_dir: str | Path, context: int, distinct_tokens: int, runtime: str | None = None) -> dict | None:
@@ -185,14 +185,16 @@ def bundle_context(path: str | Path) -> int:
 
 def validate_model(model_dir: str | Path, *, reference: str | Path | None = None, text: str | Path | None = None,
                    tokens: str | Path | None = None, budget: str | int | None = None, context: int | None = None,
-                   report: str | Path | None = None, threads: int | None = None, backend: str = "xnnpack",
-                   api: str = "compiled", max_kld: float | None = None, min_top1: float | None = None,
-                   quality: bool = True, max_tokens: int | None = None, runs: int = 5,
-                   decode_tokens: int = 32, strict_backend: bool = False, device: str | None = None,
-                   runner_binary: str | Path | None = None, runtime: str = "both", bundle: str | Path | None = None,
-                   warm: bool = False, first_run: bool = True, keep_logits: bool = False):
+                   report: str | Path | None = None, threads: int | None = O.THREADS, backend: str = O.BACKEND,
+                   api: str = O.VALIDATE_API, max_kld: float = O.MAX_KLD, min_top1: float = O.MIN_TOP1,
+                   quality: bool = True, max_tokens: int | None = None, runs: int = O.SPEED_RUNS,
+                   decode_tokens: int = O.DECODE_TOKENS, strict_backend: bool = False, device: str | None = None,
+                   runner_binary: str | Path | None = None, runtime: str = O.VALIDATE_RUNTIME,
+                   bundle: str | Path | None = None, warm: bool = not O.COLD, first_run: bool = O.FIRST_RUN,
+                   keep_logits: bool = False):
     """Run a converted model (or a ``.litertlm``) and judge memory, speed and quality
-    (``edge_sdk.validate.validator.validate``); returns its ``ValidationReport``.
+    (``edge_sdk.validate.validator.validate``, its options as keyword arguments: the CLI's flags);
+    returns its ``ValidationReport``.
 
     Memory is measured cold (the files evicted from the page cache; ``warm`` skips it), on the
     first run (weight cache built) and the steady state (``first_run=False``: steady only), in
@@ -201,10 +203,8 @@ def validate_model(model_dir: str | Path, *, reference: str | Path | None = None
     always comes from our runner's logits). A ``.litertlm`` alone is measured in LiteRT-LM only.
     The logits (``logits.npy``, ``reference_logits.npy``) stay in ``report`` only with ``keep_logits``.
     With ``device`` (serial or "auto") our runner runs on an adb device
-    (``validate.remote.DeviceRunner``) instead."""
-    import tempfile
-
-    from .validate.validator import DEFAULT_MAX_KLD, DEFAULT_MIN_TOP1, validate, validate_bundle
+    (``device.remote.DeviceRunner``) instead."""
+    from .validate.validator import ValidateOptions, validate_bundle
 
     if runtime not in RUNTIMES:
         raise InputError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
@@ -215,14 +215,30 @@ def validate_model(model_dir: str | Path, *, reference: str | Path | None = None
         return validate_bundle(src, context=context or bundle_context(src), budget=budget, report=report,
                                threads=threads, decode_tokens=decode_tokens, cold=not warm, first_run=first_run,
                                sections=_engine_bundle(src, src, src.parent)[1])
+    opts = ValidateOptions(reference=reference, text=text, tokens=tokens, context=context, max_tokens=max_tokens,
+                           quality=quality, backend=backend, api=api, threads=threads, runs=runs,
+                           decode_tokens=decode_tokens, cold=not warm, first_run=first_run, budget=budget,
+                           max_kld=max_kld, min_top1=min_top1, strict_backend=strict_backend,
+                           keep_logits=keep_logits)
+    return _validate_converted(src, opts, report=report, device=device, runner_binary=runner_binary,
+                               runtime=runtime, bundle=bundle)
+
+
+def _validate_converted(src: Path, opts, *, report, device: str | None, runner_binary, runtime: str, bundle):
+    """``validate_model`` for a converted model directory: on the host (with a bundle packed for
+    LiteRT-LM when ``runtime`` asks for it) or an adb ``device``."""
+    import tempfile
+
+    from .validate.validator import validate
+
     executor, target = None, "host"
     if device is not None:
-        from .validate.device import AdbSession
-        from .validate.remote import DeviceRunner
+        from .device.adb import AdbSession
+        from .validate.remote import device_runner
 
         session = AdbSession()
         target = session.pick_device(device)
-        executor = DeviceRunner(session, target, runner_binary=runner_binary)
+        executor = device_runner(session, target, runner_binary=runner_binary)
     with tempfile.TemporaryDirectory(prefix="edge-sdk-bundle-") as scratch:
         engine, sections, notes = None, None, []
         if executor is None and runtime in ("both", "litert-lm"):
@@ -233,15 +249,9 @@ def validate_model(model_dir: str | Path, *, reference: str | Path | None = None
                     raise
                 notes.append(f"LiteRT-LM not measured: no bundle could be packed for it ({e}); pass --bundle "
                              "FILE.litertlm (edge-sdk bundle) to measure the runtime the app uses")
-        return validate(model_dir, reference=reference, text=text, tokens=tokens, budget=budget, context=context,
-                        report=report, threads=threads, backend=backend, api=api,
-                        max_kld=DEFAULT_MAX_KLD if max_kld is None else max_kld,
-                        min_top1=DEFAULT_MIN_TOP1 if min_top1 is None else min_top1, quality=quality,
-                        max_tokens=max_tokens, runs=runs, decode_tokens=decode_tokens, strict_backend=strict_backend,
-                        plan_memory=lambda ctx, distinct: planned_memory(model_dir, ctx, distinct),
-                        target=target, executor=executor, cold=not warm, first_run=first_run, bundle=engine,
-                        bundle_sections=sections, ours=runtime != "litert-lm" or quality, notes=tuple(notes),
-                        keep_logits=keep_logits)
+        return validate(src, opts, report=report, target=target, executor=executor, bundle=engine,
+                        plan_memory=lambda ctx, distinct: planned_memory(src, ctx, distinct),
+                        bundle_sections=sections, ours=runtime != "litert-lm" or opts.quality, notes=tuple(notes))
 
 
 def validate_all_devices(model_dir: str | Path, *, report: str | Path, **kwargs) -> list[dict]:
@@ -251,8 +261,8 @@ def validate_all_devices(model_dir: str | Path, *, report: str | Path, **kwargs)
     import threading
 
     from .errors import DeviceError, EdgeSdkError
-    from .validate.device import AdbSession
-    from .validate.remote import sanitize
+    from .device.adb import AdbSession
+    from .device.remote import sanitize
 
     serials = [d.serial for d in AdbSession().list_devices() if d.state == "device"]
     if not serials:
@@ -286,8 +296,8 @@ def validate_all_devices(model_dir: str | Path, *, report: str | Path, **kwargs)
     return summary
 
 
-def convert(source: str | Path, out_dir: str | Path, *, recipe: str | Path = "mobile", text_only: bool = False,
-            context: int = 512, prefill: int = 32, score: bool = True, overwrite: bool = False,
+def convert(source: str | Path, out_dir: str | Path, *, recipe: str | Path = O.RECIPE, text_only: bool = False,
+            context: int = O.CONVERT_CONTEXT, prefill: int = O.PREFILL, score: bool = True, overwrite: bool = False,
             progress: bool | None = None):
     """Checkpoint → converted model directory (``edge_sdk.litert.export``); returns its
     ``ConversionResult``. Towers (vision/audio) cannot be converted: ``text_only`` is required

@@ -127,12 +127,12 @@ def _census(r: dict) -> dict:
 def cross_arch(session, serial: str, model_dir: Path, windows: list[np.ndarray], work: Path, *,
                backend: str = "xnnpack", api: str = "compiled", decode_tokens: int = 4) -> dict:
     """Our runner on x86 (here) and on the arm64 device, same ids; the comparison of their logits."""
-    from edge_sdk.validate.remote import DeviceRunner
+    from edge_sdk.validate.remote import device_runner
     from edge_sdk.validate.validator import run_runner
     out = {}
     common = dict(logits=True, backend=backend, api=api, threads=None, runs=1, prompt_tokens=16,
                   decode_tokens=decode_tokens)
-    for arch, executor in (("x86_64", None), ("arm64", DeviceRunner(session, serial, log=io.StringIO()))):
+    for arch, executor in (("x86_64", None), ("arm64", device_runner(session, serial, log=io.StringIO()))):
         w = work / arch
         w.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", nargs="+", default=["xnnpack", "builtin"], choices=["xnnpack", "builtin"])
     ap.add_argument("--max-tokens", type=int, default=None, help="evaluation ids per comparison (default: all)")
     a = ap.parse_args(argv)
-    from edge_sdk.validate.device import AdbSession
+    from edge_sdk.device.adb import AdbSession
     t0 = time.monotonic()
     root, build_s = build_root()
     a.out.mkdir(parents=True, exist_ok=True)

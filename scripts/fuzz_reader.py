@@ -113,11 +113,11 @@ class Seed:
 
 
 def _tensors(cfg: dict, prefix: str) -> list[tuple[str, np.ndarray]]:
-    from edge_sdk.gemma4 import spec_from_config
+    from edge_sdk.gemma4 import spec_from_config, text_tensors
 
     spec = spec_from_config(cfg)
     rng = np.random.default_rng(0)
-    out = [(prefix + t.name, rng.standard_normal(t.shape).astype(np.float32)) for t in spec.text.tensors()]
+    out = [(prefix + t.name, rng.standard_normal(t.shape).astype(np.float32)) for t in text_tensors(spec.text)]
     for tower in spec.towers:
         out += [(n, rng.standard_normal(s).astype(np.float32)) for n, s in tower.tensors]
     return out

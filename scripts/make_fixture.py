@@ -9,6 +9,10 @@ Two variants, both seeded and deterministic:
   shared layers, per-layer embeddings (16 per layer), sliding window 8, head_dim 16 / global 32 with
   proportional partial RoPE (0.25) on full layers, final logit softcap 30, vocab 512, hidden 64,
   plus tiny vision and audio towers (so modality stripping has something to strip).
+- ``moe``: a 26B-A4B-style text-only ``Gemma4ForCausalLM`` (``enable_moe_block``): 6 layers in the
+  real 5:1 sliding:full pattern, ``attention_k_eq_v`` with 1 global vs 2 sliding KV heads, 8 experts of width 32,
+  top-2 routing, a shared dense MLP of 96 beside them (hidden 128); router scales and per-expert scales drawn so
+  routing is neither uniform nor saturated (router logits std ~1).
 - ``kv_eq``: a dense text-only ``Gemma4ForCausalLM`` (``gemma4_text``, 12B/31B-style) with
   ``attention_k_eq_v`` on full layers and 1 global KV head vs 2 sliding KV heads; no KV sharing, no
   PLE, no double-wide MLP.
@@ -37,10 +41,10 @@ import math
 import sys
 from pathlib import Path
 
-VARIANTS = ("multimodal", "kv_eq")
+VARIANTS = ("multimodal", "kv_eq", "moe")
 CONFIG_FORMS = ("per_layer_config", "hub")
 PREFIXES = ("model.language_model.", "model.", "")
-_NATIVE_PREFIX = {"multimodal": "model.language_model.", "kv_eq": "model."}
+_NATIVE_PREFIX = {"multimodal": "model.language_model.", "kv_eq": "model.", "moe": "model."}
 
 _MULTIMODAL_TEXT = dict(
     vocab_size=512, hidden_size=64, intermediate_size=96, num_hidden_layers=8,
@@ -72,6 +76,18 @@ _KV_EQ_TEXT = dict(
     vocab_size_per_layer_input=0, final_logit_softcapping=30.0,
 )
 
+# 26B-A4B ratios at hidden 128: dense MLP 0.75·H, experts 0.25·H each, 8 of them, top-2 (every
+# input width a multiple of 32, so the int4 preset's 32-blocks apply).
+_MOE_TEXT = dict(
+    vocab_size=512, hidden_size=128, intermediate_size=96, num_hidden_layers=6,
+    num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=32,
+    num_global_key_value_heads=1, attention_k_eq_v=True, sliding_window=8,
+    layer_types=["sliding_attention"] * 5 + ["full_attention"],
+    num_kv_shared_layers=0, use_double_wide_mlp=False, hidden_size_per_layer_input=0,
+    vocab_size_per_layer_input=0, final_logit_softcapping=30.0,
+    enable_moe_block=True, num_experts=8, top_k_experts=2, moe_intermediate_size=32,
+)
+
 
 def _build_model(variant: str):
     from transformers import Gemma4Config, Gemma4ForCausalLM, Gemma4ForConditionalGeneration, Gemma4TextConfig
@@ -80,7 +96,7 @@ def _build_model(variant: str):
         cfg = Gemma4Config(text_config=dict(_MULTIMODAL_TEXT), vision_config=dict(_VISION),
                            audio_config=dict(_AUDIO))
         return Gemma4ForConditionalGeneration(cfg)
-    cfg = Gemma4TextConfig(**_KV_EQ_TEXT)
+    cfg = Gemma4TextConfig(**(_MOE_TEXT if variant == "moe" else _KV_EQ_TEXT))
     return Gemma4ForCausalLM(cfg)
 
 
@@ -111,8 +127,16 @@ def _perturb_text(model, seed: int) -> None:
                 new = uniform(t.shape, 1.2, 1.8)
             elif name.endswith(("q_norm.weight", "k_norm.weight")):
                 new = uniform(t.shape, 0.5, 0.8)
-            elif name.endswith("norm.weight"):
+            elif name.endswith("norm.weight") or name.endswith(("norm_1.weight", "norm_2.weight")):
                 new = uniform(t.shape, 0.8, 1.2)
+            elif name.endswith("router.scale"):
+                new = uniform(t.shape, 0.8, 1.2)
+            elif name.endswith("router.per_expert_scale"):
+                new = uniform(t.shape, 0.5, 1.5)
+            elif name.endswith("router.proj.weight"):   # logits std ~1: routing neither uniform nor saturated
+                new = normal(t.shape, 1.0)
+            elif t.dim() == 3:   # experts [E, out, in]
+                new = normal(t.shape, 1.0 / math.sqrt(t.shape[2]))
             elif name == "embed_tokens.weight":
                 new = normal(t.shape, 0.1)
             elif name == "embed_tokens_per_layer.weight":

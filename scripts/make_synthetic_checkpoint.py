@@ -5,7 +5,7 @@ when no hub is reachable.
 
     python scripts/make_synthetic_checkpoint.py CONFIG OUT_DIR [--seed 0] [--shard-size 2GB]
 
-- Names: text tensors from ``spec.text.tensors()`` under ``model.language_model.``; towers from
+- Names: text tensors from ``text_tensors(spec.text)`` under ``model.language_model.``; towers from
   ``edge_sdk.gemma4.towers`` (``vision_tensors`` / ``audio_tensors``) under their own prefixes.
 - Values on the ``mobile`` recipe's QAT grid, stored bfloat16: ``code × scale`` with integer codes
   in the recipe's range for the role (int2 [-2, 1] MLP; int4 [-7, 7] attention and embed_tokens;
@@ -39,7 +39,8 @@ from edge_sdk.checkpoint import LazyTensor, write_safetensors
 from edge_sdk.quant.config import AffineConfig, DictionaryConfig
 from edge_sdk.quant.presets import load_recipe
 from edge_sdk.quant.recipe import resolve, resolve_shared
-from edge_sdk.gemma4 import spec_from_config
+from edge_sdk.gemma4 import spec_from_config, text_tensors
+from edge_sdk.gemma4.names import tied_roles
 from edge_sdk.gemma4.towers import audio_tensors, vision_tensors
 from edge_sdk.units import parse_size
 
@@ -109,11 +110,11 @@ def float_values(name: str, shape: tuple[int, ...], seed: int, kind: str):
     return produce
 
 
-def text_tensors(spec, seed: int):
+def synthetic_text_tensors(spec, seed: int):
     recipe = load_recipe("mobile")
     out = []
-    for t in spec.text.tensors():
-        roles = ["embed_tokens", "lm_head"] if t.role == "embed_tokens" and spec.text.tie_word_embeddings else [t.role]
+    for t in text_tensors(spec.text):
+        roles = tied_roles(spec.text, t.role)
         cfg = resolve_shared(recipe, roles) if len(roles) > 1 else resolve(recipe, t.role)
         if isinstance(cfg, AffineConfig):
             produce = affine_grid(t.name, t.shape, cfg, seed)
@@ -159,7 +160,7 @@ def make_checkpoint(config_path: str | Path, out_dir: str | Path, *, seed: int =
     spec = spec_from_config(config, source=config_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = text_tensors(spec, seed) + (tower_tensors(config, seed) if "text_config" in config else [])
+    tensors = synthetic_text_tensors(spec, seed) + (tower_tensors(config, seed) if "text_config" in config else [])
     shards = shard(tensors, parse_size(shard_size))
     n = len(shards)
     weight_map, total = {}, 0
@@ -176,7 +177,7 @@ def make_checkpoint(config_path: str | Path, out_dir: str | Path, *, seed: int =
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     shutil.copyfile(config_path, out / "config.json")
     return {"out_dir": str(out), "tensors": len(weight_map), "shards": n, "bytes": total,
-            "params": total // 2, "text_params": sum(t.numel for t in spec.text.tensors()),
+            "params": total // 2, "text_params": sum(t.numel for t in text_tensors(spec.text)),
             "seconds": time.perf_counter() - t0,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 

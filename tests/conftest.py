@@ -3,6 +3,7 @@
 - ``multimodal_ckpt``: ``Gemma4ForConditionalGeneration`` (PLE, KV sharing, double-wide MLP, sliding
   window 8, towers) — see ``scripts/make_fixture.py``.
 - ``kv_eq_ckpt``: dense ``Gemma4ForCausalLM`` with ``attention_k_eq_v`` (12B/31B-style).
+- ``moe_ckpt``: ``Gemma4ForCausalLM`` with the mixture-of-experts block (26B-A4B-style).
 - ``multimodal_hub_ckpt`` / ``kv_eq_hub_ckpt``: the same weights with a hub-form config.json.
 - ``gemma4_fixture(variant, config_form=..., prefix=..., dtype=...)``: any other variant (e.g. another
   tensor prefix, bf16), built on first request and cached for the session.
@@ -59,6 +60,11 @@ def multimodal_ckpt(gemma4_fixture) -> Path:
 @pytest.fixture(scope="session")
 def kv_eq_ckpt(gemma4_fixture) -> Path:
     return gemma4_fixture("kv_eq")
+
+
+@pytest.fixture(scope="session")
+def moe_ckpt(gemma4_fixture) -> Path:
+    return gemma4_fixture("moe")
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,9 @@ from edge_sdk.quant.kernels import dequantize
 from edge_sdk.quant.plan import make_plan
 from edge_sdk.quant.presets import PRESETS
 from edge_sdk.quant.scales import ct_pack_int32
-from edge_sdk.gemma4 import bind, spec_from_config
+from edge_sdk.gemma4 import bind, spec_from_config, text_tensors
 
-from test_spec import TINY_TEXT
+from test_gemma4_config import TINY_TEXT
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -23,7 +23,7 @@ def _grid_tensors(spec, rng, ct_attention=False):
     """Every tensor of the tiny spec; linear weights exactly code × per-channel float32 scale."""
     plan = {t.name: t for t in make_plan(spec, PRESETS["mobile"]).tensors}
     tensors, truth = [], {}
-    for t in spec.text.tensors():
+    for t in text_tensors(spec.text):
         cfg = plan[t.name].config
         if cfg is None or not hasattr(cfg, "bits"):
             tensors.append(("model." + t.name, rng.standard_normal(t.shape).astype(np.float32)))
@@ -86,7 +86,7 @@ def test_precomputed_scales_are_exact(tmp_path, ct):
 def test_off_grid_weights_fall_back_to_ptq_with_a_note(tmp_path):
     spec = spec_from_config(TINY_TEXT)
     rng = np.random.default_rng(2)
-    tensors = [("model." + t.name, rng.standard_normal(t.shape).astype(np.float32)) for t in spec.text.tensors()]
+    tensors = [("model." + t.name, rng.standard_normal(t.shape).astype(np.float32)) for t in text_tensors(spec.text)]
     d = _write(tmp_path / "ck", TINY_TEXT, tensors)
     report = plan_model(d, recipe="mobile")
     ckpt = open_checkpoint(d)

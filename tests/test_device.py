@@ -1,4 +1,4 @@
-"""edge_sdk.validate.device against the real adb server and tests/adb_loopback.py's device.
+"""edge_sdk.device.adb against the real adb server and tests/adb_loopback.py's device.
 
 A private adb server (its own port via ANDROID_ADB_SERVER_PORT, its own HOME, no USB / emulator
 scan / mDNS) is started for this module and killed at the end; devices are reached with
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from adb_loopback import DEFAULT_FEATURES, V1_FEATURES, LoopbackAdbDevice  # noqa: E402
 
 from edge_sdk.errors import DeviceError  # noqa: E402
-from edge_sdk.validate.device import AdbSession, _v1_command, quote_argv  # noqa: E402
+from edge_sdk.device.adb import AdbSession, _v1_command, quote_argv  # noqa: E402
 
 TMP = "/data/local/tmp"
 

@@ -9,7 +9,7 @@ import pytest
 from edge_sdk.checkpoint import write_safetensors
 from edge_sdk.cli import main
 from edge_sdk.errors import ConfigError
-from edge_sdk.gemma4 import spec_from_config
+from edge_sdk.gemma4 import spec_from_config, text_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 E2B = ROOT / "models" / "configs" / "gemma-4-e2b.json"
@@ -30,7 +30,7 @@ def _write_ckpt(d: Path, cfg: dict, prefix="model.", mutate=None):
     (d / "config.json").write_text(json.dumps(cfg))
     spec = spec_from_config(cfg)
     rng = np.random.default_rng(0)
-    tensors = [(prefix + t.name, rng.standard_normal(t.shape).astype(np.float32)) for t in spec.text.tensors()]
+    tensors = [(prefix + t.name, rng.standard_normal(t.shape).astype(np.float32)) for t in text_tensors(spec.text)]
     if mutate:
         tensors = mutate(tensors)
     write_safetensors(d / "model.safetensors", tensors)
@@ -100,7 +100,7 @@ def test_inspect_checkpoint_all_prefixes(tmp_path, capsys, prefix):
     r = json.loads(out)
     spec = spec_from_config(TINY_TEXT)
     assert r["from_weights"] and r["text_prefix"] == prefix
-    assert r["total"]["params"] == sum(t.numel for t in spec.text.tensors())
+    assert r["total"]["params"] == sum(t.numel for t in text_tensors(spec.text))
     assert r["dtype"] == "F32"
 
 

@@ -21,8 +21,8 @@ from ai_edge_litert.compiled_model import CompiledModel, CpuKernelMode, CpuOptio
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from edge_sdk.errors import EdgeSdkError, InputError, RecipeError
-from edge_sdk.litert.dtypes import (Quantization, dequantize_reference, pack_subbyte,
-                                    unpack_subbyte)
+from edge_sdk.litert.dtypes import Quantization, dequantize_reference
+from edge_sdk.quant.formats import pack, unpack
 from edge_sdk.litert.graph import GraphBuilder
 from edge_sdk.litert.writer import LiteRTWriter, WriterState, WriterStateError
 
@@ -129,8 +129,8 @@ def test_subbyte_layout_is_flat_low_bits_first(tmp_path, bits):
     n, k = 5, 33
     codes = codes_in(rng, -(1 << (bits - 1)) + (bits > 2), (1 << (bits - 1)) - 1, (n, k))
     scale = rng.uniform(0.01, 0.1, n).astype(np.float32)
-    low = pack_subbyte(codes, bits)
-    assert np.array_equal(unpack_subbyte(low, bits, codes.size), codes.reshape(-1))
+    low = pack(codes, bits)
+    assert np.array_equal(unpack(low, bits, codes.size), codes.reshape(-1))
     per = 8 // bits
     nib = np.array([(low >> (j * bits)) & ((1 << bits) - 1) for j in range(per)]).T
     high = np.zeros_like(low)

@@ -75,10 +75,10 @@ def test_over_budget_exits_1(capsys):
 def test_every_size_and_preset_plans():
     for cfg in sorted(CONFIGS.glob("*.json")):
         spec = spec_from_path(cfg)
-        if spec.text.enable_moe:  # no preset rule matches expert tensors: they plan as float
+        if spec.text.enable_moe:  # experts: int4 per expert and output row in mobile (tests/test_moe.py)
             experts = [t for t in make_plan(spec, PRESETS["mobile"]).tensors if t.role.endswith("_proj")
                        and ".experts." in t.role]
-            assert experts and all(t.scheme == "float32" for t in experts)
+            assert experts and all(t.scheme == "int4" and t.mapped for t in experts)
         sizes = {name: make_plan(spec, r).resident_bytes for name, r in PRESETS.items()}
         assert sizes["float"] > sizes["int8"] > sizes["int4"] > sizes["mobile"]
 

@@ -10,8 +10,8 @@ import pytest
 from edge_sdk.errors import CheckpointError, RecipeError
 from edge_sdk.quant.config import AffineConfig, DictionaryConfig
 from edge_sdk.quant.grid import recover_grid_scales
-from edge_sdk.quant.kernels import (compute_scales, dequantize, from_codes, pack, qrange,
-                                    quantize, unpack)
+from edge_sdk.quant.formats import pack, qrange, unpack
+from edge_sdk.quant.kernels import compute_scales, dequantize, from_codes, quantize
 from edge_sdk.quant.kernels_dict import DictionaryQuantizer
 from edge_sdk.quant.presets import PRESETS
 from edge_sdk.quant.scales import (ct_pack_int32, ct_unpack_int32, parse_ct_config,

@@ -116,8 +116,10 @@ def test_presets_cover_roles_consistently(name):
     resolve_shared(r, ["embed_tokens", "lm_head"])
     for role in roles:
         c = resolve(r, role)
-        if role.endswith("norm") or role.endswith("layer_scalar"):
-            assert c is None, role
+        if role.endswith(("norm", "layer_scalar", "norm_1", "norm_2")) or ".router." in role:
+            assert c is None, role   # norms, scalars and the MoE router stay float
+        elif ".experts." in role and name != "float":
+            assert isinstance(c, AffineConfig) and c.granularity is Granularity.CHANNEL and c.bits >= 4, role
         elif name != "float" and role != "embed_tokens_per_layer":
             assert isinstance(c, AffineConfig), role
         if isinstance(c, AffineConfig):
@@ -126,7 +128,7 @@ def test_presets_cover_roles_consistently(name):
 
 def test_canonical_roles():
     roles = canonical_roles(35)
-    assert len(roles) == len(set(roles)) == 6 + 35 * 17
+    assert len(roles) == len(set(roles)) == 6 + 35 * 25   # 17 dense + 8 MoE roles per layer
     assert "layers.34.self_attn.k_norm" in roles and "lm_head" in roles
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from edge_sdk.errors import ConfigError, InputError
 from edge_sdk.reference import Reference, UnsupportedByReference, weights_from_checkpoint
-from edge_sdk.gemma4 import spec_from_path
+from edge_sdk.gemma4 import spec_from_path, text_tensors
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -94,7 +94,7 @@ def test_fixtures_exercise_every_feature(ckpts):
     assert kfull and all(layer.k_eq_v for layer in kfull)
     assert kfull[0].num_kv_heads != kv.layers[0].num_kv_heads
     assert not any(t.name.endswith("v_proj.weight") and t.layer in {l.index for l in kfull}
-                   for t in kv.tensors())
+                   for t in text_tensors(kv))
 
     # every float tensor was perturbed away from transformers' constant init
     w = weights_from_checkpoint(ckpts["multimodal"])
@@ -273,10 +273,9 @@ def test_max_cache_and_errors(multimodal_ckpt):
         ref.prefill([])
 
 
-def test_moe_is_refused(kv_eq_ckpt):
+def test_untied_head_is_refused(kv_eq_ckpt):
     w = weights_from_checkpoint(kv_eq_ckpt)
-    moe = dataclasses.replace(w.spec.text, enable_moe=True, num_experts=4, top_k_experts=2,
-                              moe_intermediate_size=8)
-    with pytest.raises(UnsupportedByReference, match="mixture-of-experts") as e:
-        Reference(moe, w)
+    untied = dataclasses.replace(w.spec.text, tie_word_embeddings=False)
+    with pytest.raises(UnsupportedByReference, match="untied") as e:
+        Reference(untied, w)
     assert isinstance(e.value, NotImplementedError) and isinstance(e.value, ConfigError)

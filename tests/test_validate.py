@@ -377,7 +377,7 @@ def test_synthetic_checkpoint_tiny_config(tmp_path):
 
     from edge_sdk.checkpoint import open_checkpoint
     from edge_sdk.quant.grid import recover_grid_scales
-    from edge_sdk.gemma4 import spec_from_config
+    from edge_sdk.gemma4 import spec_from_config, text_tensors
 
     spec_ = importlib.util.spec_from_file_location("msc", ROOT / "scripts" / "make_synthetic_checkpoint.py")
     msc = importlib.util.module_from_spec(spec_)
@@ -387,7 +387,7 @@ def test_synthetic_checkpoint_tiny_config(tmp_path):
     assert summary["shards"] > 2
     ck = open_checkpoint(tmp_path / "ck")
     spec = spec_from_config(cfg)
-    text = {msc.TEXT_PREFIX + t.name: t for t in spec.text.tensors()}
+    text = {msc.TEXT_PREFIX + t.name: t for t in text_tensors(spec.text)}
     towers = {n for tw in spec.towers for n, _ in tw.tensors}
     assert set(ck.tensors) == set(text) | towers
     rng = {"mlp": (-2, 1), "self_attn": (-7, 7), "embed_tokens.weight": (-7, 7), "per_layer_input_gate": (-127, 127),

@@ -23,8 +23,8 @@ from test_device import _ExtraDevice, adb, device  # noqa: E402,F401  (module fi
 
 from edge_sdk.artefacts import ModelInfo  # noqa: E402
 from edge_sdk.errors import DeviceError  # noqa: E402
-from edge_sdk.validate import benchmark_model  # noqa: E402
-from edge_sdk.validate.remote import sanitize  # noqa: E402
+from edge_sdk.device import benchmark_model  # noqa: E402
+from edge_sdk.device.remote import sanitize  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "models" / "tiny-gemma4" / "qat"
@@ -164,6 +164,7 @@ def test_benchmark_model_parser_on_recorded_text():
 
 def test_android_report_has_null_quality_with_a_reason(model, tmp_path):
     """The report built from benchmark_model's (recorded) output; the adb half is not faked."""
+    from edge_sdk.budget import Budget
     from edge_sdk.validate.remote import QUALITY_UNAVAILABLE, benchmark_validate
 
     class Recorded:
@@ -172,7 +173,7 @@ def test_android_report_has_null_quality_with_a_reason(model, tmp_path):
         def run_benchmark(self, *a, **k):
             return benchmark_model.parse(RECORDED_INFO), {"serial": "phone"}
 
-    rep = benchmark_validate(Recorded(), model, limit=40 * 2**20, report=tmp_path, target="phone",
+    rep = benchmark_validate(Recorded(), model, budget=Budget(40 * 2**20), report=tmp_path, target="phone",
                              threads=None, backend="xnnpack", runs=5, context=64)
     j = json.loads((tmp_path / "report.json").read_text())
     assert j["target"] == "phone" and j["quality"] is None and QUALITY_UNAVAILABLE in j["warnings"]

@@ -119,6 +119,48 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
     ``overwrite``: replace an existing ``out_file`` (and its side manifest), only when edge-sdk wrote
     it (:func:`edge_sdk.outputs.check_replaceable_bundle`); without it an existing file is refused."""
     mdir, out = Path(model_dir), Path(out_file)
+    _check_destination(mdir, out, android, overwrite)
+    meta = ModelInfo.read(mdir)
+    conv = ConversionRecord.read_optional(mdir)
+    infos = _read_graphs(mdir, meta)
+    m = _model_facts(mdir, infos["prefill_decode"], tokenizer, max_tokens)
+    llm_msg, facts = llm_metadata(m.tok, meta.to_json(), m.max_num)
+    if not facts.chat_template:
+        m.warnings.append("no chat template: apps must prompt with apply_prompt_template off")
+    windows = {b["name"]: b["window"] for b in meta.kv_cache.get("buffers", [])
+               if isinstance(b, dict) and b.get("ring") and b.get("window")}
+    exe_msg = executor_metadata(m.kv, m.context, windows)
+
+    with tempfile.TemporaryDirectory(prefix=".edge_sdk_bundle.", dir=out.parent) as stage:
+        sources, hashes = _sections(Path(stage), mdir, m.tok, llm_msg, exe_msg, infos,
+                                    dict(conv.outputs) if conv else {})
+        sections = [s for s, _ in sources]
+        manifest = {
+            "format": MANIFEST_KEY, "version": MANIFEST_VERSION, "created_by": versions(),
+            "bundle": {"bytes": 0, "container": f"litertlm {ct.VERSION}"},
+            "model": _model_block(m, facts, meta, infos["prefill_decode"]),
+            "recipe": conv.recipe_name if conv else meta.recipe,
+            "conversion": conversion_block(conv),
+            "plan": plan_summary(PlanRecord.read_optional(mdir), planned),
+            "memory": memory_block(planned, validation_report(mdir), m.context,
+                                   sum(s.size for s in sections if s.kind == "tflite")),
+            "adaptations": kv_adaptations(meta),
+            "warnings": m.warnings,
+        }
+        _lay_out(manifest, sources, hashes)
+        text = dumps(manifest)
+        _write_container(out, text, sections, manifest, verify)
+    mpath = manifest_path_for(out)
+    _atomic_write_text(mpath, text)
+    placed = None
+    if android is not None:
+        placed = place(out, mpath, Path(android))
+    return BundleReport(out, mpath, out.stat().st_size, manifest, placed, tuple(m.warnings))
+
+
+def _check_destination(mdir: Path, out: Path, android: str | Path | None, overwrite: bool) -> None:
+    """Refuse, before anything is read or written: no model directory, a wrong name, a missing
+    output directory, a file we may not replace, an unusable android_demo directory."""
     if not mdir.is_dir():
         raise InputError("no such model directory", path=mdir, fix="pass the OUT_DIR written by `edge-sdk convert`")
     if out.suffix != ".litertlm":
@@ -128,8 +170,11 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
     check_replaceable_bundle(out, manifest_path_for(out), overwrite=overwrite, read_manifest=read_manifest)
     if android is not None:
         check_android_dir(Path(android))     # before anything is written
-    meta = ModelInfo.read(mdir)
-    conv = ConversionRecord.read_optional(mdir)
+
+
+def _read_graphs(mdir: Path, meta: ModelInfo) -> dict:
+    """The model files LiteRT-LM will call, read (a per-layer embedder the graph does not use is
+    left out); InputError when one is missing or its signatures are not what the engine calls."""
     infos = {}
     for stem, _, required in MODEL_FILES:
         p = _model_file(mdir, meta, stem)
@@ -141,10 +186,28 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
     problems = check_llm_signatures(infos["prefill_decode"], infos.get("embedder"), infos.get("per_layer_embedder"))
     if problems:
         raise InputError("LiteRT-LM cannot run this model: " + "; ".join(problems), path=mdir)
-    pd = infos["prefill_decode"]
-    decode = pd.signatures["decode"]
-    if "per_layer_embeddings" not in decode.inputs:
+    if "per_layer_embeddings" not in infos["prefill_decode"].signatures["decode"].inputs:
         infos.pop("per_layer_embedder", None)       # unused by the graph: the engine would not call it
+    return infos
+
+
+@dataclass
+class _Facts:
+    """What the graph and the tokenizer say, checked against each other."""
+
+    tok: object
+    kv: list
+    context: int
+    max_num: int
+    vocab: int
+    warnings: list[str]
+
+
+def _model_facts(mdir: Path, pd, tokenizer, max_tokens: int | None) -> _Facts:
+    """KV buffers, context, ``max_num_tokens``, vocabulary and tokenizer (InputError for a
+    ``max_tokens`` out of range, a tokenizer larger than the logits, a KV dtype the engine
+    runs unfaithfully)."""
+    decode = pd.signatures["decode"]
     kv = kv_buffers(decode)
     context = cache_context(decode)
     max_num = context if max_tokens is None else int(max_tokens)
@@ -164,95 +227,85 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
         raise InputError(f"KV cache dtype {kv[0].dtype}: LiteRT-LM's CPU engine loads it but its output is not "
                          "faithful (LITERTLM_GEMMA4.md §7)", path=mdir / "model.json",
                          fix="re-convert with kv_cache bits 8 (int8, per-tensor scale) or 32")
-    adaptations = kv_adaptations(meta)
-    llm_msg, facts = llm_metadata(tok, meta.to_json(), max_num)
-    if not facts.chat_template:
-        warnings.append("no chat template: apps must prompt with apply_prompt_template off")
-    windows = {b["name"]: b["window"] for b in meta.kv_cache.get("buffers", [])
-               if isinstance(b, dict) and b.get("ring") and b.get("window")}
-    exe_msg = executor_metadata(kv, context, windows)
-    recorded = dict(conv.outputs) if conv else {}
+    return _Facts(tok, kv, context, max_num, vocab, warnings)
 
-    with tempfile.TemporaryDirectory(prefix=".edge_sdk_bundle.", dir=out.parent) as stage:
-        sdir = Path(stage)
-        raw_tok = tok.tokenizer_json.read_bytes()
-        sources = [
-            (ct.SectionSource("llm_metadata", _stage(sdir, "llm_metadata.pb", llm_msg.SerializeToString())),
-             "generated"),
-            (ct.SectionSource("executor_metadata", _stage(sdir, "executor_metadata.pb", exe_msg.SerializeToString())),
-             "generated"),
-            (ct.SectionSource("hf_tokenizer", _stage(sdir, "tokenizer.zlib", len(raw_tok).to_bytes(8, "little")
-                                                     + zlib.compress(raw_tok))), tok.tokenizer_json.name),
-        ]
-        for stem, model_type, _ in MODEL_FILES:
-            if stem in infos:
-                sources.append((ct.SectionSource("tflite", infos[stem].path, model_type), infos[stem].path.name))
-        hashes = []
-        for src, name in sources:
-            h = ct.sha256_file(src.path)
-            if name in recorded and recorded[name] != h:
-                raise InputError(f"{name} does not match the sha256 conversion.json records (changed since "
-                                 "conversion?)", path=mdir / name, fix="re-run `edge-sdk convert`")
-            hashes.append(h)
-        sections = [s for s, _ in sources]
 
-        manifest = {
-            "format": MANIFEST_KEY, "version": MANIFEST_VERSION, "created_by": versions(),
-            "bundle": {"bytes": 0, "container": f"litertlm {ct.VERSION}"},
-            "model": {"llm_model_type": "gemma4", "vocab_size": vocab, "context": context,
-                      "max_num_tokens": max_num, "prefill_lengths": _prefill_lengths(pd.signatures),
-                      "kv_cache": {"dtype": kv[0].dtype, "layers": sorted({b.layer for b in kv}),
-                                   "buffers": len(kv), "sequence_axes": {"k": 2, "v": 3},
-                                   "ring_slots": {b.name: b.max_length for b in kv if b.max_length < context}
-                                   or None,
-                                   "scales": {b.name: b.scale for b in kv if b.scale is not None} or None},
-                      "bos_token_id": facts.bos_id, "stop_token_ids": list(facts.stop_ids),
-                      "stop_strings": list(facts.stop_strings), "has_chat_template": facts.chat_template,
-                      "text_only": meta.text_only},
-            "recipe": conv.recipe_name if conv else meta.recipe,
-            "conversion": conversion_block(conv),
-            "plan": plan_summary(PlanRecord.read_optional(mdir), planned),
-            "memory": memory_block(planned, validation_report(mdir), context,
-                                   sum(s.size for s in sections if s.kind == "tflite")),
-            "adaptations": adaptations,
-            "warnings": warnings,
-        }
-        layout = None
-        for _ in range(4):  # offsets live in the header they position: iterate to a fixed point
-            entries = {"Authors": "edge-sdk", MANIFEST_KEY: dumps(manifest)}
-            new = ct.plan_layout(entries, sections)
-            if new == layout:
-                break
-            layout = new
-            manifest["bundle"]["bytes"] = layout[-1][1]
-            manifest["sections"] = [
-                {"index": i, "type": ct.type_name(s.kind), "model_type": s.model_type,
-                 "source": name, "begin": b, "end": e, "bytes": e - b, "sha256": h}
-                for i, ((s, name), (b, e), h) in enumerate(zip(sources, layout, hashes))]
-        else:
-            raise RuntimeError("bundle layout did not converge")
-        text = dumps(manifest)
-        bundle_uuid = str(uuidlib.uuid5(uuidlib.NAMESPACE_URL,
-                                        "edge-sdk:" + hashlib.sha256(text.encode()).hexdigest()))
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "w+b") as f:
-                written = ct.write_container(f, {"Authors": "edge-sdk", MANIFEST_KEY: text}, sections,
-                                             uuid=bundle_uuid)
-                f.flush()
-                os.fsync(f.fileno())
-            _check_written(Path(tmp), written, manifest, verify)
-            ct.publish_mode(tmp)
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    mpath = manifest_path_for(out)
-    _atomic_write_text(mpath, text)
-    placed = None
-    if android is not None:
-        placed = place(out, mpath, Path(android))
-    return BundleReport(out, mpath, out.stat().st_size, manifest, placed, tuple(warnings))
+def _sections(sdir: Path, mdir: Path, tok, llm_msg, exe_msg, infos: dict,
+              recorded: dict) -> tuple[list, list[str]]:
+    """The bundle's sections in order as [(SectionSource, source name)] (metadata staged in
+    ``sdir``) and their sha256s; a model file whose sha256 differs from conversion.json's is refused."""
+    raw_tok = tok.tokenizer_json.read_bytes()
+    sources = [
+        (ct.SectionSource("llm_metadata", _stage(sdir, "llm_metadata.pb", llm_msg.SerializeToString())),
+         "generated"),
+        (ct.SectionSource("executor_metadata", _stage(sdir, "executor_metadata.pb", exe_msg.SerializeToString())),
+         "generated"),
+        (ct.SectionSource("hf_tokenizer", _stage(sdir, "tokenizer.zlib", len(raw_tok).to_bytes(8, "little")
+                                                 + zlib.compress(raw_tok))), tok.tokenizer_json.name),
+    ]
+    for stem, model_type, _ in MODEL_FILES:
+        if stem in infos:
+            sources.append((ct.SectionSource("tflite", infos[stem].path, model_type), infos[stem].path.name))
+    hashes = []
+    for src, name in sources:
+        h = ct.sha256_file(src.path)
+        if name in recorded and recorded[name] != h:
+            raise InputError(f"{name} does not match the sha256 conversion.json records (changed since "
+                             "conversion?)", path=mdir / name, fix="re-run `edge-sdk convert`")
+        hashes.append(h)
+    return sources, hashes
+
+
+def _model_block(m: _Facts, facts, meta: ModelInfo, pd) -> dict:
+    """The manifest's ``model``: what LiteRT-LM is told and the KV cache it will hold."""
+    kv, context = m.kv, m.context
+    return {"llm_model_type": "gemma4", "vocab_size": m.vocab, "context": context,
+            "max_num_tokens": m.max_num, "prefill_lengths": _prefill_lengths(pd.signatures),
+            "kv_cache": {"dtype": kv[0].dtype, "layers": sorted({b.layer for b in kv}),
+                         "buffers": len(kv), "sequence_axes": {"k": 2, "v": 3},
+                         "ring_slots": {b.name: b.max_length for b in kv if b.max_length < context} or None,
+                         "scales": {b.name: b.scale for b in kv if b.scale is not None} or None},
+            "bos_token_id": facts.bos_id, "stop_token_ids": list(facts.stop_ids),
+            "stop_strings": list(facts.stop_strings), "has_chat_template": facts.chat_template,
+            "text_only": meta.text_only}
+
+
+def _lay_out(manifest: dict, sources: list, hashes: list[str]) -> None:
+    """Set ``manifest['sections']`` and the bundle's size: the offsets live in the header they
+    position, so iterate to a fixed point."""
+    sections = [s for s, _ in sources]
+    layout = None
+    for _ in range(4):
+        entries = {"Authors": "edge-sdk", MANIFEST_KEY: dumps(manifest)}
+        new = ct.plan_layout(entries, sections)
+        if new == layout:
+            return
+        layout = new
+        manifest["bundle"]["bytes"] = layout[-1][1]
+        manifest["sections"] = [
+            {"index": i, "type": ct.type_name(s.kind), "model_type": s.model_type,
+             "source": name, "begin": b, "end": e, "bytes": e - b, "sha256": h}
+            for i, ((s, name), (b, e), h) in enumerate(zip(sources, layout, hashes))]
+    raise RuntimeError("bundle layout did not converge")
+
+
+def _write_container(out: Path, text: str, sections: list, manifest: dict, verify: bool) -> None:
+    """Write the .litertlm beside ``out``, check it against the manifest, then rename it into place
+    (nothing is left behind on failure). Its UUID is derived from the manifest: same input, same bytes."""
+    bundle_uuid = str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, "edge-sdk:" + hashlib.sha256(text.encode()).hexdigest()))
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w+b") as f:
+            written = ct.write_container(f, {"Authors": "edge-sdk", MANIFEST_KEY: text}, sections,
+                                         uuid=bundle_uuid)
+            f.flush()
+            os.fsync(f.fileno())
+        _check_written(Path(tmp), written, manifest, verify)
+        ct.publish_mode(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def kv_adaptations(meta: ModelInfo) -> list[dict]:

@@ -15,7 +15,7 @@ from typing import Mapping, Protocol
 
 from ..errors import ConfigError
 from .model import ModelSpec
-from .names import classify, detect_prefix
+from .names import classify, detect_prefix, text_tensors
 
 
 class StoredTensor(Protocol):
@@ -73,7 +73,7 @@ _DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8, "I8": 1, "U8": 1, "I16"
 
 
 def bind(spec: ModelSpec, stored: Mapping[str, StoredTensor], *, source=None) -> Binding:
-    expected = {t.name: t for t in spec.text.tensors()}
+    expected = {t.name: t for t in text_tensors(spec.text)}
     names = set(stored)
     prefix = detect_prefix(names)
     text: dict[str, str] = {}
@@ -182,7 +182,7 @@ def inventory_from_spec(spec: ModelSpec, dtype: str = "BF16") -> Inventory:
     """Counts from config.json alone: every element transformers would store, at ``dtype``."""
     nb = _DTYPE_BYTES[dtype]
     by_comp: dict[str, Count] = {}
-    for t in spec.text.tensors():
+    for t in text_tensors(spec.text):
         by_comp[t.component] = by_comp.get(t.component, Count()) + Count(t.numel, t.numel * nb)
     removed: dict[str, Count] = {}
     for tower in spec.towers:

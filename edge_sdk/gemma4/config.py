@@ -14,7 +14,8 @@ from typing import Any
 from ..checkpoint.directory import check_links, load_json
 from ..checkpoint.strict_json import short
 from ..errors import ConfigError
-from .model import LayerSpec, ModelSpec, RopeSpec, TextSpec, TowerSpec
+from . import geometry
+from .model import ModelSpec, TextSpec, TowerSpec
 from .schema import validate_config
 
 SUPPORTED = {
@@ -43,11 +44,6 @@ _TEXT_DEFAULTS["gemma4_unified_text"] = {
     "hidden_size_per_layer_input": 0, "vocab_size_per_layer_input": 0,
 }
 
-_DEFAULT_ROPE = {
-    "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
-    "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0},
-}
-_LAYER_KIND = {"sliding_attention": "sliding", "full_attention": "full"}
 
 
 def load_config(path: str | Path) -> dict:
@@ -117,7 +113,6 @@ def _text_spec(raw: dict, defaults: dict, source) -> tuple[TextSpec, str]:
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                 "num_attention_heads", "num_key_value_heads", "head_dim", "sliding_window"):
         _req_int(c, key, source, minimum=1)
-    n_layers = c["num_hidden_layers"]
     if c.get("use_bidirectional_attention") == "all":
         raise ConfigError("use_bidirectional_attention='all' is an encoder setup, not a causal decoder",
                           path=source)
@@ -125,92 +120,7 @@ def _text_spec(raw: dict, defaults: dict, source) -> tuple[TextSpec, str]:
         raise ConfigError(f"hidden_activation {short(c['hidden_activation'])} not supported "
                           "(Gemma 4 uses gelu_pytorch_tanh)", path=source)
 
-    layer_types = c.get("layer_types")
-    if layer_types is None:
-        layer_types = ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(n_layers)]
-    layer_types = list(layer_types)
-    if len(layer_types) != n_layers:
-        raise ConfigError(f"layer_types has {len(layer_types)} entries but num_hidden_layers is {n_layers}",
-                          path=source)
-    bad = sorted(set(layer_types) - set(_LAYER_KIND))
-    if bad:
-        raise ConfigError(f"unknown layer type(s) {bad}; expected {sorted(_LAYER_KIND)}", path=source)
-    layer_types[-1] = "full_attention"  # transformers forces the last layer to full attention
-
-    rope_params = c.get("rope_parameters") or _DEFAULT_ROPE
-    ropes = {}
-    for lt in set(layer_types):
-        rp = rope_params.get(lt)
-        if not isinstance(rp, dict) or "rope_theta" not in rp:
-            raise ConfigError(f"rope_parameters['{lt}'] missing or without rope_theta", path=source)
-        kind = rp.get("rope_type") or "default"
-        if kind not in ("default", "proportional"):
-            raise ConfigError(f"rope_type {short(kind)} for {lt} not supported (default, proportional)",
-                              path=source)
-        prf, factor = rp.get("partial_rotary_factor"), rp.get("factor")
-        ropes[lt] = RopeSpec(theta=float(rp["rope_theta"]), kind=kind,
-                             partial_rotary_factor=1.0 if prf is None else float(prf),
-                             factor=1.0 if factor is None else float(factor))
-
-    # Full-attention geometry: hub form (global_*) or transformers' per_layer_config.
-    k_eq_v = bool(c.get("attention_k_eq_v", False))
-    overrides: dict[int, dict] = {}
-    if "per_layer_config" in raw and raw["per_layer_config"] is not None:
-        form = "per_layer_config"
-        plc = raw["per_layer_config"]
-        if not isinstance(plc, dict):
-            raise ConfigError("per_layer_config must be an object keyed by layer index", path=source)
-        for key, val in plc.items():
-            if key in _LAYER_KIND:
-                idxs = [i for i, lt in enumerate(layer_types) if lt == key]
-            else:
-                try:
-                    idxs = [int(key)]
-                except ValueError:
-                    raise ConfigError(f"per_layer_config key {short(key)} is neither a layer index nor a layer type",
-                                      path=source) from None
-            for i in idxs:
-                if not 0 <= i < n_layers:
-                    raise ConfigError(f"per_layer_config names layer {i}; the model has {n_layers}", path=source)
-                overrides.setdefault(i, {}).update({k: v for k, v in (val or {}).items() if v is not None})
-    else:
-        form = "hub"
-        full = {"head_dim": c.get("global_head_dim") or 512}
-        if k_eq_v and c.get("num_global_key_value_heads") is not None:
-            full["num_key_value_heads"] = c["num_global_key_value_heads"]
-        overrides = {i: dict(full) for i, lt in enumerate(layer_types) if lt == "full_attention"}
-
-    n_shared = _req_int(c, "num_kv_shared_layers", source) if c.get("num_kv_shared_layers") else 0
-    if n_shared >= n_layers:
-        raise ConfigError(f"num_kv_shared_layers={n_shared} leaves no layer to produce a KV cache", path=source)
-    first_shared = n_layers - n_shared
-    kv_source = list(range(n_layers))
-    last_of = {lt: j for j, lt in enumerate(layer_types[:first_shared])}   # last producer per type
-    for i in range(first_shared, n_layers):
-        if layer_types[i] not in last_of:
-            raise ConfigError(f"KV-shared layer {i} ({layer_types[i]}) has no earlier layer of its type "
-                              "to read a KV cache from", path=source)
-        kv_source[i] = last_of[layer_types[i]]
-
-    double = bool(c.get("use_double_wide_mlp"))
-    layers = []
-    for i, lt in enumerate(layer_types):
-        o = overrides.get(i, {})
-        kind = _LAYER_KIND[lt]
-        layers.append(LayerSpec(
-            index=i, attention=kind,
-            head_dim=int(o.get("head_dim", c["head_dim"])),
-            num_kv_heads=int(o.get("num_key_value_heads", c["num_key_value_heads"])),
-            intermediate_size=c["intermediate_size"] * (2 if double and i >= first_shared else 1),
-            kv_source=kv_source[i],
-            k_eq_v=k_eq_v and kind == "full",
-            rope=ropes[lt],
-            window=c["sliding_window"] if kind == "sliding" else None,
-        ))
-    for layer in layers:
-        if c["num_attention_heads"] % layer.num_kv_heads:
-            raise ConfigError(f"layer {layer.index}: num_attention_heads={c['num_attention_heads']} is not a "
-                              f"multiple of its {layer.num_kv_heads} KV heads", path=source)
+    form, layers = geometry.layers(raw, c, source)   # one function per fact (gemma4/geometry.py)
 
     moe = bool(c.get("enable_moe_block"))
     if moe:
@@ -222,11 +132,12 @@ def _text_spec(raw: dict, defaults: dict, source) -> tuple[TextSpec, str]:
     ple = int(c.get("hidden_size_per_layer_input") or 0)
     text = TextSpec(
         vocab_size=c["vocab_size"], hidden_size=c["hidden_size"], num_heads=c["num_attention_heads"],
-        layers=tuple(layers), rms_norm_eps=float(c["rms_norm_eps"]),
+        layers=layers, rms_norm_eps=float(c["rms_norm_eps"]),
         final_logit_softcapping=c.get("final_logit_softcapping"),
         hidden_activation=c["hidden_activation"], tie_word_embeddings=bool(c.get("tie_word_embeddings", True)),
         vocab_size_per_layer_input=int(c.get("vocab_size_per_layer_input") or 0) if ple else 0,
-        hidden_size_per_layer_input=ple, num_kv_shared_layers=n_shared, sliding_window=c["sliding_window"],
+        hidden_size_per_layer_input=ple, num_kv_shared_layers=sum(layer.kv_shared for layer in layers),
+        sliding_window=c["sliding_window"],
         attention_bias=bool(c.get("attention_bias")), enable_moe=moe,
         num_experts=int(c.get("num_experts") or 0), top_k_experts=int(c.get("top_k_experts") or 0),
         moe_intermediate_size=int(c.get("moe_intermediate_size") or 0),

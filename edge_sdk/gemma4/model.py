@@ -1,9 +1,11 @@
 """The Gemma 4 text decoder as frozen dataclasses: what every later stage reads.
 
-``ModelSpec`` is built from ``config.json`` alone (see ``spec.config``); it knows every tensor the
-text decoder stores (``TextSpec.tensors()``), how each layer attends (sliding or full, head
-geometry, RoPE, which layer's KV cache it reads) and which towers (vision, audio) the checkpoint
-carries besides the decoder.
+``ModelSpec`` is built from ``config.json`` alone (``gemma4.config``; each per-layer fact derived by
+one function of ``gemma4.geometry``); it knows how each layer attends (sliding or full, head
+geometry, RoPE, which layer's KV cache it reads, MLP width), which layers own a KV cache and its
+per-position shape (``TextSpec.kv_caches``), the per-layer-embedding geometry, and which towers
+(vision, audio) the checkpoint carries besides the decoder. The tensors it stores are the name
+table's (``gemma4.names.text_tensors``). This module imports nothing else of the package.
 """
 
 from __future__ import annotations
@@ -53,6 +55,20 @@ class LayerSpec:
     @property
     def kv_shared(self) -> bool:
         return self.kv_source != self.index
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """The KV cache one layer owns (mlx-lm's ``make_cache``, without the length): K and V of
+    ``kv_heads`` heads of ``head_dim`` per position; ``window`` positions matter (None: all).
+    How long, in what dtype and layout the buffers are is the converter's choice
+    (``quant.kv_layout``)."""
+
+    layer: int
+    attention: AttentionKind
+    kv_heads: int
+    head_dim: int
+    window: int | None
 
 
 @dataclass(frozen=True)
@@ -107,14 +123,34 @@ class TextSpec:
         return self.hidden_size ** 0.5
 
     @property
+    def ple_dims(self) -> tuple[int, int]:
+        """(L, P): per-layer embeddings are [L, P] per token (P = 0: none)."""
+        return self.num_layers, self.hidden_size_per_layer_input
+
+    @property
     def kv_layers(self) -> tuple[int, ...]:
         """Layers that produce (and own) a KV cache, in order."""
         return tuple(layer.index for layer in self.layers if not layer.kv_shared)
 
-    def tensors(self) -> tuple[TensorSpec, ...]:
-        from .names import text_tensors  # the name table lives with the names
+    @property
+    def last_kv_layer(self) -> int:
+        """The last layer that writes a KV cache (-1: none); later layers matter only for logits."""
+        return max(self.kv_layers, default=-1)
 
-        return text_tensors(self)
+    @property
+    def kv_caches(self) -> tuple[CacheSpec, ...]:
+        """The KV caches the decoder holds, one per KV-producing layer, in layer order (KV-shared
+        layers read their ``kv_source``'s and add none)."""
+        return tuple(CacheSpec(ly.index, ly.attention, ly.num_kv_heads, ly.head_dim, ly.window)
+                     for ly in self.layers if not ly.kv_shared)
+
+    def q_width(self, layer: LayerSpec) -> int:
+        """Width of ``layer``'s queries (q_proj rows, o_proj columns): num_heads × head_dim."""
+        return self.num_heads * layer.head_dim
+
+    def kv_groups(self, layer: LayerSpec) -> int:
+        """Query heads per KV head in ``layer`` (GQA: query head h reads KV head h // groups)."""
+        return self.num_heads // layer.num_kv_heads
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ def _moe(t, l):
 
 
 def _q(t, l):
-    return t.num_heads * l.head_dim
+    return t.q_width(l)
 
 
 LAYER_ROWS = (
@@ -145,18 +145,44 @@ MODEL_ROWS = (
     NameRow("norm.weight", "norms", "norm", lambda t, l: (t.hidden_size,), _always, "Gemma4TextModel.norm"),
 )
 
+# The LM head: the plan's and the recipe's name for it. Gemma 4 ties it (tie_word_embeddings; no
+# checkpoint stores it): the graph multiplies by a copy of ``TIED_TO`` (``tensor_of(LM_HEAD)``).
+LM_HEAD = "lm_head"
+TIED_TO = "embed_tokens.weight"
+
 # Stored by some exports but not needed: dropped quietly (they are recomputed or tied).
 OPTIONAL_TEXT = (
-    "lm_head.weight",  # tied to embed_tokens (tie_word_embeddings) — checked equal by the converter
+    f"{LM_HEAD}.weight",  # tied to embed_tokens (tie_word_embeddings) — checked equal by the converter
 )
 _SHARED_KV_UNUSED = re.compile(r"layers\.(\d+)\.self_attn\.(k_proj|v_proj|k_norm|v_norm)\.weight")
 
 
 def role_of(name: str) -> str:
+    """A tensor's recipe role: its canonical name without ``.weight`` (the tied head: ``lm_head``)."""
     return name[: -len(".weight")] if name.endswith(".weight") else name
 
 
+def tensor_of(name: str) -> str:
+    """The stored canonical tensor behind a planned name: the tied head reads ``embed_tokens.weight``."""
+    return TIED_TO if name == LM_HEAD else name
+
+
+def tied_roles(text: TextSpec, role: str) -> tuple[str, ...]:
+    """The recipe roles one stored tensor serves: the embedding also as the tied head."""
+    return (role, LM_HEAD) if role == role_of(TIED_TO) and text.tie_word_embeddings else (role,)
+
+
+def recipe_roles(num_layers: int, *, moe: bool = False) -> tuple[str, ...]:
+    """Every role the name table can give a decoder of ``num_layers`` layers (whatever its config:
+    optional rows included), plus the tied head; the mixture-of-experts rows only with ``moe``."""
+    keep = (lambda r: moe or r.component != "moe")
+    glob = tuple(role_of(r.name) for r in MODEL_ROWS if keep(r)) + (LM_HEAD,)
+    per = tuple(role_of(r.name) for r in LAYER_ROWS if keep(r))
+    return glob + tuple(r.format(i=i) for i in range(num_layers) for r in per)
+
+
 def text_tensors(text: TextSpec) -> tuple[TensorSpec, ...]:
+    """Every tensor the text decoder stores, in name-table order (model rows, then each layer's)."""
     out = []
     first = text.layers[0] if text.layers else None
     for row in MODEL_ROWS:
@@ -183,8 +209,8 @@ def classify(name: str, text_names: frozenset[str], prefix: str) -> NameMatch:
     for tower, prefixes in TOWER_PREFIXES.items():
         if name.startswith(prefixes):
             return NameMatch(tower, None)
-    if name in OPTIONAL_TEXT or (name.endswith("lm_head.weight") and name.count(".") <= 1):
-        return NameMatch("unused", "lm_head.weight")
+    if name in OPTIONAL_TEXT or (name.endswith(OPTIONAL_TEXT[0]) and name.count(".") <= 1):
+        return NameMatch("unused", OPTIONAL_TEXT[0])
     if name.startswith(prefix):
         canonical = name[len(prefix):]
         if canonical in text_names:

@@ -1,15 +1,16 @@
-"""LiteRT tensor types, byte sizes, sub-byte packing and quantization parameters.
+"""LiteRT tensor types (names → schema enum), byte sizes and quantization parameters.
 
-Facts measured against ai-edge-litert 2.3.0 (see tests/test_litert_writer.py):
+The sub-byte packing, the code ranges the kernels compute right and the byte formula are the
+format registry's (``quant.formats``); this module maps them onto the LiteRT schema. Facts
+measured against ai-edge-litert 2.3.0 (see tests/test_litert_writer.py):
 
-- Sub-byte layout: the whole flattened tensor (row-major) is packed contiguously, low bits
-  first. INT4: element 2i in bits 0-3 and 2i+1 in bits 4-7 of byte i. INT2: elements
-  4i..4i+3 in bits 0-1, 2-3, 4-5, 6-7 of byte i. Rows are not padded: FULLY_CONNECTED
-  reads odd K correctly, but GATHER / EMBEDDING_LOOKUP need whole-byte rows.
+- Sub-byte layout (``quant.formats.pack``): the whole flattened tensor packed contiguously, low
+  bits first. Rows are not padded: FULLY_CONNECTED reads odd K correctly, but GATHER /
+  EMBEDDING_LOOKUP need whole-byte rows.
 - Weight-only FULLY_CONNECTED with per-channel INT8 / INT4 weights: the builtin (non-XNNPACK)
-  hybrid kernels give wrong output for every output channel that contains the most
-  negative code (-128 / -8). XNNPACK is right. So :data:`SAFE_CODE_RANGE` is symmetric
-  for 8 and 4 bits; INT2 [-2, 1] is fine in both kernel paths.
+  hybrid kernels give wrong output for every output channel that contains the most negative code
+  (-128 / -8). XNNPACK is right. So the per-channel formats' ranges are symmetric for 8 and 4
+  bits; INT2 [-2, 1] is fine in both kernel paths (``check_code_range``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 
 from ..errors import InputError
+from ..quant.formats import affine_format, full_range, pack, packed_nbytes
 
 _T = schema.TensorType
 DTYPES: dict[str, int] = {
@@ -30,9 +32,6 @@ DTYPES: dict[str, int] = {
 }
 BITS: dict[str, int] = {"float32": 32, "float16": 16, "bfloat16": 16, "int64": 64, "int32": 32,
                         "int16": 16, "int8": 8, "int4": 4, "int2": 2, "uint8": 8, "bool": 8}
-INT_DTYPE_FOR_BITS = {8: "int8", 4: "int4", 2: "int2"}
-# Code ranges every CPU kernel path computes correctly for weight-only FULLY_CONNECTED.
-SAFE_CODE_RANGE = {8: (-127, 127), 4: (-7, 7), 2: (-2, 1)}
 
 
 def dtype_name(dtype: Any) -> str:
@@ -47,45 +46,21 @@ def dtype_name(dtype: Any) -> str:
 def tensor_nbytes(shape: Sequence[int], dtype: Any) -> int:
     """Bytes of a dense tensor; sub-byte types are packed over the flattened tensor."""
     n = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
-    return (n * BITS[dtype_name(dtype)] + 7) // 8
+    return packed_nbytes(n, BITS[dtype_name(dtype)])
 
 
 def to_bytes(value: Any, dtype: Any) -> bytes:
     """The raw LiteRT buffer bytes of ``value`` stored as ``dtype`` (int4/int2: packed codes)."""
     dt = dtype_name(dtype)
     if dt in ("int4", "int2"):
-        return pack_subbyte(value, BITS[dt]).tobytes()
+        codes, (lo, hi) = np.asarray(value), full_range(BITS[dt])
+        if codes.size and (codes.min() < lo or codes.max() > hi):
+            raise InputError(f"{dt} codes out of range [{lo}, {hi}]")
+        return pack(codes.astype(np.int16), BITS[dt]).tobytes()
     if dt == "bfloat16":
         import ml_dtypes
         return np.ascontiguousarray(value, dtype=ml_dtypes.bfloat16).tobytes()
     return np.ascontiguousarray(value, dtype=np.dtype(dt)).tobytes()
-
-
-def pack_subbyte(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Pack signed codes in [-2^(bits-1), 2^(bits-1)) into uint8, low bits first, over the
-    flattened tensor (the last byte is zero-padded)."""
-    if bits not in (2, 4):
-        raise InputError(f"can only pack 2- or 4-bit codes, not {bits}")
-    flat = np.asarray(codes).reshape(-1)
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    if flat.size and (flat.min() < lo or flat.max() > hi):
-        raise InputError(f"int{bits} codes out of range [{lo}, {hi}]")
-    per = 8 // bits
-    u = (flat.astype(np.int16) & ((1 << bits) - 1)).astype(np.uint8)
-    u = np.concatenate([u, np.zeros((-u.size) % per, np.uint8)]).reshape(-1, per)
-    out = np.zeros(u.shape[0], np.uint8)
-    for j in range(per):
-        out |= u[:, j] << np.uint8(j * bits)
-    return out
-
-
-def unpack_subbyte(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
-    """Inverse of :func:`pack_subbyte`: the first ``count`` signed codes, as int8."""
-    per = 8 // bits
-    p = np.asarray(packed, np.uint8).reshape(-1, 1)
-    shifts = (np.arange(per, dtype=np.uint8) * bits).reshape(1, -1)
-    u = ((p >> shifts) & ((1 << bits) - 1)).astype(np.int8).reshape(-1)[:count]
-    return np.where(u >= (1 << (bits - 1)), u - (1 << bits), u).astype(np.int8)
 
 
 def dequantize_reference(codes: np.ndarray, scale: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -96,8 +71,10 @@ def dequantize_reference(codes: np.ndarray, scale: np.ndarray, axis: int = 0) ->
 
 
 def check_code_range(codes: np.ndarray, bits: int, *, tensor: str | None = None) -> None:
-    """Refuse codes outside :data:`SAFE_CODE_RANGE` (the builtin FC kernels miscompute them)."""
-    lo, hi = SAFE_CODE_RANGE[bits]
+    """Refuse codes outside the per-channel format's range (the builtin FC kernels miscompute
+    -128 / -8)."""
+    fmt = affine_format(bits, "channel")
+    lo, hi = fmt.qmin, fmt.qmax
     codes = np.asarray(codes)
     if codes.size and (codes.min() < lo or codes.max() > hi):
         raise InputError(

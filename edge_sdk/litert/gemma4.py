@@ -20,7 +20,7 @@
 Every feature of ``edge_sdk.reference``: sliding / full layers (the window applied in the graph
 from ``input_pos``), KV sharing (shared layers read their source layer's updated cache), double-wide
 MLPs, the PLE combine inside prefill_decode (projection from ``embeddings``), proportional partial
-RoPE, q/k/v norms, layer scalars, k_eq_v, the tied LM head as FULLY_CONNECTED over the planned
+RoPE, q/k/v norms, layer scalars, k_eq_v, mixture-of-experts layers (``gemma4_moe``), the tied LM head as FULLY_CONNECTED over the planned
 ``lm_head`` weight, and final_logit_softcapping (TANH; unlike Google's exporter, so probabilities
 match transformers).
 
@@ -46,8 +46,10 @@ import numpy as np
 
 from ..quant.kv_layout import KvLayout
 from ..gemma4.model import TextSpec
+from ..gemma4.names import LM_HEAD
 from .dtypes import Quantization
 from .gemma4_attention import Step, attention, rms_norm, write_kv_only
+from .gemma4_moe import moe_feed_forward
 from .gemma4_weights import WeightBank
 from .graph import GraphBuilder, Tensor
 from .writer import LiteRTWriter
@@ -102,7 +104,7 @@ def build_embedder(writer: LiteRTWriter, text: TextSpec, bank: WeightBank, geo: 
         ids = g.input("token_ids", [1, T], "int32", tensor_name=f"{key}_token_ids")
         rows = bank.lookup(g, table, g.reshape(ids, [T]))
         if per_layer:
-            L, P = text.num_layers, text.hidden_size_per_layer_input
+            L, P = text.ple_dims
             out = g.mul(rows, np.float32(math.sqrt(P)))
             out = g.reshape(out, [1, T, L, P], name=f"{key}_embeddings_output")
         else:
@@ -132,7 +134,7 @@ def _decoder_signature(writer: LiteRTWriter, text: TextSpec, bank: WeightBank, g
     emb = g.input("embeddings", [1, T, H], "float32", tensor_name=f"{key}_embeddings")
     ple_in = None
     if text.has_ple:
-        L, P = text.num_layers, text.hidden_size_per_layer_input
+        L, P = text.ple_dims
         ple_in = g.input("per_layer_embeddings", [1, T, L, P], "float32",
                          tensor_name=f"{key}_per_layer_embeddings")
     pos = g.input("input_pos", [T], "int32", tensor_name=f"{key}_input_pos")
@@ -144,7 +146,7 @@ def _decoder_signature(writer: LiteRTWriter, text: TextSpec, bank: WeightBank, g
                                              tensor_name=f"{key}_{buf['name']}", quantization=q)
 
     # A layer's output matters if a later layer writes a cache, or if logits are wanted.
-    last_kv = max(text.kv_layers)
+    last_kv = text.last_kv_layer
     x = g.reshape(emb, [T, H])
     ple = None
     if ple_in is not None and (logits or last_kv > 0):
@@ -160,7 +162,7 @@ def _decoder_signature(writer: LiteRTWriter, text: TextSpec, bank: WeightBank, g
 
     if logits:
         h = rms_norm(g, x, bank.vector(g, "norm.weight"), eps)
-        z = g.fully_connected(h, bank.fc(g, "lm_head"))
+        z = g.fully_connected(h, bank.fc(g, LM_HEAD))
         cap = text.final_logit_softcapping
         if cap:
             z = g.mul(g.tanh(g.div(z, np.float32(cap))), np.float32(cap))
@@ -173,7 +175,7 @@ def _decoder_signature(writer: LiteRTWriter, text: TextSpec, bank: WeightBank, g
 def _ple_inputs(g: GraphBuilder, text: TextSpec, bank: WeightBank, x: Tensor, ple_in: Tensor,
                 T: int) -> Tensor:
     """``(rmsnorm((x @ Wpm.T) · H^-0.5 → [T, L, P]) + tok) · 2^-0.5`` → [T, L, P]."""
-    L, P, H = text.num_layers, text.hidden_size_per_layer_input, text.hidden_size
+    (L, P), H = text.ple_dims, text.hidden_size
     ctx = g.mul(g.fully_connected(x, bank.fc(g, "per_layer_model_projection.weight")),
                 np.float32(H ** -0.5))
     ctx = rms_norm(g, g.reshape(ctx, [T, L, P]), bank.vector(g, "per_layer_projection_norm.weight"),
@@ -192,10 +194,12 @@ def _layer(step: Step, layer, x: Tensor, ple: Tensor | None) -> Tensor:
     gate = g.gelu(g.fully_connected(h, bank.fc(g, pre + "mlp.gate_proj.weight")), approximate=True)
     up = g.fully_connected(h, bank.fc(g, pre + "mlp.up_proj.weight"))
     h = g.fully_connected(g.mul(gate, up), bank.fc(g, pre + "mlp.down_proj.weight"))
+    if step.text.enable_moe:   # shared MLP + routed experts (gemma4_moe)
+        h = moe_feed_forward(step, layer, x, h)
     x = g.add(x, rms_norm(g, h, bank.vector(g, pre + "post_feedforward_layernorm.weight"), eps))
 
     if ple is not None:
-        P = step.text.hidden_size_per_layer_input
+        _, P = step.text.ple_dims
         ple_i = g.reshape(g.slice(ple, [0, layer.index, 0], [T, 1, P]), [T, P])
         h = g.gelu(g.fully_connected(x, bank.fc(g, pre + "per_layer_input_gate.weight")),
                    approximate=True)

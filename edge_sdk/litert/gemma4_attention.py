@@ -206,7 +206,7 @@ def _attention(step: Step, layer: LayerSpec, h: Tensor, need_output: bool) -> Te
         return None
     kc, vc, buf = step._read[layer.kv_source]
     L = buf.length
-    rep = nh // nkv
+    rep = t.kv_groups(layer)
     q = g.reshape(g.fully_connected(h, bank.fc(g, pre + "q_proj.weight")), [T, nh, D])
     q = step.apply_rope(rms_norm(g, q, bank.vector(g, pre + "q_norm.weight"), eps), layer)
     q = g.reshape(g.transpose(q, [1, 0, 2]), [nkv, rep * T, D])

@@ -20,15 +20,12 @@ from dataclasses import replace
 import numpy as np
 
 from ..checkpoint import Checkpoint
+from ..gemma4.names import role_of, tensor_of
 from ..quant.apply import Prepared, Preparer
-from ..quant.config import DictionaryConfig
+from ..quant.formats import format_of
 from ..quant.plan import TensorPlan
 
 BLOCK_F32_BYTES = 64 << 20   # rows per block: about this much float32
-
-
-def _canonical(tp: TensorPlan) -> str:
-    return "embed_tokens.weight" if tp.name == "lm_head" else tp.name
 
 
 class RowSlicer:
@@ -37,8 +34,14 @@ class RowSlicer:
         self.block_bytes = BLOCK_F32_BYTES if block_f32_bytes is None else block_f32_bytes
 
     def can_slice(self, tp: TensorPlan) -> bool:
-        canonical = _canonical(tp)
+        canonical = tensor_of(tp.name)
         return (len(tp.shape) == 2 and canonical not in self.prep.binding.quantized
+                and canonical in self.prep.binding.text)
+
+    def can_slice_experts(self, tp: TensorPlan) -> bool:
+        """An MoE expert stack [E, out, in] read one expert (one "row" of axis 0) at a time."""
+        canonical = tensor_of(tp.name)
+        return (len(tp.shape) == 3 and canonical not in self.prep.binding.quantized
                 and canonical in self.prep.binding.text)
 
     def blocks(self, tp: TensorPlan) -> list[tuple[int, int]] | None:
@@ -46,9 +49,7 @@ class RowSlicer:
         rows, cols = tp.shape[0], math.prod(tp.shape[1:])
         if rows * cols * 4 <= self.block_bytes or not self.can_slice(tp):
             return None
-        align = 8   # whole bytes for 1/2/4-bit codes in any block
-        if isinstance(tp.config, DictionaryConfig):
-            align = math.lcm(align, tp.config.rows_per_codebook)
+        align = math.lcm(8, format_of(tp.config).row_group(tp.config))   # whole bytes of codes, whole codebooks
         per = max(align, self.block_bytes // (4 * cols) // align * align)
         if per >= rows:
             return None
@@ -56,7 +57,7 @@ class RowSlicer:
 
     def _sliced(self, tp: TensorPlan, r0: int, r1: int) -> tuple[Checkpoint, str]:
         prep = self.prep
-        stored = prep.binding.text[_canonical(tp)]
+        stored = prep.binding.text[tensor_of(tp.name)]
         info = prep.ckpt.tensors[stored]
         row_bytes = info.nbytes // info.shape[0]
         sliced = replace(info, shape=(r1 - r0,) + tuple(info.shape[1:]),
@@ -72,7 +73,7 @@ class RowSlicer:
         prep = self.prep
         part = copy.copy(prep)
         part.ckpt, _ = self._sliced(tp, r0, r1)
-        role = "embed_tokens" if tp.name == "lm_head" else tp.role
+        role = role_of(tensor_of(tp.name))   # the tied head uses the embedding's scales
         if role in prep.sidecar:
             part.sidecar = {**prep.sidecar, role: np.asarray(prep.sidecar[role])[r0:r1]}
         return part.prepare(replace(tp, shape=(r1 - r0,) + tuple(tp.shape[1:])))

@@ -34,11 +34,13 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InputError, RecipeError
+from ..gemma4.names import tensor_of
 from ..quant.apply import Prepared
-from ..quant.config import DictionaryConfig, Granularity
-from ..quant.kernels import QuantizedTensor, full_range, quantize
+from ..quant.config import DictionaryConfig
+from ..quant.formats import format_of, full_range
+from ..quant.kernels import QuantizedTensor, quantize
 from ..quant.plan import QuantPlan, TensorPlan
-from .dtypes import INT_DTYPE_FOR_BITS, Quantization, check_code_range, tensor_nbytes, to_bytes
+from .dtypes import Quantization, check_code_range, tensor_nbytes, to_bytes
 from .gemma4_rows import RowSlicer
 from .graph import GraphBuilder, Tensor
 from .writer import BufferRef
@@ -123,8 +125,8 @@ class WeightBank:
         """Per-channel scales, from the Preparer (whole or in row blocks), before the graph is
         written; the tensor's record (scale source, re-rounding error) comes from this pass."""
         if name not in self._scales:
-            twin = "embed_tokens.weight" if name == "lm_head" else None   # the tied head: same tensor
-            if twin in self._scales and self.plan_of(twin).config == self.plan_of(name).config:
+            twin = tensor_of(name)   # the tied head: the embedding's tensor
+            if twin != name and twin in self._scales and self.plan_of(twin).config == self.plan_of(name).config:
                 self._scales[name], self.records[name] = self._scales[twin], dict(self.records[twin])
                 self._low[name] = self._low.get(twin, False)
                 return self._scales[name]
@@ -225,14 +227,15 @@ class WeightBank:
     def _affine_or_float(self, g: GraphBuilder, name: str, lookup: bool) -> Tensor:
         tp = self.plan_of(name)
         cfg = tp.config
-        if cfg is None:
+        fmt = format_of(cfg)
+        if fmt.layout == "float":
             return self._float(g, name, tp)
-        if isinstance(cfg, DictionaryConfig):
+        if fmt.lookup_only:
             raise RecipeError(f"'{tp.role}' is dictionary-coded but feeds FULLY_CONNECTED; LiteRT "
                               "has no dictionary-coded FC", tensor=name,
                               fix="give the tied embedding/lm_head an affine config")
-        dt = INT_DTYPE_FOR_BITS[cfg.bits]
-        if cfg.granularity is Granularity.CHANNEL:
+        dt = fmt.litert
+        if fmt.layout == "channel":
             scale = self._channel_scales(name)
             if self._low[name] and cfg.bits != 2:
                 return self._full_range(g, name, tp, cfg, scale, lookup)
@@ -243,16 +246,15 @@ class WeightBank:
             raise RecipeError(f"'{tp.role}' is blockwise quantized but is looked up by row; "
                               "EMBEDDING_LOOKUP needs one scale per row", tensor=name,
                               fix="use granularity 'channel' for embedding tables")
-        if cfg.bits != 4:
-            raise RecipeError(f"blockwise int{cfg.bits} weights: XNNPACK refuses them and the "
-                              "builtin kernels silently return zeros", tensor=name)
+        fmt.check_runnable(tensor=name)   # blockwise int8: refused
         rows, cols = tp.shape
-        ref = self._buffer(g, name, name, tp.shape, "int4", lambda p: p.value.codes, main=True)
-        sref = self._buffer(g, name, f"{name}_scales", (rows, cols // cfg.block_size), "float16",
-                            lambda p: p.value.scales.astype(np.float16), main=False)
-        st = g.const(f"{name}_scales", sref, shape=(rows, cols // cfg.block_size), dtype="float16")
+        sdt = fmt.scale_dtype
+        ref = self._buffer(g, name, name, tp.shape, dt, lambda p: p.value.codes, main=True)
+        sref = self._buffer(g, name, f"{name}_scales", (rows, cols // cfg.block_size), sdt,
+                            lambda p: p.value.scales.astype(sdt), main=False)
+        st = g.const(f"{name}_scales", sref, shape=(rows, cols // cfg.block_size), dtype=sdt)
         q = Quantization(block_scales=st.index, block_size=cfg.block_size)
-        return g.const(name, ref, dtype="int4", shape=tp.shape, quantization=q, block_scales=st)
+        return g.const(name, ref, dtype=dt, shape=tp.shape, quantization=q, block_scales=st)
 
     def _full_range(self, g: GraphBuilder, name: str, tp: TensorPlan, cfg, scale: np.ndarray,
                     lookup: bool) -> Tensor:
@@ -273,10 +275,10 @@ class WeightBank:
                          and np.array_equal(s16.astype(np.float32), scale))
         codes = lambda p: p.value.codes  # noqa: E731
         if lookup:   # EMBEDDING_LOOKUP computes -128 / -8 right in both kernel paths
-            ref = self._channel_codes(g, name, tp, cfg, INT_DTYPE_FOR_BITS[cfg.bits], full=True)
+            ref = self._channel_codes(g, name, tp, cfg, cfg.format.litert, full=True)
             self.records[name]["encoding"] = f"int{cfg.bits} per channel, full range"
             q = Quantization(scale=tuple(scale.tolist()), zero_point=(0,) * scale.size)
-            return g.const(name, ref, shape=tp.shape, dtype=INT_DTYPE_FOR_BITS[cfg.bits], quantization=q)
+            return g.const(name, ref, shape=tp.shape, dtype=cfg.format.litert, quantization=q)
         if cfg.bits == 4 and cols >= 32 and cols % 2 == 0 and f16_exact:
             ref = self._buffer(g, name, name, tp.shape, "int4", codes, main=True)
             st = g.const(f"{name}_scales", s16.reshape(rows, 1), dtype="float16")
@@ -288,8 +290,8 @@ class WeightBank:
             dt = "int8"
             self.records[name]["encoding"] = "int4 codes stored as int8 per channel (K < 32 or odd)"
         else:
-            ref = self._channel_codes(g, name, tp, cfg, INT_DTYPE_FOR_BITS[cfg.bits], full=True)
-            dt = INT_DTYPE_FOR_BITS[cfg.bits]
+            dt = cfg.format.litert
+            ref = self._channel_codes(g, name, tp, cfg, dt, full=True)
             why = (f"int{cfg.bits} per-channel codes hold {full_range(cfg.bits)[0]}, which LiteRT's "
                    "builtin FULLY_CONNECTED miscomputes (XNNPACK is right)")
             if cfg.bits == 4:
@@ -304,7 +306,7 @@ class WeightBank:
         """float32 rows [T, cols] of table ``name`` for 1-D int32 ``ids`` [T]."""
         tp = self.plan_of(name)
         cfg = tp.config
-        if isinstance(cfg, DictionaryConfig):
+        if format_of(cfg).lookup_only:
             return self._dict_lookup(g, name, tp, cfg, ids)
         table = self._cached(g, name, lambda: self._affine_or_float(g, name, lookup=True))
         if cfg is None:
@@ -335,7 +337,7 @@ class WeightBank:
                                                c).astype(np.int8)
 
         def make() -> tuple[Tensor, Tensor]:
-            dt = "uint8" if bits == 8 else INT_DTYPE_FOR_BITS[bits]
+            dt = cfg.format.litert
             q = Quantization(scale=(1.0,), zero_point=(0,)) if bits == 2 else None
             ref = self._buffer(g, name, name, tp.shape, dt, codes, main=True)
             bname = f"{name}_codebooks"

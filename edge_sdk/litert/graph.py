@@ -28,9 +28,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import InputError, RecipeError
-from .dtypes import (INT_DTYPE_FOR_BITS, Quantization, check_code_range, dtype_name,
-                     tensor_nbytes, to_bytes)
+from ..errors import InputError
+from ..quant.formats import FORMATS, affine_format
+from .dtypes import Quantization, check_code_range, dtype_name, tensor_nbytes, to_bytes
 from .ops import OpsMixin
 from .writer import BufferRef, LiteRTWriter
 
@@ -173,11 +173,12 @@ class GraphBuilder(OpsMixin):
         """Integer weight codes (int8 / int4 / int2, symmetric, zero point 0) with one float
         scale per slice along ``axis`` (per output channel for FULLY_CONNECTED: axis 0);
         the weight means codes * scale. ``codes`` may be a callable (streamed; give ``shape``).
-        Codes must lie in ``SAFE_CODE_RANGE`` (the builtin FC kernels miscompute -128 / -8)
-        unless ``allow_full_range``."""
-        dt = INT_DTYPE_FOR_BITS.get(bits)
-        if dt is None:
+        Codes must lie in the per-channel format's range (the builtin FC kernels miscompute
+        -128 / -8) unless ``allow_full_range``."""
+        fmt = FORMATS.get(f"int{bits}")
+        if fmt is None:
             raise InputError(f"unsupported weight bit width {bits}", tensor=name)
+        dt = fmt.litert
         if not callable(codes):
             codes, shape = np.asarray(codes), np.shape(codes)
         scale = np.asarray(scale, dtype=np.float32).reshape(-1)
@@ -195,11 +196,8 @@ class GraphBuilder(OpsMixin):
         """[N, K] INT4 codes (array or callable) with FLOAT16 scales [N, K / block_size]
         (BlockwiseQuantization): weight[n, k] = codes[n, k] * scales[n, k // block_size].
         Only 4 bits: blockwise INT8 / INT2 FC is refused by XNNPACK and silently returns all
-        zeros in the builtin kernels. The full int4 range [-8, 7] is fine here."""
-        if bits != 4:
-            raise RecipeError(f"blockwise int{bits} weights: XNNPACK refuses them and the "
-                              "builtin kernels silently return zeros", tensor=name,
-                              fix="use per-channel scales, or 4-bit blockwise")
+        zeros in the builtin kernels (the formats' refusal). The full int4 range [-8, 7] is fine."""
+        affine_format(bits, "block").check_runnable(tensor=name)
         if np.ndim(scales) != 2:
             raise InputError("blockwise scales must be [N, K / block_size]", tensor=name)
         n, k = np.shape(scales)[0], np.shape(scales)[1] * block_size

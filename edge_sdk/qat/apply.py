@@ -22,7 +22,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import RecipeError
-from ..quant import AffineConfig, DictionaryConfig, Recipe, resolve, resolve_shared
+from ..gemma4.names import LM_HEAD, TIED_TO, role_of
+from ..quant import Recipe, format_of, resolve, resolve_shared
 from .fake_quant import AffineQuantizer, DictionaryFakeQuantizer
 
 TEXT_MODEL_CLASSES = ("Gemma4TextModel",)
@@ -46,9 +47,10 @@ def _quantizer_for(weight: torch.Tensor, cfg, role: str, learn_scales: bool) -> 
     if weight.dtype != torch.float32:
         raise RecipeError(f"'{role}' is {weight.dtype}; QAT needs a float32 model",
                           fix="model.float() before apply_qat")
-    if isinstance(cfg, AffineConfig):
+    layout = format_of(cfg).layout   # the storage format decides the fake-quantizer
+    if layout in ("channel", "block"):
         return AffineQuantizer(weight, cfg, learn_scale=learn_scales)
-    if isinstance(cfg, DictionaryConfig):
+    if layout == "dictionary":
         return DictionaryFakeQuantizer(weight, cfg)
     raise RecipeError(f"'{role}': no fake-quantizer for {type(cfg).__name__}")
 
@@ -79,7 +81,7 @@ def apply_qat(model: nn.Module, recipe: Recipe, *, learn_scales: bool = True) ->
             continue
         role = name
         if module is embed and tied:
-            cfg = resolve_shared(recipe, ["embed_tokens", "lm_head"])
+            cfg = resolve_shared(recipe, [role_of(TIED_TO), LM_HEAD])
         else:
             cfg = resolve(recipe, role)
         if cfg is None:
@@ -90,9 +92,9 @@ def apply_qat(model: nn.Module, recipe: Recipe, *, learn_scales: bool = True) ->
             # Same Parameter, same quantizer: lookup and LM head see one w_hat.
             parametrize.register_parametrization(head, "weight", q, unsafe=True)
     if head is not None and not tied:
-        cfg = resolve(recipe, "lm_head")
+        cfg = resolve(recipe, LM_HEAD)
         if cfg is not None:
-            q = _quantizer_for(head.weight, cfg, "lm_head", learn_scales)
+            q = _quantizer_for(head.weight, cfg, LM_HEAD, learn_scales)
             parametrize.register_parametrization(head, "weight", q, unsafe=True)
 
     for pname, p in text.named_parameters():
@@ -118,7 +120,7 @@ def quantized_roles(model: nn.Module) -> dict[str, tuple[nn.Module, nn.Module]]:
     if head is not None and parametrize.is_parametrized(head, "weight"):
         q = head.parametrizations.weight[0]
         if not any(q is v[1] for v in out.values()):
-            out["lm_head"] = (head, q)
+            out[LM_HEAD] = (head, q)
     return out
 
 

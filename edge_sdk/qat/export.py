@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import CheckpointError
+from ..gemma4.names import TEXT_PREFIXES, LM_HEAD
 from ..quant import (AffineConfig, DictionaryConfig, Recipe, quantize, read_qat_sidecar,
                      write_qat_sidecar)
 from ..quant.scales import SIDECAR_NAME
@@ -170,10 +171,9 @@ def verify_export(out_dir: str | PathLike, model: nn.Module | None = None,
         keys = set(f.keys())
         if prefix is None:
             prefix = _prefix_of(model) if model is not None else next(
-                (p for p in ("model.language_model.", "model.", "")
-                 if f"{p}embed_tokens.weight" in keys), "")
+                (p for p in TEXT_PREFIXES if f"{p}embed_tokens.weight" in keys), "")
         for role, s in side.scales.items():
-            name = f"{prefix}{role}.weight" if role != "lm_head" else "lm_head.weight"
+            name = f"{prefix}{role}.weight" if role != LM_HEAD else f"{LM_HEAD}.weight"
             if name not in keys:
                 raise CheckpointError("sidecar scale for a tensor not in the checkpoint", path=out,
                                       tensor=name)

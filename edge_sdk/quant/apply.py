@@ -16,6 +16,7 @@ import numpy as np
 from ..checkpoint import Checkpoint
 from ..errors import CheckpointError
 from ..gemma4 import Binding
+from ..gemma4.names import role_of, tensor_of
 from .config import AffineConfig, DictionaryConfig
 from .grid import recover_grid_scales
 from .kernels import QuantizedTensor, dequantize, quantize
@@ -37,8 +38,8 @@ class Prepared:
 
     def dequantized(self) -> np.ndarray:
         v = self.value
-        if isinstance(v, QuantizedTensor):
-            return dequantize(v)
+        if isinstance(v, QuantizedTensor):   # MoE experts are quantized as [E·out, in]
+            return dequantize(v).reshape(self.plan.shape)
         if isinstance(v, DictionaryTensor):
             return DictionaryQuantizer.dequantize(v)
         return v
@@ -72,15 +73,18 @@ class Preparer:
                               path=self.ckpt.path)
 
     def prepare(self, tp: TensorPlan) -> Prepared:
-        canonical = "embed_tokens.weight" if tp.name == "lm_head" else tp.name
+        canonical = tensor_of(tp.name)
         cfg = tp.config
         if cfg is None:
             return Prepared(tp, np.ascontiguousarray(self.read_f32(canonical), np.float32), "none", 0.0)
-        if isinstance(cfg, DictionaryConfig):  # trained QAT codebooks are used as they are
-            given = self.codebooks.get(tp.role)
-            dt = DictionaryQuantizer(cfg).quantize(self.read_f32(canonical), codebooks=given)
-            return Prepared(tp, dt, "kmeans" if given is None else "qat_codebooks", float(dt.error))
-        return self._affine(tp, canonical, cfg)
+        handler = {"dictionary": self._dictionary, "channel": self._affine, "block": self._affine}
+        return handler[cfg.format.layout](tp, canonical, cfg)
+
+    def _dictionary(self, tp: TensorPlan, canonical: str, cfg: DictionaryConfig) -> Prepared:
+        """Trained QAT codebooks are used as they are; else k-means."""
+        given = self.codebooks.get(tp.role)
+        dt = DictionaryQuantizer(cfg).quantize(self.read_f32(canonical), codebooks=given)
+        return Prepared(tp, dt, "kmeans" if given is None else "qat_codebooks", float(dt.error))
 
     def _affine(self, tp: TensorPlan, canonical: str, cfg: AffineConfig) -> Prepared:
         if canonical in self.binding.quantized:
@@ -94,7 +98,9 @@ class Preparer:
                     fix="use a recipe matching the checkpoint's quantization_config")
             return Prepared(tp, qt, "compressed_tensors", 0.0)
         w = self.ckpt.read(self.binding.text[canonical])
-        role = tp.role if tp.name != "lm_head" else "embed_tokens"
+        if w.ndim == 3:   # MoE experts [E, out, in]: one scale per expert and output row
+            w = w.reshape(-1, w.shape[-1])
+        role = role_of(canonical)   # the tied head uses the embedding's scales
         if role in self.sidecar:
             given = np.asarray(self.sidecar[role])
             per_channel = given.ndim == 1 or (given.ndim == 2 and given.shape[1] == 1)

@@ -2,14 +2,19 @@
 
 Strings given for enum fields are converted to the enum (``Granularity("block")``), so a config
 built from code and one loaded from JSON compare equal; a bad value raises ``RecipeError``.
+Each config names its storage format (``format_key``, ``format``): code ranges, bytes, packing,
+the LiteRT type and what LiteRT refuses live in ``quant.formats``, once. ``config_to_dict`` /
+``config_from_dict`` are the one JSON form of a config (tags ``CONFIG_TYPES``), used by recipes
+and plan rows alike.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from enum import StrEnum
+from dataclasses import MISSING, dataclass, fields
+from enum import Enum, StrEnum
 
 from ..errors import RecipeError
+from .formats import AFFINE_BITS, DICT_INDEX_BITS, FORMATS, Format, affine_format
 
 
 class Granularity(StrEnum):
@@ -31,9 +36,7 @@ class KVGranularity(StrEnum):
     TOKEN_HEAD = "token_head"
 
 
-AFFINE_BITS = (8, 4, 2)
 BLOCK_SIZES = (32, 64, 128, 256)
-DICT_INDEX_BITS = (2, 4, 8)
 KV_BITS = (8, 16, 32)
 
 
@@ -62,14 +65,14 @@ def _bool(value, what: str) -> bool:
 class AffineConfig:
     """Symmetric linear quantization ``w ≈ code * scale`` (zero point 0).
 
-    bits: 8, 4 or 2. Code ranges: int8 [-127, 127] (TFLite's symmetric int8), int4 [-7, 7] per
-      channel and [-8, 7] per block, int2 [-2, 1] (see ``qmin``).
+    bits: 8, 4 or 2. Code ranges (``qmin``/``qmax``): the format's (``quant.formats``).
     granularity: "channel" (a scale per output row, axis 0) or "block" (a scale per
       ``block_size`` consecutive inputs of a row; ``block_size`` in 32/64/128/256).
     scale_dtype: "float32" for channel; "float16" for block (LiteRT's BlockwiseQuantization
       stores FLOAT16 scales), defaulted accordingly when not given.
-    Refused: int2 blockwise (LiteRT's builtin kernels return all zeros for it, silently, and
-    XNNPACK rejects it); asymmetric (LiteRT's FULLY_CONNECTED needs weight zero point 0).
+    Refused: int2 blockwise (its format's ``refusal``: nothing can use it); asymmetric (LiteRT's
+    FULLY_CONNECTED needs weight zero point 0). int8 blockwise is a valid config (kernels, QAT)
+    that the LiteRT writer refuses (its format's ``refusal``).
     """
 
     bits: int
@@ -92,11 +95,9 @@ class AffineConfig:
             if _int(self.block_size, "block_size") not in BLOCK_SIZES:
                 raise RecipeError(f"block_size {self.block_size} not supported",
                                   fix=f"use one of {BLOCK_SIZES}")
-            if bits == 2:
-                raise RecipeError(
-                    "int2 with granularity 'block' is refused: LiteRT's builtin FULLY_CONNECTED "
-                    "kernels silently return all zeros for INT2 blockwise weights and XNNPACK "
-                    "refuses them", fix="use granularity='channel' for 2-bit")
+            fmt = affine_format(bits, gran)
+            if fmt.refused_as_config:
+                fmt.check_runnable()
         elif self.block_size is not None:
             raise RecipeError(f"block_size {self.block_size} given with granularity 'channel'",
                               fix="drop block_size, or use granularity='block'")
@@ -112,19 +113,20 @@ class AffineConfig:
         object.__setattr__(self, "scale_dtype", sd)
 
     @property
+    def format_key(self) -> str:
+        return f"int{self.bits}" + ("/block" if self.granularity is Granularity.BLOCK else "")
+
+    @property
+    def format(self) -> Format:
+        return FORMATS[self.format_key]
+
+    @property
     def qmin(self) -> int:
-        """Narrow (symmetric) range for int8 and per-channel int4: LiteRT's builtin
-        FULLY_CONNECTED gives wrong output for any channel holding -128 / -8 (XNNPACK is right);
-        blockwise int4 runs correctly over the full range; int2 uses [-2, 1]."""
-        if self.bits == 8:
-            return -127
-        if self.bits == 4 and self.granularity is Granularity.CHANNEL:
-            return -7
-        return -(1 << (self.bits - 1))
+        return self.format.qmin
 
     @property
     def qmax(self) -> int:
-        return (1 << (self.bits - 1)) - 1
+        return self.format.qmax
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,14 @@ class DictionaryConfig:
             raise RecipeError(f"iterations {self.iterations} out of range", fix="use 1..1000")
         _bool(self.mapped, "mapped")
 
+    @property
+    def format_key(self) -> str:
+        return f"dict{self.index_bits}"
+
+    @property
+    def format(self) -> Format:
+        return FORMATS[self.format_key]
+
 
 @dataclass(frozen=True)
 class KVCacheConfig:
@@ -194,12 +204,64 @@ class KVCacheConfig:
     def is_float(self) -> bool:
         return self.bits != 8
 
+    @property
+    def format_key(self) -> str:
+        return "kv_int8" if self.bits == 8 else f"kv_float{self.bits}"
+
+    @property
+    def format(self) -> Format:
+        return FORMATS[self.format_key]
+
 
 QuantConfig = AffineConfig | DictionaryConfig
 
 CONFIG_TYPES: dict[str, type] = {
     "affine": AffineConfig, "dictionary": DictionaryConfig, "kv_cache": KVCacheConfig}
+WEIGHT_TAGS = ("affine", "dictionary")
 
 
 def config_keys(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
+
+
+def config_to_dict(cfg) -> dict | None:
+    """``{"type": tag, field: value, ...}`` in field order (enums as their values); None for None."""
+    if cfg is None:
+        return None
+    out = {"type": next(t for t, c in CONFIG_TYPES.items() if type(cfg) is c)}
+    for k in config_keys(type(cfg)):
+        v = getattr(cfg, k)
+        out[k] = v.value if isinstance(v, Enum) else v
+    return out
+
+
+def check_keys(obj, valid: tuple[str, ...], where: str, src):
+    if not isinstance(obj, dict):
+        raise RecipeError(f"{where} must be a JSON object, got {type(obj).__name__}", path=src)
+    for k in obj:
+        if k not in valid:
+            raise RecipeError(f"unknown key '{k}' in {where}", path=src,
+                              fix=f"valid keys: {', '.join(valid)}")
+
+
+def config_from_dict(obj, where: str = "config", src=None, allowed: tuple[str, ...] = WEIGHT_TAGS):
+    """Inverse of ``config_to_dict`` for the tags in ``allowed``; an unknown tag, key or value is
+    one ``RecipeError`` naming ``where`` and the valid choices."""
+    if obj is None and "kv_cache" not in allowed:
+        return None
+    if not isinstance(obj, dict):
+        raise RecipeError(f"{where} must be a JSON object, got {type(obj).__name__}", path=src)
+    tag = obj.get("type")
+    if tag not in allowed:
+        raise RecipeError(f"unknown config type {tag!r} in {where}", path=src,
+                          fix=f"valid types: {', '.join(allowed)}")
+    cls = CONFIG_TYPES[tag]
+    check_keys(obj, ("type",) + config_keys(cls), where, src)
+    missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in obj]
+    if missing:
+        raise RecipeError(f"{where}: missing key '{missing[0]}'", path=src,
+                          fix=f"valid keys: {', '.join(config_keys(cls))}")
+    try:
+        return cls(**{k: v for k, v in obj.items() if k != "type"})
+    except RecipeError as e:
+        raise RecipeError(f"{where}: {e.detail}", path=src, fix=e.fix) from None

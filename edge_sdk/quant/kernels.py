@@ -1,4 +1,4 @@
-"""Affine (symmetric, zero point 0) quantization kernels and LiteRT bit packing. NumPy only.
+"""Affine (symmetric, zero point 0) quantization kernels. NumPy only.
 
 The fixed formulas (the QAT toolkit replicates them in torch bit for bit; LiteRT dequantizes
 the same way):
@@ -7,16 +7,9 @@ the same way):
     w_hat = float32(codes) * float32(s)                       # float16 block scales upcast first
 
 with ``s`` broadcast per output row (channel) or per (row, block of ``block_size`` inputs).
-Code ranges (``qrange``): int8 [-127, 127], int4 [-7, 7] per channel and [-8, 7] per block,
-int2 [-2, 1]. Fresh (PTQ) scales are
-``max|w| / qmax`` per row/block, 1 where a row/block is all zeros; given (QAT) scales are used
-as they are, never recomputed.
-
-Packing (LiteRT ``tflite::tensor_utils::PackInt8IntoDenseInt`` / ``UnpackPackedIntToInt8``,
-google-ai-edge/LiteRT ``tflite/kernels/internal/portable_tensor_utils.cc``): the whole
-flattened tensor, row-major, contiguously — rows are NOT padded; int4 two per byte with
-element 2k in bits 0-3 of byte k, int2 four per byte with element 4k in bits 0-1; two's
-complement; only the final byte is zero-padded.
+Code ranges (``qmin``/``qmax``), the LiteRT bit packing and byte sizes are the format's
+(``quant.formats``). Fresh (PTQ) scales are ``max|w| / qmax`` per row/block, 1 where a row/block
+is all zeros; given (QAT) scales are used as they are, never recomputed.
 """
 
 from __future__ import annotations
@@ -28,58 +21,10 @@ import numpy as np
 
 from ..errors import RecipeError
 from .config import AffineConfig, Granularity
+from .formats import full_range
 
 F16_TINY = np.float16(2.0 ** -24)
 F16_MAX = np.float16(65504.0)
-
-
-def qrange(bits: int, granularity: str = "channel") -> tuple[int, int]:
-    """(qmin, qmax) of symmetric codes, as ``AffineConfig.qmin/qmax``: 8 → (-127, 127),
-    4 → (-7, 7) per channel / (-8, 7) per block, 2 → (-2, 1)."""
-    if bits == 8:
-        return (-127, 127)
-    if bits == 4 and granularity == "channel":
-        return (-7, 7)
-    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1)
-
-
-def packed_nbytes(count: int, bits: int) -> int:
-    return (count * bits + 7) // 8
-
-
-def pack(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Pack integer codes (two's complement, or unsigned indices) into uint8, LiteRT layout."""
-    if bits not in (8, 4, 2):
-        raise ValueError(f"cannot pack {bits}-bit codes")
-    flat = np.ascontiguousarray(codes).reshape(-1).astype(np.uint8)  # wraps two's complement
-    if bits == 8:
-        return flat
-    per = 8 // bits
-    pad = (-flat.size) % per
-    if pad:
-        flat = np.concatenate([flat, np.zeros(pad, np.uint8)])
-    lanes = (flat & np.uint8((1 << bits) - 1)).reshape(-1, per)
-    out = lanes[:, 0].copy()
-    for i in range(1, per):
-        out |= lanes[:, i] << np.uint8(i * bits)
-    return out
-
-
-def unpack(packed: np.ndarray, bits: int, count: int, signed: bool = True) -> np.ndarray:
-    """Inverse of ``pack``: ``count`` codes as int8 (``signed``) or uint8 (unsigned indices)."""
-    packed = np.asarray(packed, dtype=np.uint8).reshape(-1)
-    if packed.size != packed_nbytes(count, bits):
-        raise ValueError(f"{packed.size} bytes cannot hold exactly {count} {bits}-bit codes "
-                         f"(need {packed_nbytes(count, bits)})")
-    if bits == 8:
-        return packed.view(np.int8).copy() if signed else packed.copy()
-    per, mask = 8 // bits, np.uint8((1 << bits) - 1)
-    lanes = np.stack([(packed >> np.uint8(i * bits)) & mask for i in range(per)], axis=1)
-    u = lanes.reshape(-1)[:count]
-    if not signed:
-        return u.copy()
-    half = np.int8(1 << (bits - 1))
-    return (u.astype(np.int8) ^ half) - half
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,8 +43,8 @@ class QuantizedTensor:
 
     @cached_property
     def packed(self) -> np.ndarray:
-        """The codes as LiteRT stores them (uint8, see ``pack``)."""
-        return pack(self.codes, self.config.bits)
+        """The codes as LiteRT stores them (uint8, the format's packing)."""
+        return self.config.format.pack(self.codes)
 
 
 def _as_f32_2d(w: np.ndarray) -> np.ndarray:
@@ -181,13 +126,6 @@ def quantize(w: np.ndarray, cfg: AffineConfig, scales: np.ndarray | None = None
     qt = QuantizedTensor(codes, s, cfg)
     err = float(np.max(np.abs(w - dequantize(qt)))) if w.size else 0.0
     return QuantizedTensor(codes, s, cfg, err)
-
-
-def full_range(bits: int) -> tuple[int, int]:
-    """Every code a ``bits``-bit two's-complement integer holds: int8 [-128, 127], int4 [-8, 7],
-    int2 [-2, 1]. Given codes (compressed-tensors min-max scales put the row's largest negative
-    weight on -128 / -8) may use all of it; ``gemma4_weights`` picks an encoding LiteRT runs."""
-    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
 def from_codes(codes: np.ndarray, scales: np.ndarray, cfg: AffineConfig, *,

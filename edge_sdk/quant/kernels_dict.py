@@ -22,7 +22,6 @@ import numpy as np
 
 from ..errors import RecipeError
 from .config import DictionaryConfig
-from .kernels import pack
 
 CHUNK_VALUES = 1 << 24  # values per chunk: ~64 MiB float32 + 128 MiB float64 prefix sums
 
@@ -45,7 +44,7 @@ class DictionaryTensor:
     def packed(self) -> np.ndarray:
         """Codes packed like LiteRT int4/int2 (low bits first); the bit patterns are the
         unsigned indices (an index >= 8 reads as index-16 if the tensor is typed INT4)."""
-        return pack(self.codes, self.config.index_bits)
+        return self.config.format.pack(self.codes)
 
 
 def _thresholds32(c: np.ndarray) -> np.ndarray:

@@ -26,6 +26,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .formats import FORMATS
+
+KV_INT8 = FORMATS["kv_int8"]
 V_SCALE = 1.0 / 32.0
 K_SCALE_PER_UNIT_WEIGHT = 1.0 / 32.0
 
@@ -34,7 +37,7 @@ def kv_fake_quant(x: np.ndarray, scale: float = V_SCALE) -> np.ndarray:
     """int8 QUANTIZE + DEQUANTIZE with a per-tensor ``scale`` (zero point 0), float32."""
     s = np.float32(scale)
     y = np.asarray(x, np.float32) / s
-    q = np.clip(np.sign(y) * np.floor(np.abs(y) + np.float32(0.5)), -128, 127)
+    q = np.clip(np.sign(y) * np.floor(np.abs(y) + np.float32(0.5)), KV_INT8.qmin, KV_INT8.qmax)
     return (q.astype(np.float32) * s).astype(np.float32)
 
 

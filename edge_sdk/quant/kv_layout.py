@@ -1,7 +1,11 @@
 """The KV-cache layout: ONE description of the state buffers a converted model carries.
 
-Derived in one place (``kv_layout``) from the text spec, the recipe's ``kv_cache`` config, the
-context C and the prefill chunk length T. The planner counts its ``bytes``; the converter emits
+Derived in one place (``kv_layout``) from the caches the model declares (``TextSpec.kv_caches``,
+gemma4's: which layers own a cache, their KV heads, head dim and window), the recipe's ``kv_cache``
+config, the context C and the prefill chunk length T. Gemma 4 owns what a cache holds per position;
+this module owns how the converted model stores it (lengths and rings, which depend on the prefill
+chunk; dtype and scales, which depend on the recipe; LiteRT-LM's names and axis orders), which is
+why it lives in ``quant/`` and not in ``gemma4/`` (the floor below recipes). The planner counts its ``bytes``; the converter emits
 exactly its buffers (names, shapes, dtypes) and records it in ``model.json['kv_cache']``; the
 pipeline's planned memory of a converted model reads it back from there (``KvLayout.from_json``).
 
@@ -160,22 +164,18 @@ def kv_layout(text: TextSpec, kv: KVCacheConfig, context: int, prefill: int) -> 
     ``prefill`` (see the module docstring)."""
     if context < 1 or prefill < 1:
         raise RecipeError(f"context ({context}) and prefill ({prefill}) must be positive")
-    if kv.bits == 16:
-        raise RecipeError("a float16 KV cache is not emitted: LiteRT-LM's CPU engine accepts it but "
-                          "its output was not faithful (LITERTLM_GEMMA4.md §7)",
-                          fix="use kv_cache bits 32 or 8 in the recipe")
-    dtype = "int8" if kv.bits == 8 else "float32"
+    kv.format.check_runnable()   # float16: refused (the format's reason)
+    dtype = kv.format.litert
     gran = "per_tensor" if dtype == "int8" else None
     bufs = []
-    for i in text.kv_layers:
-        ly = text.layers[i]
+    for c in text.kv_caches:   # which layers own a cache, its heads, dim and window: gemma4's
         length, ring = context, False
-        if ly.window is not None:
-            length = ring_length(ly.window, prefill, context)
+        if c.window is not None:
+            length = ring_length(c.window, prefill, context)
             ring = length < context
-        for kind, shape, axis in (("k", (1, ly.num_kv_heads, length, ly.head_dim), 2),
-                                  ("v", (1, ly.num_kv_heads, ly.head_dim, length), 3)):
-            bufs.append(KvBuffer(f"kv_cache_{kind}_{i}", i, kind, shape, dtype, axis, str(ly.attention),
-                                 ly.window, ring, gran))
+        for kind, shape, axis in (("k", (1, c.kv_heads, length, c.head_dim), 2),
+                                  ("v", (1, c.kv_heads, c.head_dim, length), 3)):
+            bufs.append(KvBuffer(f"kv_cache_{kind}_{c.layer}", c.layer, kind, shape, dtype, axis, str(c.attention),
+                                 c.window, ring, gran))
     g = None if kv.granularity is None else str(kv.granularity)
     return KvLayout(context, prefill, dtype, kv.bits, g, tuple(bufs))

@@ -29,7 +29,9 @@ import math
 import re
 from dataclasses import dataclass
 
+from ..options import PLAN_RUNTIME
 from .kv_layout import KvLayout, kv_layout
+from .moe_layout import moe_activation_bytes, touched_expert_bytes
 from .plan import QuantPlan
 
 PAGE = 4096
@@ -58,7 +60,7 @@ RUNTIMES = {
                                measured="ai-edge-litert 2.3.0 CompiledModel+XNNPACK cache, E2B mobile 4K cold "
                                         "steady 936 MB (2026-12-01)"),
 }
-DEFAULT_RUNTIME = "litert-lm"   # what an app runs
+DEFAULT_RUNTIME = PLAN_RUNTIME   # what an app runs (edge_sdk.options owns the default)
 SIGNATURES = 3                  # prefill_<T>, decode, score_<T> in prefill_decode.tflite
 HEAD_CONSTANT_BYTES = 1_200_000  # inline constants and tensor tables of the E2B head, beside the quant params
 
@@ -124,13 +126,13 @@ def activation_bytes(plan: QuantPlan, context: int, prefill: int) -> int:
     hidden = 3 * T * t.hidden_size * f
     worst_layer = 0
     for layer in t.layers:
-        q = T * t.num_heads * layer.head_dim * f
+        q = T * t.q_width(layer) * f
         scores = 2 * t.num_heads * T * context * f  # logits + softmax output
         mlp = 3 * T * layer.intermediate_size * f
         worst_layer = max(worst_layer, q + scores, mlp)
-    ple = 2 * T * t.num_layers * t.hidden_size_per_layer_input * f
+    ple = 2 * T * math.prod(t.ple_dims) * f
     logits = t.vocab_size * f
-    return hidden + worst_layer + ple + logits
+    return hidden + max(worst_layer, moe_activation_bytes(t, T)) + ple + logits
 
 
 DISTINCT_TOKEN_RATIO = 0.25
@@ -146,6 +148,9 @@ def mapped_touched_bytes(plan: QuantPlan, distinct_tokens: int) -> int:
     for tp in plan.tensors:
         if not tp.mapped:
             continue
+        if len(tp.shape) == 3:   # MoE experts: pages of the experts routed to (quant/moe_layout.py)
+            total += touched_expert_bytes(plan.spec.text, tp.nbytes, distinct_tokens)
+            continue
         rows = tp.shape[0]
         row_pages = -(-(tp.data_bytes // rows) // PAGE)
         total += min(tp.nbytes, min(distinct_tokens, rows) * row_pages * PAGE)
@@ -158,7 +163,10 @@ def _layer_of(name: str) -> int | None:
 
 
 def _quantized(plan: QuantPlan) -> list:
-    return [t for t in plan.tensors if t.model == "prefill_decode" and t.config is not None and t.scheme != "float32"]
+    """Quantized tensors whose per-channel scales are LiteRT quantization parameters (MoE experts keep
+    theirs in a float constant of their own: counted in their bytes, not here)."""
+    return [t for t in plan.tensors if t.model == "prefill_decode" and t.config is not None
+            and t.scheme != "float32" and len(t.shape) != 3]
 
 
 def unique_quant_channels(plan: QuantPlan) -> int:
@@ -172,8 +180,7 @@ def quant_channels(plan: QuantPlan) -> int:
     prefill_decode: decode and score hold every quantized tensor, prefill only the layers up to the
     last one that writes a cache (the rest reach no output and are not in its graph)."""
     q = _quantized(plan)
-    kv_layers = [ly.index for ly in plan.spec.text.layers if not ly.kv_shared]
-    last = max(kv_layers) if kv_layers else -1
+    last = plan.spec.text.last_kv_layer
     every = sum(t.shape[0] for t in q)
     prefill = sum(t.shape[0] for t in q if (_layer_of(t.name) if _layer_of(t.name) is not None else 1 << 30) <= last)
     return (SIGNATURES - 1) * every + prefill

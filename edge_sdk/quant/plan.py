@@ -15,8 +15,9 @@ from typing import Mapping
 
 from ..errors import RecipeError
 from ..gemma4 import ModelSpec, TensorSpec
-from .config import AffineConfig, DictionaryConfig, Granularity, KVCacheConfig
-from .kernels import packed_nbytes
+from ..gemma4.names import LM_HEAD, TIED_TO, text_tensors, tied_roles
+from .config import AffineConfig, DictionaryConfig, Granularity, KVCacheConfig, config_to_dict
+from .formats import format_of, packed_nbytes
 from .recipe import Recipe, resolve, resolve_shared
 
 SCALE_SOURCES = {
@@ -58,9 +59,7 @@ class TensorPlan:
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d["config"] = None if self.config is None else {"type": type(self.config).__name__,
-                                                        **{k: str(v) if not isinstance(v, (int, bool, type(None)))
-                                                           else v for k, v in asdict(self.config).items()}}
+        d["config"] = config_to_dict(self.config)   # the recipe's form: one tag scheme
         d["shape"] = list(self.shape)
         d["bits_per_weight"] = round(self.bits_per_weight, 4)
         return d
@@ -101,31 +100,24 @@ class QuantPlan:
 
 
 def scheme_name(cfg) -> str:
-    if cfg is None:
-        return "float32"
-    if isinstance(cfg, DictionaryConfig):
-        return f"dict{cfg.index_bits}x{cfg.codebook_size}/r{cfg.rows_per_codebook}"
-    if cfg.granularity is Granularity.BLOCK:
-        return f"int{cfg.bits}/b{cfg.block_size}"
-    return f"int{cfg.bits}"
+    return format_of(cfg).scheme(cfg)
 
 
 def tensor_bytes(shape: tuple[int, ...], cfg) -> tuple[int, int]:
-    """(data bytes, overhead bytes) of one tensor under ``cfg`` as LiteRT stores it."""
+    """(data bytes, overhead bytes) of one tensor under ``cfg`` as LiteRT stores it (the format's
+    one formula, ``quant.formats``)."""
+    return format_of(cfg).nbytes(shape, cfg)
+
+
+def expert_bytes(shape: tuple[int, ...], cfg) -> tuple[int, int]:
+    """(data, overhead) bytes of an MoE expert stack [E, out, in] as the graph stores it
+    (``litert/gemma4_moe.py``): packed codes, and one float32 scale per expert and output row in a
+    constant of its own [E, out] (GATHERed with the routed experts; no LiteRT quantization
+    parameters, no zero points)."""
     numel = math.prod(shape)
-    rows = shape[0] if shape else 1
     if cfg is None:
         return numel * 4, 0
-    if isinstance(cfg, DictionaryConfig):
-        groups = -(-rows // cfg.rows_per_codebook)
-        return packed_nbytes(numel, cfg.index_bits), groups * cfg.codebook_size * 4
-    data = packed_nbytes(numel, cfg.bits)
-    if cfg.granularity is Granularity.BLOCK:
-        cols = numel // rows
-        if cols % cfg.block_size:
-            raise RecipeError(f"{cols} inputs per row is not a multiple of block_size {cfg.block_size}")
-        return data, rows * (cols // cfg.block_size) * 2
-    return data, rows * (4 + 8)  # float32 scale + int64 zero point per channel
+    return packed_nbytes(numel, cfg.bits), shape[0] * shape[1] * 4
 
 
 def _check_kind(t: TensorSpec, cfg) -> None:
@@ -134,9 +126,13 @@ def _check_kind(t: TensorSpec, cfg) -> None:
     if t.kind in ("norm", "scalar"):
         raise RecipeError(f"recipe quantizes '{t.role}', a {t.kind}; norms and scalars stay float",
                           tensor=t.name, fix="add a rule mapping it to null, or narrow the pattern")
-    if t.kind == "experts":
-        raise RecipeError("MoE expert tensors cannot be converted yet", tensor=t.name)
-    if isinstance(cfg, DictionaryConfig) and t.kind != "embedding":
+    if t.kind == "experts" and (format_of(cfg).lookup_only or cfg.granularity is not Granularity.CHANNEL
+                                or cfg.bits == 2):
+        raise RecipeError(f"'{t.role}' (MoE experts) takes int8 or int4 per-channel configs: the graph GATHERs "
+                          "the routed experts' codes and CASTs them (LiteRT has no GATHER of INT2, and block "
+                          "scales are not carried)", tensor=t.name,
+                          fix="use {\"type\": \"affine\", \"bits\": 4, \"granularity\": \"channel\"}")
+    if format_of(cfg).lookup_only and t.kind != "embedding":
         raise RecipeError(f"dictionary coding is for embedding tables (GATHER); '{t.role}' is a {t.kind}",
                           tensor=t.name, fix="use an affine config for linear layers")
 
@@ -151,26 +147,24 @@ def make_plan(spec: ModelSpec, recipe: Recipe, *,
     scale_sources = dict(scale_sources or {})
     text = spec.text
     plans = []
-    for t in text.tensors():
-        roles = ("embed_tokens", "lm_head") if t.role == "embed_tokens" and text.tie_word_embeddings else (t.role,)
+    for t in text_tensors(text):
+        roles = tied_roles(text, t.role)
         cfg = resolve_shared(recipe, roles) if len(roles) > 1 else resolve(recipe, t.role)
         _check_kind(t, cfg)
-        data, over = tensor_bytes(t.shape, cfg)
-        if cfg is None:
-            src = "none"
-        elif isinstance(cfg, DictionaryConfig):
-            src = scale_sources.get(t.role, "kmeans")
-        else:
-            src = scale_sources.get(t.role, "ptq")
+        fmt = format_of(cfg)
+        data, over = expert_bytes(t.shape, cfg) if t.kind == "experts" else fmt.nbytes(t.shape, cfg)
+        src = "none" if cfg is None else scale_sources.get(t.role, fmt.default_source)
         if t.role == "embed_tokens":
             model, mapped = "embedder", True
         elif t.role == "embed_tokens_per_layer":
             model, mapped = "per_layer_embedder", True
+        elif t.kind == "experts":   # GATHERed by routed expert: only those pages are read (docs/moe.md)
+            model, mapped = "prefill_decode", True
         else:
             model, mapped = "prefill_decode", False
-        plans.append(TensorPlan(t.name, t.role, t.component, t.shape, scheme_name(cfg), cfg, src,
+        plans.append(TensorPlan(t.name, t.role, t.component, t.shape, fmt.scheme(cfg), cfg, src,
                                 mapped, data, over, model))
-        if t.role == "embed_tokens":  # the tied LM head: same codes, resident in prefill_decode
-            plans.append(TensorPlan("lm_head", "lm_head", "lm_head", t.shape, scheme_name(cfg), cfg, src,
+        if t.name == TIED_TO:  # the tied LM head: same codes, resident in prefill_decode
+            plans.append(TensorPlan(LM_HEAD, LM_HEAD, LM_HEAD, t.shape, fmt.scheme(cfg), cfg, src,
                                     False, data, over, "prefill_decode"))
     return QuantPlan(recipe=recipe, spec=spec, tensors=tuple(plans))

@@ -19,6 +19,7 @@ PLE_LINEAR = r"per_layer_model_projection|layers\.\d+\.(per_layer_input_gate|per
 EMBED = r"embed_tokens|lm_head"  # one tied tensor: both roles must resolve alike
 PLE_TABLE = r"embed_tokens_per_layer"
 LINEAR = f"{ATTN}|{MLP}|{PLE_LINEAR}"
+EXPERTS = r"layers\.\d+\.experts\.(gate_up|down)_proj"   # MoE (26B-A4B): per expert and output row
 FLOAT_KEEP = r"norm|per_layer_projection_norm|layers\.\d+\.(.*norm|layer_scalar)"
 
 INT8_CH = AffineConfig(bits=8, granularity="channel")
@@ -38,12 +39,14 @@ FLOAT = Recipe("float", (), KVCacheConfig(bits=32))
 INT8 = Recipe("int8", (
     Rule(LINEAR, INT8_CH),
     Rule(f"{EMBED}|{PLE_TABLE}", INT8_CH),
+    Rule(EXPERTS, INT8_CH),
     Rule(FLOAT_KEEP, None),
 ), KV_INT8)
 
 INT4 = Recipe("int4", (
     Rule(LINEAR, INT4_B32),
     Rule(f"{EMBED}|{PLE_TABLE}", INT4_CH),  # per row: one scale per token
+    Rule(EXPERTS, INT4_CH),   # blockwise scales are not carried by the expert GATHER (quant/plan.py)
     Rule(FLOAT_KEEP, None),
 ), KV_INT8)
 
@@ -53,6 +56,7 @@ MOBILE = Recipe("mobile", (
     Rule(PLE_LINEAR, INT8_CH),
     Rule(EMBED, INT4_CH),
     Rule(PLE_TABLE, PLE_DICT),
+    Rule(EXPERTS, INT4_CH),   # int2 cannot be GATHERed in LiteRT: experts stay int4 per channel
     Rule(FLOAT_KEEP, None),
 ), KV_INT8)
 

@@ -9,31 +9,22 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import MISSING, dataclass, field, fields
-from enum import Enum
+from dataclasses import dataclass, field
 from os import PathLike
 
 from ..errors import RecipeError
-from .config import (CONFIG_TYPES, AffineConfig, DictionaryConfig, KVCacheConfig, QuantConfig,
-                     config_keys)
+from ..gemma4.names import recipe_roles
+from .config import (CONFIG_TYPES, WEIGHT_TAGS, KVCacheConfig, QuantConfig, check_keys,
+                     config_from_dict, config_to_dict)
 
 FORMAT = "edge_sdk.recipe"
 VERSION = 1
 
-GLOBAL_ROLES = ("embed_tokens", "embed_tokens_per_layer", "per_layer_model_projection",
-                "per_layer_projection_norm", "norm", "lm_head")
-LAYER_ROLES = (
-    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-    "self_attn.q_norm", "self_attn.k_norm",
-    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
-    "input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-    "post_feedforward_layernorm", "post_per_layer_input_norm",
-    "per_layer_input_gate", "per_layer_projection", "layer_scalar")
-
 
 def canonical_roles(num_layers: int) -> tuple[str, ...]:
-    """Every canonical role of a decoder with ``num_layers`` layers."""
-    return GLOBAL_ROLES + tuple(f"layers.{i}.{r}" for i in range(num_layers) for r in LAYER_ROLES)
+    """Every canonical role of a decoder with ``num_layers`` layers (the name table's,
+    ``gemma4.names``), the mixture-of-experts roles included (docs/moe.md)."""
+    return recipe_roles(num_layers, moe=True)
 
 
 @dataclass(frozen=True)
@@ -50,8 +41,7 @@ class Rule:
             object.__setattr__(self, "_regex", re.compile(self.pattern))
         except re.error as e:
             raise RecipeError(f"rule pattern {self.pattern!r} is not a valid regex: {e}") from None
-        if self.config is not None and not isinstance(self.config,
-                                                      (AffineConfig, DictionaryConfig)):
+        if self.config is not None and type(self.config) not in [CONFIG_TYPES[t] for t in WEIGHT_TAGS]:
             raise RecipeError(f"rule {self.pattern!r}: config must be an AffineConfig, "
                               f"DictionaryConfig or None, got {type(self.config).__name__}")
 
@@ -102,21 +92,10 @@ def unmatched_rules(recipe: Recipe, roles) -> list[int]:
 
 # ---------------------------------------------------------------- JSON
 
-def _config_to_dict(cfg) -> dict | None:
-    if cfg is None:
-        return None
-    tag = next(t for t, c in CONFIG_TYPES.items() if isinstance(cfg, c))
-    out = {"type": tag}
-    for k in config_keys(type(cfg)):
-        v = getattr(cfg, k)
-        out[k] = v.value if isinstance(v, Enum) else v
-    return out
-
-
 def recipe_to_dict(recipe: Recipe) -> dict:
     return {"format": FORMAT, "version": VERSION, "name": recipe.name,
-            "kv_cache": _config_to_dict(recipe.kv_cache),
-            "rules": [{"pattern": r.pattern, "config": _config_to_dict(r.config)}
+            "kv_cache": config_to_dict(recipe.kv_cache),
+            "rules": [{"pattern": r.pattern, "config": config_to_dict(r.config)}
                       for r in recipe.rules]}
 
 
@@ -125,39 +104,9 @@ def recipe_to_json(recipe: Recipe) -> str:
     return json.dumps(recipe_to_dict(recipe), sort_keys=True, indent=2) + "\n"
 
 
-def _check_keys(obj, valid: tuple[str, ...], where: str, src):
-    if not isinstance(obj, dict):
-        raise RecipeError(f"{where} must be a JSON object, got {type(obj).__name__}", path=src)
-    for k in obj:
-        if k not in valid:
-            raise RecipeError(f"unknown key '{k}' in {where}", path=src,
-                              fix=f"valid keys: {', '.join(valid)}")
-
-
-def _config_from_dict(obj, where: str, src, allowed: tuple[str, ...]):
-    if obj is None and "kv_cache" not in allowed:
-        return None
-    if not isinstance(obj, dict):
-        raise RecipeError(f"{where} must be a JSON object, got {type(obj).__name__}", path=src)
-    tag = obj.get("type")
-    if tag not in allowed:
-        raise RecipeError(f"unknown config type {tag!r} in {where}", path=src,
-                          fix=f"valid types: {', '.join(allowed)}")
-    cls = CONFIG_TYPES[tag]
-    _check_keys(obj, ("type",) + config_keys(cls), where, src)
-    missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in obj]
-    if missing:
-        raise RecipeError(f"{where}: missing key '{missing[0]}'", path=src,
-                          fix=f"valid keys: {', '.join(config_keys(cls))}")
-    try:
-        return cls(**{k: v for k, v in obj.items() if k != "type"})
-    except RecipeError as e:
-        raise RecipeError(f"{where}: {e.detail}", path=src, fix=e.fix) from None
-
-
 def recipe_from_dict(obj, source: str | PathLike | None = None) -> Recipe:
     src = source
-    _check_keys(obj, ("format", "version", "name", "kv_cache", "rules"), "recipe", src)
+    check_keys(obj, ("format", "version", "name", "kv_cache", "rules"), "recipe", src)
     if obj.get("format") != FORMAT:
         raise RecipeError(f"not a recipe: format is {obj.get('format')!r}", path=src,
                           fix=f'write "format": "{FORMAT}"')
@@ -170,18 +119,17 @@ def recipe_from_dict(obj, source: str | PathLike | None = None) -> Recipe:
     if "kv_cache" not in obj:
         raise RecipeError("recipe needs 'kv_cache'", path=src,
                           fix='e.g. "kv_cache": {"type": "kv_cache", "bits": 32}')
-    kv = _config_from_dict(obj["kv_cache"], "kv_cache", src, ("kv_cache",))
+    kv = config_from_dict(obj["kv_cache"], "kv_cache", src, ("kv_cache",))
     rules_obj = obj.get("rules", [])
     if not isinstance(rules_obj, list):
         raise RecipeError("'rules' must be a JSON list", path=src)
     rules = []
     for i, r in enumerate(rules_obj, 1):
         where = f"rule {i}"
-        _check_keys(r, ("pattern", "config"), where, src)
+        check_keys(r, ("pattern", "config"), where, src)
         if "pattern" not in r or "config" not in r:
             raise RecipeError(f"{where} needs 'pattern' and 'config' (null keeps float)", path=src)
-        cfg = _config_from_dict(r["config"], f"{where} ('{r['pattern']}')", src,
-                                ("affine", "dictionary"))
+        cfg = config_from_dict(r["config"], f"{where} ('{r['pattern']}')", src, WEIGHT_TAGS)
         try:
             rules.append(Rule(r["pattern"], cfg))
         except RecipeError as e:

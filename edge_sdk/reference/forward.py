@@ -32,6 +32,8 @@ head         ``rmsnorm(x, norm) @ E.T`` (tied), then ``tanh(logits / c) * c`` (f
 rmsnorm      ``x * (mean(x**2) + eps) ** -0.5 * w`` (w used as is — Gemma 4 has no ``1 + w``).
 mlp          ``down(gelu_tanh(gate(h)) * up(h))``; KV-shared layers are double-wide when configured
              (the width comes from ``LayerSpec.intermediate_size``).
+moe          (``enable_moe_block``, 26B-A4B) the shared MLP and the routed experts are combined before
+             post_feedforward_layernorm: see ``reference/moe.py``.
 """
 
 from __future__ import annotations
@@ -43,24 +45,16 @@ import numpy as np
 
 from ..errors import ConfigError, InputError
 from ..gemma4.model import LayerSpec, TextSpec
+from ..gemma4.names import text_tensors
+from .moe import moe_feed_forward
+from .numerics import gelu_tanh, rms_norm
 
 WeightFn = Callable[[str], np.ndarray]
 KvQuant = Callable[[np.ndarray], np.ndarray]
 
 
 class UnsupportedByReference(ConfigError, NotImplementedError):
-    """The model uses a feature the NumPy reference does not implement (e.g. MoE)."""
-
-
-def rms_norm(x: np.ndarray, weight: np.ndarray | None, eps: float) -> np.ndarray:
-    ms = np.mean(np.square(x), axis=-1, keepdims=True, dtype=np.float32) + np.float32(eps)
-    y = x * np.power(ms, np.float32(-0.5))
-    return y if weight is None else y * weight
-
-
-def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    c = np.float32(math.sqrt(2.0 / math.pi))
-    return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(c * (x + np.float32(0.044715) * x * x * x)))
+    """The model uses a feature the NumPy reference does not implement (e.g. an untied LM head)."""
 
 
 def _rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
@@ -97,7 +91,7 @@ class Reference:
     """Gemma 4 text decoder in NumPy (float32) with a KV cache.
 
     ``weights(name)`` returns the float32 array of a canonical tensor (``layers.3.mlp.gate_proj.weight``,
-    see ``TextSpec.tensors()``); it is called when a tensor is first needed. With ``cache_weights``
+    see ``gemma4.text_tensors``); it is called when a tensor is first needed. With ``cache_weights``
     (default) each tensor is kept after its first read; with ``cache_weights=False`` it is re-read on
     every use, so at most one layer's weights (plus the embedding) are held at a time.
 
@@ -111,10 +105,6 @@ class Reference:
 
     def __init__(self, text: TextSpec, weights: WeightFn, *, kv_quant: KvQuant | None = None,
                  max_cache: int | None = None, cache_weights: bool = True):
-        if text.enable_moe:
-            raise UnsupportedByReference(
-                "the NumPy reference does not implement the mixture-of-experts block (enable_moe_block)",
-                fix="use a dense Gemma 4 checkpoint (E2B, E4B, 12B, 31B) for reference checks")
         if not text.tie_word_embeddings:
             raise UnsupportedByReference("untied LM head (tie_word_embeddings=false) is not a Gemma 4 layout")
         if max_cache is not None and max_cache < 1:
@@ -125,7 +115,7 @@ class Reference:
         self._max_cache = max_cache
         self._cache_weights = cache_weights
         self._w: dict[str, np.ndarray] = {}
-        self._shapes = {t.name: t.shape for t in text.tensors()}
+        self._shapes = {t.name: t.shape for t in text_tensors(text)}
         self._rope: dict[tuple, np.ndarray] = {}
         self.reset()
 
@@ -214,7 +204,7 @@ class Reference:
 
         ple = None
         if t.has_ple:
-            L, P = t.num_layers, t.hidden_size_per_layer_input
+            L, P = t.ple_dims
             if ids.max() >= t.vocab_size_per_layer_input:
                 raise InputError(f"token id out of the PLE vocabulary [0, {t.vocab_size_per_layer_input})")
             tok = self._get("embed_tokens_per_layer.weight")[ids] * np.float32(math.sqrt(P))
@@ -247,6 +237,8 @@ class Reference:
         h = rms_norm(x, g(pre + "pre_feedforward_layernorm.weight"), eps)
         h = gelu_tanh(h @ g(pre + "mlp.gate_proj.weight").T) * (h @ g(pre + "mlp.up_proj.weight").T)
         h = h @ g(pre + "mlp.down_proj.weight").T
+        if self.text.enable_moe:   # shared MLP + routed experts (reference/moe.py)
+            h = moe_feed_forward(g, pre, x, h, self.text.top_k_experts, eps)
         x = x + rms_norm(h, g(pre + "post_feedforward_layernorm.weight"), eps)
 
         if ple is not None:
@@ -293,7 +285,7 @@ class Reference:
         K = cache.k[:, start:cache.n]
         V = cache.v[:, start:cache.n]
 
-        rep = nh // nkv
+        rep = t.kv_groups(layer)
         qh = q.transpose(1, 0, 2).reshape(nkv, rep * T, D)           # head h → kv head h // rep
         scores = (qh @ K.transpose(0, 2, 1)).reshape(nh, T, -1)     # scaling 1.0
         scores = np.where(allowed[None], scores, np.float32(-np.inf))

@@ -57,9 +57,106 @@ def _cache_files(cache_dir: str) -> dict[str, int]:
     return out
 
 
+def _create_engine(lib, litert_lm, bundle: str, args):
+    """A LiteRT-LM CPU engine in benchmark mode with the run's token counts and cache directory."""
+    settings = lib.litert_lm_engine_settings_create(bundle, litert_lm.Backend.CPU().get_name(), None, None)
+    if not settings:
+        raise SystemExit(f"engine_runner: {bundle}: LiteRT-LM could not create engine settings")
+    lib.litert_lm_engine_settings_enable_benchmark(settings)
+    if args.threads:
+        lib.litert_lm_engine_settings_set_num_threads(settings, args.threads)
+    lib.litert_lm_engine_settings_set_max_num_tokens(settings, args.max_num_tokens)
+    lib.litert_lm_engine_settings_set_num_prefill_tokens(settings, args.prefill_tokens)
+    lib.litert_lm_engine_settings_set_num_decode_tokens(settings, args.decode_tokens)
+    lib.litert_lm_engine_settings_set_cache_dir(settings, args.cache_dir)
+    eng = lib.litert_lm_engine_create(settings)
+    lib.litert_lm_engine_settings_delete(settings)
+    if not eng:
+        raise SystemExit(f"engine_runner: {bundle}: LiteRT-LM could not create the engine (see its log above)")
+    return eng
+
+
+def _load(lib, litert_lm, bundle: str, args, sections: dict | None, cache_before: dict):
+    """(engine, load seconds, status after load, bytes advised random, whether a throwaway engine
+    built the weight cache first)."""
+    t0 = time.perf_counter()
+    prebuilt = False
+    if args.prebuild and not cache_before:
+        # what android_demo does on a first launch: an engine made only to build the weight cache,
+        # deleted at once, so the buffers that packing used are gone before the real one loads
+        lib.litert_lm_engine_delete(_create_engine(lib, litert_lm, bundle, args))
+        memwatch.malloc_trim()
+        prebuilt = True
+    engine = _create_engine(lib, litert_lm, bundle, args)
+    load_s = time.perf_counter() - t0
+    after_load = memwatch.read_status()
+    advised = 0
+    if args.advise_random and sections:
+        ranges = [(b, e) for b, e, name in sections[bundle] if name in TABLE_SECTIONS]
+        advised = memwatch.advise([bundle], "random", offset_ranges={bundle: ranges})
+    return engine, load_s, after_load, advised, prebuilt
+
+
+def _generate(lib, litert_lm, engine, bundle: str, text: str):
+    """One session generating from ``text``: (the session, still open; seconds; the engine's
+    benchmark info as a dict, or None)."""
+    from litert_lm._ffi import InputDataType
+
+    t1 = time.perf_counter()
+    session = lib.litert_lm_engine_create_session(engine, None)
+    if not session:
+        lib.litert_lm_engine_delete(engine)
+        raise SystemExit(f"engine_runner: {bundle}: LiteRT-LM could not create a session")
+    prompt = text.encode("utf-8")
+    inp = lib.litert_lm_input_data_create(InputDataType.TEXT, prompt, len(prompt))
+    inputs = (ctypes.c_void_p * 1)(inp)
+    try:
+        responses = lib.litert_lm_session_generate_content(session, inputs, 1)
+        if responses:
+            lib.litert_lm_responses_delete(responses)
+    finally:
+        lib.litert_lm_input_data_delete(inp)
+    generate_s = time.perf_counter() - t1
+    info_ptr = lib.litert_lm_session_get_benchmark_info(session)
+    info = None
+    if info_ptr:
+        bi = litert_lm.interfaces.create_benchmark_info(lib, info_ptr)
+        lib.litert_lm_benchmark_info_delete(info_ptr)
+        info = {k: getattr(bi, k) for k in bi.__dataclass_fields__}
+    return session, generate_s, info
+
+
+def _mark_decode(series: dict, info: dict | None) -> None:
+    """The engine's own phase boundary inside "generate" (decode starts at its time to first token)."""
+    if not info:
+        return
+    ttft = info.get("time_to_first_token_in_second") or 0.0
+    gen0 = next((p["start_s"] for p in series["phases"] if p["phase"] == "generate"), None)
+    if gen0 is not None and ttft:
+        series["phases"].append({"phase": "decode", "start_s": round(gen0 + ttft, 4),
+                                 "note": "generate start + the engine's time to first token"})
+        series["phases"].sort(key=lambda p: p["start_s"])
+
+
+def _memory(baseline: dict, after_load: dict, end: dict, peak: dict, ru: int, sampler) -> dict:
+    """The result's ``memory`` (the same keys as our runner's)."""
+    return {
+        "baseline_rss_bytes": baseline.get("VmRSS"), "baseline_rss_anon_bytes": baseline.get("RssAnon"),
+        "baseline_rss_file_bytes": baseline.get("RssFile"), "baseline_rss_shmem_bytes": baseline.get("RssShmem"),
+        "baseline_hwm_bytes": baseline.get("VmHWM"), "after_load_rss_bytes": after_load.get("VmRSS"),
+        # VmHWM is folded lazily from per-CPU counters: a sample can read a few kB above it
+        "peak_rss_bytes": max(end["VmHWM"], peak.get("VmRSS") or 0),
+        "ru_maxrss_bytes": ru, "end_rss_bytes": end["VmRSS"],
+        "sampled_peak_rss_bytes": peak.get("VmRSS"), "rss_anon_at_peak_bytes": peak.get("RssAnon"),
+        "rss_file_at_peak_bytes": peak.get("RssFile"), "rss_shmem_at_peak_bytes": peak.get("RssShmem"),
+        "peak_phase": peak.get("phase"), "samples": sampler.samples, "sample_interval_s": sampler.interval,
+    }
+
+
 def run(args: argparse.Namespace) -> dict:
+    """The engine's run (the module docstring's steps): load (and prebuild), generate, end."""
     import litert_lm
-    from litert_lm._ffi import InputDataType, _get_lib
+    from litert_lm._ffi import _get_lib
 
     lib = _get_lib()
     bundle = os.path.realpath(args.bundle)
@@ -78,62 +175,11 @@ def run(args: argparse.Namespace) -> dict:
     sampler.sample(force_point=True)
     sampler.start()
 
-    def create_engine():
-        settings = lib.litert_lm_engine_settings_create(bundle, litert_lm.Backend.CPU().get_name(), None, None)
-        if not settings:
-            raise SystemExit(f"engine_runner: {bundle}: LiteRT-LM could not create engine settings")
-        lib.litert_lm_engine_settings_enable_benchmark(settings)
-        if args.threads:
-            lib.litert_lm_engine_settings_set_num_threads(settings, args.threads)
-        lib.litert_lm_engine_settings_set_max_num_tokens(settings, args.max_num_tokens)
-        lib.litert_lm_engine_settings_set_num_prefill_tokens(settings, args.prefill_tokens)
-        lib.litert_lm_engine_settings_set_num_decode_tokens(settings, args.decode_tokens)
-        lib.litert_lm_engine_settings_set_cache_dir(settings, args.cache_dir)
-        eng = lib.litert_lm_engine_create(settings)
-        lib.litert_lm_engine_settings_delete(settings)
-        if not eng:
-            raise SystemExit(f"engine_runner: {bundle}: LiteRT-LM could not create the engine (see its log above)")
-        return eng
-
     sampler.set_phase("load")
-    t0 = time.perf_counter()
-    prebuilt = False
-    if args.prebuild and not cache_before:
-        # what android_demo does on a first launch: an engine made only to build the weight cache,
-        # deleted at once, so the buffers that packing used are gone before the real one loads
-        lib.litert_lm_engine_delete(create_engine())
-        memwatch.malloc_trim()
-        prebuilt = True
-    engine = create_engine()
-    load_s = time.perf_counter() - t0
-    after_load = memwatch.read_status()
-    advised = 0
-    if args.advise_random and sections:
-        ranges = [(b, e) for b, e, name in sections[bundle] if name in TABLE_SECTIONS]
-        advised = memwatch.advise([bundle], "random", offset_ranges={bundle: ranges})
+    engine, load_s, after_load, advised, prebuilt = _load(lib, litert_lm, bundle, args, sections, cache_before)
 
     sampler.set_phase("generate")
-    t1 = time.perf_counter()
-    session = lib.litert_lm_engine_create_session(engine, None)
-    if not session:
-        lib.litert_lm_engine_delete(engine)
-        raise SystemExit(f"engine_runner: {bundle}: LiteRT-LM could not create a session")
-    prompt = args.prompt.encode("utf-8")
-    inp = lib.litert_lm_input_data_create(InputDataType.TEXT, prompt, len(prompt))
-    inputs = (ctypes.c_void_p * 1)(inp)
-    try:
-        responses = lib.litert_lm_session_generate_content(session, inputs, 1)
-        if responses:
-            lib.litert_lm_responses_delete(responses)
-    finally:
-        lib.litert_lm_input_data_delete(inp)
-    generate_s = time.perf_counter() - t1
-    info_ptr = lib.litert_lm_session_get_benchmark_info(session)
-    info = None
-    if info_ptr:
-        bi = litert_lm.interfaces.create_benchmark_info(lib, info_ptr)
-        lib.litert_lm_benchmark_info_delete(info_ptr)
-        info = {k: getattr(bi, k) for k in bi.__dataclass_fields__}
+    session, generate_s, info = _generate(lib, litert_lm, engine, bundle, args.prompt)
     sampler.set_phase("end")
     smaps_end = memwatch.smaps_breakdown(sections=sections)
     sampler.stop()
@@ -143,13 +189,7 @@ def run(args: argparse.Namespace) -> dict:
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     peak = sampler.peak
     series = sampler.to_json()
-    if info:  # the engine's own phase boundaries inside "generate", from its benchmark info
-        ttft = info.get("time_to_first_token_in_second") or 0.0
-        gen0 = next((p["start_s"] for p in series["phases"] if p["phase"] == "generate"), None)
-        if gen0 is not None and ttft:
-            series["phases"].append({"phase": "decode", "start_s": round(gen0 + ttft, 4),
-                                     "note": "generate start + the engine's time to first token"})
-            series["phases"].sort(key=lambda p: p["start_s"])
+    _mark_decode(series, info)
     near = memwatch.nearest_to_peak(series.get("smaps_near_peak"), smaps_end, series["phases"][-1]["phase"])
     return {
         "version": RESULT_VERSION, "runtime": "litert-lm", "pid": os.getpid(),
@@ -162,17 +202,7 @@ def run(args: argparse.Namespace) -> dict:
         "advise_random_bytes": advised, "prebuilt_cache": prebuilt,
         "requested": {"prefill_tokens": args.prefill_tokens, "decode_tokens": args.decode_tokens,
                       "max_num_tokens": args.max_num_tokens, "threads": args.threads},
-        "memory": {
-            "baseline_rss_bytes": baseline.get("VmRSS"), "baseline_rss_anon_bytes": baseline.get("RssAnon"),
-            "baseline_rss_file_bytes": baseline.get("RssFile"), "baseline_rss_shmem_bytes": baseline.get("RssShmem"),
-            "baseline_hwm_bytes": baseline.get("VmHWM"), "after_load_rss_bytes": after_load.get("VmRSS"),
-            # VmHWM is folded lazily from per-CPU counters: a sample can read a few kB above it
-            "peak_rss_bytes": max(end["VmHWM"], peak.get("VmRSS") or 0),
-            "ru_maxrss_bytes": ru, "end_rss_bytes": end["VmRSS"],
-            "sampled_peak_rss_bytes": peak.get("VmRSS"), "rss_anon_at_peak_bytes": peak.get("RssAnon"),
-            "rss_file_at_peak_bytes": peak.get("RssFile"), "rss_shmem_at_peak_bytes": peak.get("RssShmem"),
-            "peak_phase": peak.get("phase"), "samples": sampler.samples, "sample_interval_s": sampler.interval,
-        },
+        "memory": _memory(baseline, after_load, end, peak, ru, sampler),
         "smaps": {"baseline": smaps_base, "near_peak": near, "end": smaps_end,
                   "growth_near_peak": memwatch.diff_breakdown(near["rows"], smaps_base)},
         "series": series,

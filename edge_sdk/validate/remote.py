@@ -1,41 +1,24 @@
-"""Run the validator's measuring step on an adb device instead of a host child process.
+"""The validator on an adb device: the measuring child's files, and the Android report.
 
-``DeviceRunner(session, serial)`` probes the device once and picks how to run there:
-
-- **Linux userland with python3** (``probe().has_python and not is_android``): push the model's
-  ``model.json`` + ``*.tflite`` to ``ROOT/models/<name>-<sha>/`` (sha256-matched files are reused,
-  so a second run pushes nothing), push ``runner.py``, ``memwatch.py``, ``runtime.py`` and ``paging.py`` (the
-  runner imports its siblings when edge_sdk is not installed) to ``ROOT/runner/``, push the ids file to
-  a per-run directory ``ROOT/runs/<id>/``, run ``python3 runner.py ...`` there (``AdbSession.run``:
-  argv quoted, a non-zero exit is a DeviceError), pull ``runner_result.json`` and ``logits.npy``
-  back into the host work directory, and remove the per-run directory (also when anything failed,
-  where the device still answers). The validator then builds the same report as on the host.
-- **Android** (no Python): LiteRT's ``benchmark_model`` (``--runner-binary PATH``) is pushed with
-  ``prefill_decode.tflite`` and run on the ``decode`` signature with
-  ``--report_peak_memory_footprint=true``; its text is parsed by ``benchmark_model.parse``. Memory
-  and decode speed come back; quality cannot (the tool feeds random inputs and returns no logits):
-  the report says quality null and why.
-
-Progress of pushes goes to stderr. Every device fault is a ``DeviceError`` (CLI exit 2).
+``device_runner(session, serial)`` is ``edge_sdk.device.remote.DeviceRunner`` (the transport: push,
+run, pull) with the files the measuring child needs on a device without edge_sdk installed
+(``RUNNER_FILES``: ``runner.py``, ``memwatch.py``, ``runtime.py``, ``paging.py``; the runner imports
+its siblings). On a Linux device with python3 the validator then builds the same report as on the
+host. On Android (no Python) ``benchmark_validate`` builds the report from LiteRT's
+``benchmark_model``: memory and decode speed come back; quality cannot (the tool feeds random
+inputs and returns no logits): the report says quality null and why.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import posixpath
-import re
-import secrets
-import sys
 from pathlib import Path
 from typing import TextIO
 
-from ..errors import DeviceError, InputError
-from . import benchmark_model
-from .device import AdbSession, DeviceInfo
+from ..budget import Budget, check
+from ..device.adb import AdbSession
+from ..device.remote import DeviceRunner
+from .report import ValidationReport, scratch_dir
 
-REMOTE_ROOT = "/data/local/tmp/edge_sdk"
 _HERE = Path(__file__).resolve().parent
 RUNNER_FILES = {"runner.py": _HERE / "runner.py", "memwatch.py": _HERE / "memwatch.py",
                 "runtime.py": _HERE.parent / "litert" / "runtime.py", "paging.py": _HERE.parent / "litert" / "paging.py"}
@@ -44,169 +27,31 @@ QUALITY_UNAVAILABLE = ("quality is not measured on Android: benchmark_model runs
                        "a Linux device with python3, for PPL/KLD/top-1)")
 
 
-def sanitize(serial: str) -> str:
-    """A directory name for a serial (``127.0.0.1:5555`` → ``127.0.0.1_5555``)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", serial) or "device"
+def device_runner(session: AdbSession, serial: str, *, runner_binary: str | Path | None = None,
+                  log: TextIO | None = None) -> DeviceRunner:
+    """The validator's executor on ``serial``: a ``DeviceRunner`` that pushes ``RUNNER_FILES``."""
+    return DeviceRunner(session, serial, runner_files=RUNNER_FILES, runner_binary=runner_binary, log=log)
 
 
-def model_files(model_dir: Path) -> list[Path]:
-    files = [model_dir / "model.json", *sorted(model_dir.glob("*.tflite"))]
-    missing = [f.name for f in files if not f.is_file()]
-    if missing or len(files) < 2:
-        raise InputError(f"not a converted model directory (missing {', '.join(missing) or '*.tflite'})",
-                         path=model_dir, fix="pass the OUT_DIR written by `edge-sdk convert`")
-    return files
-
-
-class DeviceRunner:
-    """Executes the runner on one adb device (see the module docstring)."""
-
-    def __init__(self, session: AdbSession, serial: str, *, runner_binary: str | Path | None = None,
-                 root: str = REMOTE_ROOT, log: TextIO | None = None):
-        self.session, self.serial, self.root = session, serial, root
-        self.log = log if log is not None else sys.stderr
-        self.info: DeviceInfo = session.probe(serial)
-        self.runner_binary = Path(runner_binary) if runner_binary else None
-        if self.info.has_python and not self.info.is_android:
-            self.kind = "python"
-        elif self.runner_binary is not None:
-            if not self.runner_binary.is_file():
-                raise InputError("no such runner binary", path=self.runner_binary,
-                                 fix="pass LiteRT's benchmark_model built for the device's ABI "
-                                     f"({self.info.abi})")
-            self.kind = "benchmark_model"
-        else:
-            what = f"Android {self.info.android_version}".strip() if self.info.is_android else "the device"
-            raise DeviceError(f"{serial} ({what}, {self.info.abi}) has no python3 to run the validator's "
-                              "runner", fix="pass --runner-binary PATH to LiteRT's Android benchmark_model "
-                                            f"for {self.info.abi}")
-
-    # ------------------------------------------------------------------ helpers
-    def _progress(self, name: str):
-        last = [-1]
-
-        def cb(done: int, total: int) -> None:
-            pct = 100 if total <= 0 else done * 100 // total
-            if pct != last[0] and (pct % 10 == 0 or done == total):
-                last[0] = pct
-                print(f"edge-sdk: {self.serial}: push {name}: {pct}% of {total:,} bytes",
-                      file=self.log, flush=True)
-        return cb
-
-    def _push(self, local: Path, remote: str, mode: int = 0o644):
-        r = self.session.push(self.serial, local, remote, progress=self._progress(local.name), mode=mode)
-        if r.status == "reused":
-            print(f"edge-sdk: {self.serial}: {local.name} already on the device (sha256 match)",
-                  file=self.log, flush=True)
-        return r
-
-    def push_model(self, model_dir: Path, files: list[Path] | None = None) -> str:
-        """Push the model files; the device directory (keyed by model.json's sha256: kept for reuse)."""
-        files = files or model_files(model_dir)
-        key = hashlib.sha256((model_dir / "model.json").read_bytes()).hexdigest()[:12]
-        remote = posixpath.join(self.root, "models", f"{sanitize(model_dir.resolve().name)}-{key}")
-        self.session.run(self.serial, ["mkdir", "-p", remote])
-        for f in files:
-            self._push(f, posixpath.join(remote, f.name))
-        return remote
-
-    def _new_run_dir(self) -> str:
-        run_dir = posixpath.join(self.root, "runs", secrets.token_hex(6))
-        self.session.run(self.serial, ["mkdir", "-p", run_dir])
-        return run_dir
-
-    def _cleanup(self, run_dir: str) -> None:
-        with contextlib.suppress(DeviceError):   # the device may be gone: nothing more to do
-            self.session.remove(self.serial, run_dir, recursive=True)
-
-    # ------------------------------------------------------------------ python runner
-    def __call__(self, model_dir: Path, ids: Path, work: Path, opts: list[str], *, logits: bool,
-                 timeout: float) -> dict:
-        """Run ``runner.py`` on the device with the validator's options; its result dict, with the
-        logits pulled to ``work/logits.npy``."""
-        if self.kind != "python":
-            raise DeviceError(f"{self.serial} runs benchmark_model, not the Python runner")
-        model_remote = self.push_model(Path(model_dir))
-        runner_remote = posixpath.join(self.root, "runner")
-        self.session.run(self.serial, ["mkdir", "-p", runner_remote])
-        for name, local in RUNNER_FILES.items():
-            self._push(local, posixpath.join(runner_remote, name))
-        run_dir = self._new_run_dir()
-        try:
-            self._push(ids, posixpath.join(run_dir, "ids.json"))
-            out = posixpath.join(run_dir, "runner_result.json")
-            argv = ["python3", posixpath.join(runner_remote, "runner.py"), "--model", model_remote,
-                    "--ids-file", posixpath.join(run_dir, "ids.json"), "--out", out, *opts]
-            if logits:
-                argv += ["--logits", posixpath.join(run_dir, "logits.npy")]
-            print(f"edge-sdk: {self.serial}: running the runner on the device", file=self.log, flush=True)
-            r = self.session.run(self.serial, argv, timeout=timeout)
-            (work / "runner.log").write_text(r.stdout + r.stderr)
-            self.session.pull(self.serial, out, work / "runner_result.json")
-            if logits:
-                self.session.pull(self.serial, posixpath.join(run_dir, "logits.npy"), work / "logits.npy")
-        finally:
-            self._cleanup(run_dir)
-        result = json.loads((work / "runner_result.json").read_text())
-        if logits:
-            result["logits"]["path"] = str(work / "logits.npy")
-        result["device"] = self.describe(model_remote)
-        return result
-
-    def describe(self, model_remote: str) -> dict:
-        i = self.info
-        return {"serial": self.serial, "abi": i.abi, "android_version": i.android_version, "sdk": i.sdk,
-                "total_ram_bytes": i.total_ram_bytes, "available_ram_bytes": i.available_ram_bytes,
-                "is_android": i.is_android, "runner": self.kind, "remote_model_dir": model_remote}
-
-    # ------------------------------------------------------------------ benchmark_model
-    def run_benchmark(self, model_dir: Path, work: Path, *, threads: int | None, backend: str,
-                      runs: int, timeout: float) -> tuple[benchmark_model.BenchmarkResult, dict]:
-        """Push benchmark_model + prefill_decode.tflite; run the decode signature; parse."""
-        graph = Path(model_dir) / "prefill_decode.tflite"
-        if not graph.is_file():
-            raise InputError("prefill_decode.tflite not found", path=model_dir)
-        model_remote = self.push_model(Path(model_dir), [Path(model_dir) / "model.json", graph])
-        tool = posixpath.join(self.root, "bin", "benchmark_model")
-        self.session.run(self.serial, ["mkdir", "-p", posixpath.dirname(tool)])
-        self._push(self.runner_binary, tool, mode=0o755)
-        argv = [tool, f"--graph={posixpath.join(model_remote, graph.name)}",
-                "--signature_to_run_for_benchmark=decode", "--report_peak_memory_footprint=true",
-                f"--num_runs={max(1, runs)}", f"--use_xnnpack={'true' if backend == 'xnnpack' else 'false'}"]
-        if threads:
-            argv.append(f"--num_threads={threads}")
-        r = self.session.run(self.serial, argv, timeout=timeout)
-        text = r.stdout + r.stderr
-        (work / "benchmark_model.log").write_text(text)
-        return benchmark_model.parse(text), {"argv": argv, **self.describe(model_remote)}
-
-
-def benchmark_validate(runner: DeviceRunner, mdir: Path, *, limit: int | None, report, target: str,
+def benchmark_validate(runner: DeviceRunner, mdir: Path, *, budget: Budget | None, report, target: str,
                        threads: int | None, backend: str, runs: int, context: int, plan_memory=None):
     """The Android report: memory (benchmark_model's peak footprint) and decode speed; quality null."""
-    from ..units import fmt_bytes
-    from .report import ValidationReport, work_dir
-
-    tmp, work = work_dir(report)
-    try:
+    with scratch_dir(report) as work:
         b, dev = runner.run_benchmark(mdir, work, threads=threads, backend=backend, runs=runs,
                                       timeout=3600.0)
         peak = b.peak_memory_bytes if b.peak_memory_bytes is not None else b.overall_delta_bytes
-        reasons, warnings = [], [QUALITY_UNAVAILABLE]
+        warnings = [QUALITY_UNAVAILABLE]
         if peak is None:
             warnings.append("benchmark_model reported no memory footprint: the budget is not checked")
-        passed_budget = None if limit is None or peak is None else peak <= limit
-        if passed_budget is False:
-            reasons.append(f"memory: benchmark_model peak footprint {fmt_bytes(peak)} exceeds the budget "
-                           f"{fmt_bytes(limit)} by {fmt_bytes(peak - limit)}")
+        checked = check(budget, peak, whole_process=peak, what="benchmark_model peak footprint")
         decode_tps = 1e6 / b.inference_avg_us if b.inference_avg_us > 0 else None
         mem = {"peak_rss_bytes": peak, "baseline_rss_bytes": None, "model_peak_bytes": peak,
                "baseline_note": "benchmark_model reports no baseline: the whole footprint is counted",
                "source": "benchmark_model --report_peak_memory_footprint (MB = 2^20 bytes)",
                "init_delta_bytes": b.init_delta_bytes, "overall_delta_bytes": b.overall_delta_bytes,
                "units": "bytes (GB = 10^9)"}
-        rep = ValidationReport(
-            model_dir=str(mdir.resolve()), target=target, backend=backend,
+        rep = ValidationReport.judged(
+            checked, [], warnings, model_dir=str(mdir.resolve()), target=target, backend=backend,
             kernels={"requested": backend, "ran": backend, "api": "benchmark_model", "threads": threads,
                      "fallbacks": [], "census": {}, "backend_info": None},
             memory=mem,
@@ -214,21 +59,11 @@ def benchmark_validate(runner: DeviceRunner, mdir: Path, *, limit: int | None, r
                    "decode_step_avg_us": b.inference_avg_us, "decode_step_std_us": b.inference_std_us,
                    "runs": b.runs, "load_s": b.init_us / 1e6},
             quality=None, planned=plan_memory(context, max(1, context // 4)) if plan_memory else None,
-            budget={"limit_bytes": limit, "checked": "model_peak_bytes", "measured_bytes": peak,
-                    "whole_process_peak_bytes": peak, "passed": passed_budget},
-            gates={"max_kld": None, "min_top1": None, "budget_bytes": limit, "sanity": None,
+            gates={"max_kld": None, "min_top1": None, "budget_bytes": checked.limit_bytes, "sanity": None,
                    "strict_backend": False},
             evaluation={"text": None, "reference": None, "context": context, "method": "benchmark_model decode "
                         "signature on random inputs", "quality_unavailable": QUALITY_UNAVAILABLE},
-            passed=not reasons, reasons=tuple(reasons), warnings=tuple(warnings),
             runner={"benchmark_model": b.to_json(), "device": dev})
-        if report is not None:   # report.md's host tables need RSS splits benchmark_model does not give
-            (work / "report.json").write_text(json.dumps(rep.to_json(), indent=2) + "\n")
-            (work / "report.md").write_text(
-                f"# Validation: {rep.verdict.upper()} on {target} (benchmark_model)\n\n"
-                + "".join(f"- {r}\n" for r in (*rep.reasons, *(f"warning: {w}" for w in rep.warnings)))
-                + f"\n{rep.summary()}\n")
+        if report is not None:
+            rep.save(work)
         return rep
-    finally:
-        if tmp is not None:
-            tmp.cleanup()

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import json
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
+from ..budget import BudgetCheck
 from ..units import fmt_bytes
 
 REPORT_VERSION = 1
@@ -49,6 +52,14 @@ class ValidationReport:
     quality: dict | None = None
     planned: dict | None = None
     runner: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def judged(cls, budget: BudgetCheck, reasons: list[str], warnings: list[str], **fields) -> ValidationReport:
+        """The one way a validation becomes a report: ``budget``'s failure line (if any) joins
+        ``reasons`` last, its figures become the report's ``budget``; no reason → pass."""
+        reasons = [*reasons, *([budget.reason] if budget.reason else [])]
+        return cls(budget=budget.to_json(), passed=not reasons, reasons=tuple(reasons), warnings=tuple(warnings),
+                   **fields)
 
     @property
     def verdict(self) -> str:
@@ -143,10 +154,15 @@ class ValidationReport:
                     f"| prefill | {_num(s['prefill_tokens_per_s'])} tok/s {_rng(s['prefill_spread'])} |",
                     f"| decode | {_num(s['decode_tokens_per_s'])} tok/s {_rng(s['decode_spread'])} |",
                     f"| load | {_num(s['load_s'], 3)} s |", ""]
+        out += self._quality_markdown()
+        return "\n".join(out)
+
+    def _quality_markdown(self) -> list[str]:
+        """report.md's quality table (llama.cpp's metrics against the float reference)."""
         q = self.quality
         if q:
             g = self.gates
-            out += ["## Quality vs float reference (llama.cpp conventions)", "",
+            return ["## Quality vs float reference (llama.cpp conventions)", "",
                     "| metric | value | gate |", "|---|---:|---:|",
                     f"| perplexity (model) | {q['ppl']:.4f} | |",
                     f"| perplexity (reference) | {q['ppl_reference']:.4f} | |",
@@ -157,19 +173,26 @@ class ValidationReport:
                     f"{self.evaluation.get('context')} tokens ({self.evaluation.get('method')}); "
                     f"text: {self.evaluation.get('text')}; reference: {self.evaluation.get('reference')}.",
                     ""]
-        else:
-            out += ["Quality not measured (--no-quality).", ""]
-        return "\n".join(out)
+        return ["Quality not measured (--no-quality).", ""]
+
+    def _benchmark_markdown(self) -> str:
+        """report.md of an Android run: its host tables need RSS splits benchmark_model does not give."""
+        return (f"# Validation: {self.verdict.upper()} on {self.target} (benchmark_model)\n\n"
+                + "".join(f"- {r}\n" for r in (*self.reasons, *(f"warning: {w}" for w in self.warnings)))
+                + f"\n{self.summary()}")
 
     def save(self, directory: str | Path) -> dict[str, Path]:
-        """Write report.json, report.md and memory.png into ``directory``; return their paths."""
+        """Write report.json, report.md and (but for an Android benchmark_model run, which has no
+        RSS series) memory.png into ``directory``; return their paths."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        paths = {"json": d / "report.json", "md": d / "report.md", "png": d / "memory.png"}
+        bench = self.kernels.get("api") == "benchmark_model"
+        paths = {"json": d / "report.json", "md": d / "report.md"}
         paths["json"].write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        paths["md"].write_text(self.to_markdown() + "\n")
-        from .plot import plot_memory
-        plot_memory(self, paths["png"])
+        paths["md"].write_text((self._benchmark_markdown() if bench else self.to_markdown()) + "\n")
+        if not bench:
+            from .plot import plot_memory
+            paths["png"] = plot_memory(self, d / "memory.png")
         return paths
 
 
@@ -263,11 +286,14 @@ def _pl(planned: dict | None, key: str) -> str:
     return fmt_bytes(planned[key])
 
 
-def work_dir(report: str | Path | None) -> tuple[tempfile.TemporaryDirectory | None, Path]:
-    """(temp dir to clean up or None, work dir): ``report`` when given (kept), else a temp dir."""
+@contextmanager
+def scratch_dir(report: str | Path | None) -> Iterator[Path]:
+    """The work directory of one validation: ``report`` when given (created, kept), else a
+    temporary directory removed when the block ends, whatever happened in it."""
     if report is not None:
         work = Path(report)
         work.mkdir(parents=True, exist_ok=True)
-        return None, work
-    tmp = tempfile.TemporaryDirectory(prefix="edge-sdk-validate-")
-    return tmp, Path(tmp.name)
+        yield work
+        return
+    with tempfile.TemporaryDirectory(prefix="edge-sdk-validate-") as tmp:
+        yield Path(tmp)

@@ -255,9 +255,9 @@ def _jsonable(obj):
     return str(obj)
 
 
-def run(args: argparse.Namespace) -> dict:
-    windows = load_ids(args.ids_file)
-    # the LiteRT libraries belong to the baseline (the app's runtime has them too), not to the model
+def _before_baseline(args) -> tuple[dict[str, str], dict, str]:
+    """Load the LiteRT libraries (they belong to the baseline: the app's runtime has them too, not
+    the model) and, with ``--cold``, evict the model's files: (model files, evicted, cache state)."""
     import ai_edge_litert.interpreter  # noqa: F401
     if args.api == "compiled":
         import ai_edge_litert.compiled_model  # noqa: F401
@@ -265,24 +265,12 @@ def run(args: argparse.Namespace) -> dict:
     cache_files = _weight_cache_files(args.model, args.api, args.backend, args.cache_dir)
     evicted = memwatch.evict(list(model_files) + cache_files) if args.cold else {}
     state = "steady" if cache_files else ("first" if args.api == "compiled" and args.backend == "xnnpack" else "n/a")
-    baseline = memwatch.read_status()
-    hwm_before = baseline.get("VmHWM", 0)
-    smaps_base = memwatch.smaps_breakdown(model_files)
-    sampler = memwatch.Sampler(args.sample_ms / 1000.0, model_files=model_files)
-    sampler.sample(force_point=True)
-    sampler.start()
+    return model_files, evicted, state
 
-    sampler.set_phase("load")
-    t0 = time.perf_counter()
-    model = LiteRTModel(args.model, backend=args.backend, api=args.api, threads=args.threads,
-                        cache_dir=args.cache_dir)
-    load_s = time.perf_counter() - t0
-    after_load = memwatch.read_status()
-    meta = _model_meta(args.model)
-    chunk = args.chunk or getattr(model, "prefill_length", None) or meta.get("prefill") or 128
 
-    sampler.set_phase("eval")
-    vocab = int(getattr(model, "vocab_size", None) or meta["vocab_size"])
+def _eval_phase(model, windows: list[np.ndarray], chunk: int, args, sampler, vocab: int):
+    """Each window from a fresh cache (its logits to ``args.logits``), the last one's decode
+    steps filling the cache to the context: (sanity sink, tokens, seconds, generated, fill step times)."""
     rows = sum(len(x) for x in windows) + args.decode_tokens
     sink = LogitSink(args.logits, rows, vocab) if args.logits else None
     check = LogitSink(None, 0, vocab) if sink is None else sink   # sanity counts without a file
@@ -299,8 +287,12 @@ def run(args: argparse.Namespace) -> dict:
             generated, fill_times = decode_steps(model, last, args.decode_tokens, check)
         sampler.sample()
     check.close()
+    return check, eval_tokens, t_eval, generated, fill_times
 
-    sampler.set_phase("speed")
+
+def _speed_phase(model, windows: list[np.ndarray], chunk: int, args, sampler):
+    """``args.runs`` timed runs of a ``prompt_tokens`` prompt and its decode steps:
+    (prompt, time to first token, prefill tok/s, decode tok/s) per run."""
     prompt = windows[0][: max(1, min(args.prompt_tokens, len(windows[0])))]
     ttft, prefill_tps, decode_tps = [], [], []
     for _ in range(args.runs):
@@ -315,12 +307,75 @@ def run(args: argparse.Namespace) -> dict:
             _, times = decode_steps(model, last, args.decode_tokens)
             decode_tps.append(len(times) / sum(times))
         sampler.sample()
+    return prompt, ttft, prefill_tps, decode_tps
+
+
+def _memory(baseline: dict, hwm_before: int, after_load: dict, end: dict, peak: dict, ru_maxrss: int,
+            sampler) -> dict:
+    """The result's ``memory``: baseline, after load, peak (sampled and VmHWM), end."""
+    return {
+        **{f"baseline_{n}_bytes": baseline.get(k) for k, n in _NAMES.items()},
+        "baseline_hwm_bytes": hwm_before, "after_load_rss_bytes": after_load["VmRSS"],
+        # VmHWM is folded lazily from per-CPU counters: a sample can read a few kB above it
+        "peak_rss_bytes": max(end["VmHWM"], peak.get("VmRSS") or 0),
+        "ru_maxrss_bytes": ru_maxrss, "end_rss_bytes": end["VmRSS"],
+        "sampled_peak_rss_bytes": peak.get("VmRSS"),
+        **{f"{n}_at_peak_bytes": peak.get(k) for k, n in _NAMES.items() if k != "VmRSS"},
+        "peak_phase": peak.get("phase"), "samples": sampler.samples, "sample_interval_s": sampler.interval,
+    }
+
+
+def _timing(args, load_s: float, chunk: int, windows: list, eval_tokens: int, t_eval: float, fill_times: list,
+            prompt, ttft: list, prefill_tps: list, decode_tps: list) -> dict:
+    """The result's ``timing``: load, eval, the fill's decode steps, the speed runs' spreads."""
+    return {
+        "load_s": load_s,
+        "chunk": chunk,
+        "eval": {"windows": len(windows), "tokens": eval_tokens, "seconds": t_eval,
+                 "tokens_per_s": eval_tokens / t_eval if t_eval else None,
+                 "window_tokens": [len(w) for w in windows]},
+        "fill_decode": {"tokens": len(fill_times), "seconds": sum(fill_times),
+                        "tokens_per_s": len(fill_times) / sum(fill_times) if fill_times else None,
+                        "context_reached": len(windows[-1]) + len(fill_times)},
+        "prompt_tokens": len(prompt),
+        "decode_tokens": args.decode_tokens,
+        "runs": args.runs,
+        "time_to_first_token_s": spread(ttft),
+        "prefill_tokens_per_s": spread(prefill_tps),
+        "decode_tokens_per_s": spread(decode_tps),
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The measurement (the module docstring's steps): load, eval, speed, end; its result dict."""
+    windows = load_ids(args.ids_file)
+    model_files, evicted, state = _before_baseline(args)
+    baseline = memwatch.read_status()
+    smaps_base = memwatch.smaps_breakdown(model_files)
+    sampler = memwatch.Sampler(args.sample_ms / 1000.0, model_files=model_files)
+    sampler.sample(force_point=True)
+    sampler.start()
+
+    sampler.set_phase("load")
+    t0 = time.perf_counter()
+    model = LiteRTModel(args.model, backend=args.backend, api=args.api, threads=args.threads,
+                        cache_dir=args.cache_dir)
+    load_s = time.perf_counter() - t0
+    after_load = memwatch.read_status()
+    meta = _model_meta(args.model)
+    chunk = args.chunk or getattr(model, "prefill_length", None) or meta.get("prefill") or 128
+
+    sampler.set_phase("eval")
+    vocab = int(getattr(model, "vocab_size", None) or meta["vocab_size"])
+    check, eval_tokens, t_eval, generated, fill_times = _eval_phase(model, windows, chunk, args, sampler, vocab)
+
+    sampler.set_phase("speed")
+    prompt, ttft, prefill_tps, decode_tps = _speed_phase(model, windows, chunk, args, sampler)
 
     sampler.set_phase("end")
     smaps_end = memwatch.smaps_breakdown(model_files)
     sampler.stop()
     end = memwatch.read_status()
-    ru_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kB
     peak = sampler.peak
     series = sampler.to_json()
     near = memwatch.nearest_to_peak(series.get("smaps_near_peak"), smaps_end)
@@ -336,35 +391,13 @@ def run(args: argparse.Namespace) -> dict:
         "requested": {"backend": args.backend, "api": args.api, "threads": args.threads},
         "backend_info": info() if callable(info) else info,
         "kernels": kernel_census(model),
-        "memory": {
-            **{f"baseline_{n}_bytes": baseline.get(k) for k, n in _NAMES.items()},
-            "baseline_hwm_bytes": hwm_before, "after_load_rss_bytes": after_load["VmRSS"],
-            # VmHWM is folded lazily from per-CPU counters: a sample can read a few kB above it
-            "peak_rss_bytes": max(end["VmHWM"], peak.get("VmRSS") or 0),
-            "ru_maxrss_bytes": ru_maxrss, "end_rss_bytes": end["VmRSS"],
-            "sampled_peak_rss_bytes": peak.get("VmRSS"),
-            **{f"{n}_at_peak_bytes": peak.get(k) for k, n in _NAMES.items() if k != "VmRSS"},
-            "peak_phase": peak.get("phase"), "samples": sampler.samples, "sample_interval_s": sampler.interval,
-        },
+        "memory": _memory(baseline, baseline.get("VmHWM", 0), after_load, end, peak,
+                          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, sampler),  # Linux: kB
         "smaps": {"baseline": smaps_base, "near_peak": near, "end": smaps_end,
                   "growth_near_peak": memwatch.diff_breakdown(near["rows"], smaps_base)},
         "series": series,
-        "timing": {
-            "load_s": load_s,
-            "chunk": chunk,
-            "eval": {"windows": len(windows), "tokens": eval_tokens, "seconds": t_eval,
-                     "tokens_per_s": eval_tokens / t_eval if t_eval else None,
-                     "window_tokens": [len(w) for w in windows]},
-            "fill_decode": {"tokens": len(fill_times), "seconds": sum(fill_times),
-                            "tokens_per_s": len(fill_times) / sum(fill_times) if fill_times else None,
-                            "context_reached": len(windows[-1]) + len(fill_times)},
-            "prompt_tokens": len(prompt),
-            "decode_tokens": args.decode_tokens,
-            "runs": args.runs,
-            "time_to_first_token_s": spread(ttft),
-            "prefill_tokens_per_s": spread(prefill_tps),
-            "decode_tokens_per_s": spread(decode_tps),
-        },
+        "timing": _timing(args, load_s, chunk, windows, eval_tokens, t_eval, fill_times, prompt, ttft, prefill_tps,
+                          decode_tps),
         "logits": {"path": os.path.abspath(args.logits) if args.logits else None,
                    "shape": [check.written, vocab], "dtype": "float32",
                    "checked_rows": check.written, "nonfinite": check.nonfinite,

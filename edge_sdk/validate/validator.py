@@ -22,27 +22,23 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from .. import options as O
 from .. import progress as P
 from ..artefacts import ConversionRecord, ModelInfo
+from ..budget import Budget, check
 from ..errors import EdgeSdkError, InputError
 from ..litert.export import verify_files
-from ..units import fmt_bytes, parse_size
+from ..units import fmt_bytes
 from . import memory_runs as M
 from . import quality as Q
-from .report import ValidationReport, work_dir
+from .report import ValidationReport, scratch_dir
 
-# Defaults for the mobile recipe (int2 MLP, int4 attention). llama.cpp on Llama-3-8B: q2_K has
-# KLD 0.33-0.45 and top-1 71%; q4_K_M 0.031 / 91.9%. A QAT'd int2/int4 model should not be worse
-# than post-training q2_K, so KLD mean <= 0.5 and top-1 >= 0.6 leave margin for a small model's
-# flatter distributions, while a broken conversion (scales off by 100x, zeros) lands at KLD >> 1
-# and top-1 near chance.
-DEFAULT_MAX_KLD = 0.5
-DEFAULT_MIN_TOP1 = 0.6
 RUNNER_TIMEOUT_S = 3600.0
 
 
@@ -220,11 +216,35 @@ def sanity_reasons(r: dict) -> list[str]:
     return out
 
 
-def _budget_limit(budget: str | int | None) -> int | None:
-    limit = None if budget is None else parse_size(budget)
-    if limit is not None and limit <= 0:
-        raise InputError(f"--budget {budget}: a budget must be more than 0 bytes", fix="e.g. --budget 1GB")
-    return limit
+@dataclass(frozen=True)
+class ValidateOptions:
+    """What ``validate`` evaluates, how it runs the model and how it judges it.
+    ``pipeline.validate_model`` takes the same names as keyword arguments and the CLI's flags mirror
+    them; every default is ``edge_sdk.options``'. ``budget`` may be given as text ('1GB'): it is read
+    (``Budget.parse``) when the model has been checked."""
+
+    # what is evaluated
+    reference: str | Path | None = None   # the float checkpoint (default: from conversion.json)
+    text: str | Path | None = None        # evaluation text (default: the held-out split)
+    tokens: str | Path | None = None      # evaluation ids instead of text
+    context: int | None = None            # tokens per window / KV fill (default: the model's context)
+    max_tokens: int | None = None         # evaluate at most this many tokens
+    quality: bool = True                  # compare against the float reference
+    # how the model runs
+    backend: str = O.BACKEND
+    api: str = O.VALIDATE_API
+    threads: int | None = O.THREADS
+    runs: int = O.SPEED_RUNS
+    prompt_tokens: int = O.PROMPT_TOKENS
+    decode_tokens: int = O.DECODE_TOKENS
+    cold: bool = O.COLD
+    first_run: bool = O.FIRST_RUN
+    # how it is judged
+    budget: Budget | str | int | None = None
+    max_kld: float = O.MAX_KLD
+    min_top1: float = O.MIN_TOP1
+    strict_backend: bool = False
+    keep_logits: bool = False
 
 
 def _fill(windows: list[np.ndarray], length: int) -> np.ndarray:
@@ -234,21 +254,8 @@ def _fill(windows: list[np.ndarray], length: int) -> np.ndarray:
     return np.tile(stream, math.ceil(length / max(1, len(stream))))[:length]
 
 
-def validate(model_dir: str | Path, *, reference: str | Path | None = None, text: str | Path | None = None,
-             tokens: str | Path | None = None, budget: str | int | None = None, context: int | None = None,
-             report: str | Path | None = None, threads: int | None = None, backend: str = "xnnpack",
-             api: str = "compiled", max_kld: float = DEFAULT_MAX_KLD, min_top1: float = DEFAULT_MIN_TOP1,
-             quality: bool = True, max_tokens: int | None = None, runs: int = 5, prompt_tokens: int = 128,
-             decode_tokens: int = 32, strict_backend: bool = False, target: str = "host",
-             plan_memory: Callable[[int, int], dict | None] | None = None, executor=None, cold: bool = True,
-             first_run: bool = True, bundle: str | Path | None = None,
-             bundle_sections: list | None = None, ours: bool = True, notes: tuple[str, ...] = (),
-             keep_logits: bool = False) -> ValidationReport:
-    """Run ``model_dir`` in a child process and judge it. ``plan_memory(context, distinct_tokens)``
-    (from the pipeline) gives the planner's figures for the report; ``report`` is a directory for
-    report.json / report.md / memory.png (and the ids and raw runner results; the model's and the
-    reference's logits .npy only with ``keep_logits``: vocab x positions x 4 bytes each)."""
-    mdir = Path(model_dir)
+def _checked_model(mdir: Path, backend: str) -> ModelInfo:
+    """``model.json``, after the files are verified and the kernels can run this model."""
     meta = model_info(mdir)
     if backend not in ("xnnpack", "builtin"):
         raise InputError(f"backend {backend!r} is not one of xnnpack, builtin")
@@ -259,7 +266,11 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
         raise InputError(f"this model is right only on XNNPACK kernels: {need.get('reason', 'see model.json')} "
                          f"({len(tensors)} tensors, e.g. {tensors[0] if tensors else '?'})", path=mdir / "model.json",
                          fix="validate with --backend xnnpack (the default)")
-    limit = _budget_limit(budget)
+    return meta
+
+
+def _eval_context(mdir: Path, meta: ModelInfo, context: int | None) -> int:
+    """The evaluated context: ``context`` or the model's (InputError past the model's)."""
     if context is not None and context < 2:
         raise InputError(f"--context {context}: a window needs at least 2 tokens", fix="use --context >= 2")
     model_ctx = meta.context
@@ -267,162 +278,193 @@ def validate(model_dir: str | Path, *, reference: str | Path | None = None, text
     if model_ctx is not None and ctx > model_ctx:
         raise InputError(f"--context {ctx} exceeds the model's context {model_ctx}", path=mdir / "model.json",
                          fix=f"use --context <= {model_ctx}, or convert with a longer context")
-    decode_tokens = max(0, min(decode_tokens, ctx - 2))
+    return ctx
+
+
+def _reference(mdir: Path, reference: str | Path | None) -> Path:
+    """The float checkpoint quality is measured against: ``reference``, else conversion.json's."""
+    ref_path = Path(reference) if reference else Q.default_reference(mdir, ConversionRecord.read_optional(mdir))
+    if ref_path is None:
+        raise InputError("no float reference checkpoint for the quality check", path=mdir,
+                         fix="pass --reference CHECKPOINT (the float model), or --no-quality")
+    return ref_path
+
+
+def _windows(mdir: Path, meta: ModelInfo, opts: ValidateOptions, window: int,
+             ctx: int) -> tuple[list[np.ndarray], str]:
+    """The evaluation windows of ``window`` tokens and where their ids came from."""
+    stream, source = eval_tokens(mdir, meta, text=opts.text, tokens=opts.tokens, want_text=opts.quality)
+    if opts.quality:
+        return Q.make_windows(stream, window, opts.max_tokens), source
+    if stream is None:
+        return ([synthetic_window(window, meta.vocab_size, ctx)],
+                f"synthetic ids ({max(1, ctx // 4)} distinct, seed 0; no tokenizer or text)")
+    return [np.tile(stream, math.ceil(window / max(1, len(stream))))[:window]], source
+
+
+def _measure(mdir: Path, work: Path, windows: list[np.ndarray], window: int, opts: ValidateOptions, *,
+             ctx: int, executor, bundle, bundle_sections, ours: bool, keep_log: bool) -> tuple[list, dict | None]:
+    """The memory runs (ours: first run and steady state, or the only run; LiteRT-LM's engine)
+    and the quality run: ([(MemoryRun, raw result)], the result whose logits are judged)."""
+    runs_out: list = []
+    common = dict(backend=opts.backend, api=opts.api, threads=opts.threads, prompt_tokens=opts.prompt_tokens,
+                  decode_tokens=opts.decode_tokens, keep_log=keep_log)
+    mem_window = windows[-1] if len(windows[-1]) == window else _fill(windows, window)
+    cached = opts.api == "compiled" and opts.backend == "xnnpack"
+    cache_dir = None   # on a device: its own MODEL/.xnnpack_cache beside the pushed model
+    if executor is None and cached:
+        cache_dir = work / "weight_cache"   # our scratch directory: the first run builds it here
+        if opts.first_run and cache_dir.is_dir():
+            for f in cache_dir.iterdir():
+                f.unlink()
+    states = (("first", "steady") if opts.first_run else ("steady",)) if cached else ("only",)
+    if cached and not opts.first_run and ours:   # build the weight cache in a run that is not measured
+        run_runner(mdir, [mem_window[:2]], work, logits=False, runs=0, tag="_warmup", executor=executor,
+                   cache_dir=cache_dir, **dict(common, decode_tokens=1))
+    for st in states if ours else ():
+        rr = run_runner(mdir, [mem_window], work, logits=False, runs=1 if st == "first" else opts.runs,
+                        cold=opts.cold, cache_dir=cache_dir, tag=f"_{st}", executor=executor, **common)
+        runs_out.append((M.summarize(rr, "edge_sdk", rr.get("state") if cached else st), rr))
+    r = runs_out[-1][1] if runs_out else None
+    if opts.quality:   # every position's logits (the score signature): a run of its own, not measured
+        r = run_runner(mdir, windows, work, logits=True, runs=1, cache_dir=cache_dir, tag="",
+                       executor=executor, **common)
+        if runs_out:
+            r["speed_run"] = runs_out[-1][1]["timing"]
+    if bundle is not None and executor is None:
+        runs_out += M.engine_runs(Path(bundle), work, context=ctx, decode_tokens=opts.decode_tokens,
+                                  threads=opts.threads, cold=opts.cold, first_run=opts.first_run,
+                                  sections=bundle_sections)
+    if not runs_out:
+        raise InputError("nothing to measure: no runtime was selected", path=mdir)
+    return runs_out, r
+
+
+def gated_memory(runs_out: list) -> tuple[M.MemoryRun, dict, dict]:
+    """The run the budget is checked against (the largest model share: the larger of the first
+    run and the steady state, in either runtime), its raw result, and the report's memory figures."""
+    gated, raw = max(runs_out, key=lambda x: x[0].model_peak_bytes)
+    mem = memory_figures(raw)
+    mem.update(gated_run=gated.label, runs=[m.to_json() for m, _ in runs_out])
+    return gated, raw, mem
+
+
+def quality_reasons(qual: dict, max_kld: float, min_top1: float) -> list[str]:
+    """The quality gates' failure lines."""
+    out = []
+    if not qual["kld_mean"] <= max_kld:
+        out.append(f"KL divergence vs the float reference: mean {qual['kld_mean']:.4f} > {max_kld} allowed "
+                   f"(p99 {qual['kld_p99']:.3f}; PPL {qual['ppl']:.3f} vs reference {qual['ppl_reference']:.3f})")
+    if not qual["top1_agreement"] >= min_top1:
+        out.append(f"top-1 agreement with the float reference {qual['top1_agreement']:.1%} < {min_top1:.0%} required")
+    return out
+
+
+def _kernels(opts: ValidateOptions, r: dict | None, reasons: list[str], warnings: list[str]) -> tuple[str, dict]:
+    """(backend that ran, the report's kernels); fallbacks go to ``reasons`` with ``strict_backend``,
+    else to ``warnings``."""
+    if r is None:
+        return "litert-lm", {"requested": "litert-lm CPU", "ran": "litert-lm CPU", "api": "litert-lm",
+                             "threads": opts.threads, "fallbacks": []}
+    ran, kernels, fallbacks = kernel_report(opts.backend, opts.api, opts.threads, r)
+    (reasons if opts.strict_backend else warnings).extend(fallbacks)
+    return ran, kernels
+
+
+def validate(model_dir: str | Path, opts: ValidateOptions = ValidateOptions(), *, report: str | Path | None = None,
+             target: str = "host", plan_memory: Callable[[int, int], dict | None] | None = None, executor=None,
+             bundle: str | Path | None = None, bundle_sections: list | None = None, ours: bool = True,
+             notes: tuple[str, ...] = ()) -> ValidationReport:
+    """Run ``model_dir`` in a child process and judge it (``opts``). ``plan_memory(context,
+    distinct_tokens)`` (from the pipeline) gives the planner's figures for the report; ``report`` is
+    a directory for report.json / report.md / memory.png (and the ids and raw runner results; the
+    model's and the reference's logits .npy only with ``keep_logits``: vocab x positions x 4 bytes
+    each). ``executor``: a ``DeviceRunner`` (adb); ``bundle``: the .litertlm LiteRT-LM measures;
+    ``ours=False``: our runner only for quality."""
+    mdir = Path(model_dir)
+    meta = _checked_model(mdir, opts.backend)
+    budget = Budget.parse(opts.budget)
+    ctx = _eval_context(mdir, meta, opts.context)
+    opts = replace(opts, decode_tokens=max(0, min(opts.decode_tokens, ctx - 2)))
     if executor is not None and getattr(executor, "kind", "python") == "benchmark_model":
         from .remote import benchmark_validate  # Android: no Python, no logits, no quality
-        return benchmark_validate(executor, mdir, limit=limit, report=report, target=target, threads=threads,
-                                  backend=backend, runs=runs, context=ctx, plan_memory=plan_memory)
-    window = ctx - decode_tokens  # the last window + its decode steps fill the cache to the context
-    ref_path = None
-    if quality:
-        ref_path = Path(reference) if reference else Q.default_reference(mdir, ConversionRecord.read_optional(mdir))
-        if ref_path is None:
-            raise InputError("no float reference checkpoint for the quality check", path=mdir,
-                             fix="pass --reference CHECKPOINT (the float model), or --no-quality")
-    stream, source = eval_tokens(mdir, meta, text=text, tokens=tokens, want_text=quality)
-    if quality:
-        windows = Q.make_windows(stream, window, max_tokens)
-    elif stream is None:
-        vocab = meta.vocab_size
-        windows = [synthetic_window(window, vocab, ctx)]
-        source = f"synthetic ids ({max(1, ctx // 4)} distinct, seed 0; no tokenizer or text)"
-    else:
-        reps = math.ceil(window / max(1, len(stream)))
-        windows = [np.tile(stream, reps)[:window]]
-
-    tmp, work = work_dir(report)
-    try:
-        runs_out: list = []   # (MemoryRun, raw result) of every memory measurement
-        common = dict(backend=backend, api=api, threads=threads, prompt_tokens=prompt_tokens,
-                      decode_tokens=decode_tokens, keep_log=report is not None)
-        mem_window = windows[-1] if len(windows[-1]) == window else _fill(windows, window)
-        cached = api == "compiled" and backend == "xnnpack"
-        cache_dir = None   # on a device: its own MODEL/.xnnpack_cache beside the pushed model
-        if executor is None and cached:
-            cache_dir = work / "weight_cache"   # our scratch directory: the first run builds it here
-            if first_run and cache_dir.is_dir():
-                for f in cache_dir.iterdir():
-                    f.unlink()
-        states = (("first", "steady") if first_run else ("steady",)) if cached else ("only",)
-        if cached and not first_run and ours:   # build the weight cache in a run that is not measured
-            run_runner(mdir, [mem_window[:2]], work, logits=False, runs=0, tag="_warmup", executor=executor,
-                       cache_dir=cache_dir, **dict(common, decode_tokens=1))
-        for st in states if ours else ():
-            rr = run_runner(mdir, [mem_window], work, logits=False, runs=1 if st == "first" else runs,
-                            cold=cold, cache_dir=cache_dir, tag=f"_{st}", executor=executor, **common)
-            runs_out.append((M.summarize(rr, "edge_sdk", rr.get("state") if cached else st), rr))
-        r = runs_out[-1][1] if runs_out else None
-        if quality:   # every position's logits (the score signature): a run of its own, not measured
-            r = run_runner(mdir, windows, work, logits=True, runs=1, cache_dir=cache_dir, tag="",
-                           executor=executor, **common)
-            if runs_out:
-                r["speed_run"] = runs_out[-1][1]["timing"]
-        if bundle is not None and executor is None:
-            runs_out += M.engine_runs(Path(bundle), work, context=ctx, decode_tokens=decode_tokens,
-                                      threads=threads, cold=cold, first_run=first_run, sections=bundle_sections)
-        if not runs_out:
-            raise InputError("nothing to measure: no runtime was selected", path=mdir)
+        return benchmark_validate(executor, mdir, budget=budget, report=report, target=target, threads=opts.threads,
+                                  backend=opts.backend, runs=opts.runs, context=ctx, plan_memory=plan_memory)
+    window = ctx - opts.decode_tokens  # the last window + its decode steps fill the cache to the context
+    ref_path = _reference(mdir, opts.reference) if opts.quality else None
+    windows, source = _windows(mdir, meta, opts, window, ctx)
+    with scratch_dir(report) as work:
+        runs_out, r = _measure(mdir, work, windows, window, opts, ctx=ctx, executor=executor, bundle=bundle,
+                               bundle_sections=bundle_sections, ours=ours, keep_log=report is not None)
         reasons, warnings = (sanity_reasons(r) if r else []), list(notes)
-        if r is not None:
-            ran, kernels, fallbacks = kernel_report(backend, api, threads, r)
-            (reasons if strict_backend else warnings).extend(fallbacks)
-        else:
-            ran, kernels = "litert-lm", {"requested": "litert-lm CPU", "ran": "litert-lm CPU", "api": "litert-lm",
-                                         "threads": threads, "fallbacks": []}
-        gated, gated_raw = max(runs_out, key=lambda x: x[0].model_peak_bytes)
-        mem = memory_figures(gated_raw)
-        mem["gated_run"] = gated.label
-        mem["runs"] = [m.to_json() for m, _ in runs_out]
+        ran, kernels = _kernels(opts, r, reasons, warnings)
+        gated, gated_raw, mem = gated_memory(runs_out)
         qual = None
-        if quality:
-            qual = _quality(work, windows, r, ref_path, decode_tokens, report is not None and keep_logits)
-            if not keep_logits:
+        if opts.quality:
+            qual = _quality(work, windows, r, ref_path, opts.decode_tokens, report is not None and opts.keep_logits)
+            if not opts.keep_logits:
                 (work / "logits.npy").unlink(missing_ok=True)
             if not reasons:  # quality numbers of a model with NaN/constant logits say nothing more
-                if not qual["kld_mean"] <= max_kld:
-                    reasons.append(f"KL divergence vs the float reference: mean {qual['kld_mean']:.4f} > "
-                                   f"{max_kld} allowed (p99 {qual['kld_p99']:.3f}; PPL {qual['ppl']:.3f} vs "
-                                   f"reference {qual['ppl_reference']:.3f})")
-                if not qual["top1_agreement"] >= min_top1:
-                    reasons.append(f"top-1 agreement with the float reference {qual['top1_agreement']:.1%} < "
-                                   f"{min_top1:.0%} required")
-        passed_budget = None if limit is None else mem["model_peak_bytes"] <= limit
-        if passed_budget is False:
-            reasons.append(f"memory ({gated.label}): model share of peak RSS {fmt_bytes(mem['model_peak_bytes'])} "
-                           f"({mem['model_peak_bytes']} bytes = VmHWM {fmt_bytes(mem['peak_rss_bytes'])} − "
-                           f"baseline {fmt_bytes(mem['baseline_rss_bytes'])}) exceeds the budget "
-                           f"{fmt_bytes(limit)} by {fmt_bytes(mem['model_peak_bytes'] - limit)}")
+                reasons += quality_reasons(qual, opts.max_kld, opts.min_top1)
+        mp = mem["model_peak_bytes"]
+        checked = check(budget, mp, run=gated.label, whole_process=mem["peak_rss_bytes"],
+                        detail=f"{mp} bytes = VmHWM {fmt_bytes(mem['peak_rss_bytes'])} − baseline "
+                               f"{fmt_bytes(mem['baseline_rss_bytes'])}")
         distinct = len(set(np.concatenate(windows).tolist()) | set((r or {}).get("generated", [])))
-        planned = plan_memory(ctx, distinct) if plan_memory else None
         speed = speed_figures(r) if r else dict(runs_out[-1][0].speed)
         speed["by_run"] = {m.label: m.speed for m, _ in runs_out}
-        rep = ValidationReport(
-            model_dir=str(mdir.resolve()), target=target, backend=ran, kernels=kernels, memory=mem,
-            speed=speed, quality=qual, planned=planned,
-            budget={"limit_bytes": limit, "checked": "model_peak_bytes", "run": gated.label,
-                    "measured_bytes": mem["model_peak_bytes"],
-                    "whole_process_peak_bytes": mem["peak_rss_bytes"], "passed": passed_budget},
-            gates={"max_kld": max_kld if quality else None, "min_top1": min_top1 if quality else None,
-                   "budget_bytes": limit, "sanity": "finite, non-constant, input-dependent logits",
-                   "strict_backend": strict_backend},
+        q = opts.quality
+        rep = ValidationReport.judged(
+            checked, reasons, warnings, model_dir=str(mdir.resolve()), target=target, backend=ran, kernels=kernels,
+            memory=mem, speed=speed, quality=qual, planned=plan_memory(ctx, distinct) if plan_memory else None,
+            gates={"max_kld": opts.max_kld if q else None, "min_top1": opts.min_top1 if q else None,
+                   "budget_bytes": checked.limit_bytes, "sanity": "finite, non-constant, input-dependent logits",
+                   "strict_backend": opts.strict_backend},
             evaluation={"text": source, "reference": str(ref_path) if ref_path else None, "context": ctx,
-                        "model_context": model_ctx, "window_tokens": window, "windows": len(windows),
-                        "tokens": int(sum(len(w) for w in windows)), "decode_tokens": decode_tokens,
-                        "distinct_tokens": distinct, "max_tokens": max_tokens, "cold": cold,
+                        "model_context": meta.context, "window_tokens": window, "windows": len(windows),
+                        "tokens": int(sum(len(w) for w in windows)), "decode_tokens": opts.decode_tokens,
+                        "distinct_tokens": distinct, "max_tokens": opts.max_tokens, "cold": opts.cold,
                         "memory_runs": [m.label for m, _ in runs_out], "bundle": str(bundle) if bundle else None,
                         "method": "chunked: non-overlapping windows, each from an empty cache"},
-            passed=not reasons, reasons=tuple(reasons), warnings=tuple(warnings), runner=r or gated_raw)
+            runner=r or gated_raw)
         if report is not None:
             rep.save(work)
         return rep
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
 
 
-def validate_bundle(bundle: str | Path, *, context: int, budget: str | int | None = None,
-                    report: str | Path | None = None, threads: int | None = None, decode_tokens: int = 32,
-                    cold: bool = True, first_run: bool = True, sections: list | None = None) -> ValidationReport:
+def validate_bundle(bundle: str | Path, *, context: int, budget: Budget | str | int | None = None,
+                    report: str | Path | None = None, threads: int | None = O.THREADS,
+                    decode_tokens: int = O.DECODE_TOKENS, cold: bool = O.COLD, first_run: bool = O.FIRST_RUN,
+                    sections: list | None = None) -> ValidationReport:
     """A ``.litertlm`` alone (ours or anyone's): memory and speed in LiteRT-LM's engine, first run
     and steady state; no quality (the engine returns no logits)."""
     path = Path(bundle)
-    limit = _budget_limit(budget)
+    budget = Budget.parse(budget)
     if context < 2:
         raise InputError(f"--context {context} is too small", path=path, fix="use --context >= 2")
     decode_tokens = max(1, min(decode_tokens, context - 1))
-    tmp, work = work_dir(report)
-    try:
+    with scratch_dir(report) as work:
         runs_out = M.engine_runs(path, work, context=context, decode_tokens=decode_tokens, threads=threads,
                                  cold=cold, first_run=first_run, sections=sections)
-        gated, raw = max(runs_out, key=lambda x: x[0].model_peak_bytes)
-        mem = memory_figures(raw)
-        mem.update(gated_run=gated.label, runs=[m.to_json() for m, _ in runs_out])
-        passed = None if limit is None else gated.model_peak_bytes <= limit
-        reasons = [] if passed is not False else [
-            f"memory ({gated.label}): model share of peak RSS {fmt_bytes(gated.model_peak_bytes)} exceeds the "
-            f"budget {fmt_bytes(limit)} by {fmt_bytes(gated.model_peak_bytes - limit)}"]
+        gated, raw, mem = gated_memory(runs_out)
+        checked = check(budget, gated.model_peak_bytes, run=gated.label, whole_process=gated.peak_rss_bytes)
         speed = dict(runs_out[-1][0].speed, by_run={m.label: m.speed for m, _ in runs_out})
-        rep = ValidationReport(
+        rep = ValidationReport.judged(
+            checked, [],
+            ["quality not measured: a .litertlm alone gives no logits (validate the converted model "
+             "directory for PPL/KLD/top-1)"],
             model_dir=str(path.resolve()), target="host", backend="litert-lm CPU",
             kernels={"requested": "litert-lm CPU", "ran": "litert-lm CPU", "api": "litert-lm", "threads": threads,
                      "fallbacks": []},
             memory=mem, speed=speed, quality=None, planned=None,
-            budget={"limit_bytes": limit, "checked": "model_peak_bytes", "run": gated.label,
-                    "measured_bytes": gated.model_peak_bytes, "whole_process_peak_bytes": gated.peak_rss_bytes,
-                    "passed": passed},
-            gates={"budget_bytes": limit, "max_kld": None, "min_top1": None},
+            gates={"budget_bytes": checked.limit_bytes, "max_kld": None, "min_top1": None},
             evaluation={"context": context, "decode_tokens": decode_tokens, "cold": cold, "bundle": str(path),
                         "memory_runs": [m.label for m, _ in runs_out],
                         "text": "the engine's benchmark prompt", "method": "LiteRT-LM benchmark mode"},
-            passed=not reasons, reasons=tuple(reasons),
-            warnings=("quality not measured: a .litertlm alone gives no logits (validate the converted model "
-                      "directory for PPL/KLD/top-1)",), runner=raw)
+            runner=raw)
         if report is not None:
             rep.save(work)
         return rep
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
 
 
 def _quality(work: Path, windows: list[np.ndarray], r: dict, ref_path: Path, extra: int, keep: bool) -> dict:

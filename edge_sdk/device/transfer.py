@@ -1,4 +1,4 @@
-"""File transfer for ``device.AdbSession``: push (reuse by sha256, atomic, verified), pull, remove.
+"""File transfer for ``device.adb.AdbSession``: push (reuse by sha256, atomic, verified), pull, remove.
 
 The sync protocol's SEND and RECV are framed here over an adbutils transport connection
 (``AdbDevice.open_transport()`` + ``sync:``) rather than through ``AdbDevice.sync.push``/``pull``,

@@ -1,4 +1,4 @@
-"""The one place in edge_sdk that speaks adb (with ``device_transfer``, its file half).
+"""The one place in edge_sdk that speaks adb (with ``device.transfer``, its file half).
 
 Built on ``adbutils`` (a client of the adb *server*; its wheel ships Google's ``adb`` binary). An
 ``AdbSession`` talks to one adb server on 127.0.0.1 at a port of its own choosing: ``server_port``,
@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, NamedTuple, Sequence
 
 from edge_sdk.errors import DeviceError
-from edge_sdk.validate import device_transfer
-from edge_sdk.validate.device_transfer import PushResult
+from edge_sdk.device import transfer as device_transfer
+from edge_sdk.device.transfer import PushResult
 
 __all__ = ["AdbSession", "DeviceInfo", "ListedDevice", "PushResult", "ShellResult",
            "DEFAULT_SERVER_PORT", "USB_DEBUGGING_HELP"]
