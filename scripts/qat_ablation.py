@@ -67,16 +67,17 @@ def main(argv=None) -> int:
         ptq = ptq or first
         rows.append({"variant": name, "settings": kw, "ppl": last["ppl"], "kld": last["kld"],
                      "top1": last["top1"], "wall_s": time.time() - t0})
-        print(f"{name}: KLD {last['kld']:.4f} top-1 {last['top1']:.1%} ({time.time() - t0:.0f} s)", flush=True)
-    out = {"steps": args.steps, "seq_len": args.seq_len, "batch": args.batch, "float_ppl": ptq["ppl_float"],
-           "ptq": {"ppl": ptq["ppl"], "kld": ptq["kld"], "top1": ptq["top1"]}, "variants": rows}
+        print(f"{name}: PPL {last['ppl']:.2f} KLD {last['kld']:.4f} top-1 {last['top1']:.1%} "
+              f"({time.time() - t0:.0f} s)", flush=True)
+        out = {"steps": args.steps, "seq_len": args.seq_len, "batch": args.batch, "float_ppl": ptq["ppl_float"],
+               "ptq": {"ppl": ptq["ppl"], "kld": ptq["kld"], "top1": ptq["top1"]}, "variants": rows}
+        if args.json:   # after every variant: an interrupted sweep keeps what it measured
+            args.json.write_text(json.dumps(out, indent=2) + "\n")
     print(f"\n{'weights':<24} {'PPL':>8} {'KLD':>8} {'top-1':>7}")
     print(f"{'float':<24} {ptq['ppl_float']:8.2f} {'-':>8} {'-':>7}")
     print(f"{'PTQ mobile':<24} {ptq['ppl']:8.2f} {ptq['kld']:8.4f} {ptq['top1']:7.1%}")
     for r in rows:
         print(f"{'QAT ' + r['variant']:<24} {r['ppl']:8.2f} {r['kld']:8.4f} {r['top1']:7.1%}")
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0
 
 

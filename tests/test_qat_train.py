@@ -231,3 +231,19 @@ def test_stop_rule_and_widen_advice():
     adv = widen_advice(sens, kld_now=0.3)
     assert [(a["section"], a["from"], a["to"]) for a in adv] == [("mlp", "int2", "int4"), ("attention", "int4", "int8")]
     assert abs(adv[0]["kld_gain"] - 0.2) < 1e-12
+
+
+def test_every_flag_default_is_the_library_default():
+    """`edge-sdk qat`'s flags are ``qat()``'s keyword arguments, with the same defaults."""
+    import argparse
+    import inspect
+
+    from edge_sdk.cli import build_parser
+    from edge_sdk.qat.train import qat
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["qat"]
+    params = inspect.signature(qat).parameters
+    flags = {a.dest: a.default for a in sub._actions if a.option_strings and a.dest not in ("help", "verbose")}
+    kw = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    assert set(flags) - {"data", "out"} == set(kw)
+    assert {k: flags[k] for k in kw} == kw
