@@ -43,7 +43,7 @@ def edge_sdk(*args) -> subprocess.CompletedProcess:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=TINY / "qat")
-    ap.add_argument("--steps", type=int, default=700)
+    ap.add_argument("--steps", type=int, default=839)
     ap.add_argument("--skip-train", action="store_true", help="measure an existing --out")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -63,9 +63,9 @@ def main(argv=None) -> int:
             return r.returncode
     if not any((d / "split.json").is_file() for d in (args.out, args.out.parent)):
         shutil.copyfile(TINY / "split.json", args.out / "split.json")   # validate's held-out topics
-    rep = json.loads((args.out / "qat_report.json").read_text())
-    result["monitor"] = rep["evals"][-1]
-    result["monitor_ptq"] = rep["evals"][0]
+    if (args.out / "qat_report.json").is_file():   # a model edge-sdk qat wrote
+        rep = json.loads((args.out / "qat_report.json").read_text())
+        result["monitor"], result["monitor_ptq"] = rep["evals"][-1], rep["evals"][0]
     conv = work / "converted"
     r = edge_sdk("convert", args.out, "-o", conv, "--recipe", "mobile", "--text-only")
     if r.returncode:
@@ -78,11 +78,13 @@ def main(argv=None) -> int:
     result["validate"] = {k: q.get(k) for k in ("ppl", "ppl_reference", "kld_mean", "kld_p99", "top1_agreement",
                                                 "positions")}
     result["validate_exit"] = r.returncode
-    m, v = result["monitor"], result["validate"]
+    v = result["validate"]
     print(f"\n{'measure':<44} {'PPL':>8} {'KLD':>8} {'top-1':>7}")
-    print(f"{'monitor (PyTorch, 128-token windows) PTQ':<44} {result['monitor_ptq']['ppl']:8.2f} "
-          f"{result['monitor_ptq']['kld']:8.4f} {result['monitor_ptq']['top1']:7.1%}")
-    print(f"{'monitor (PyTorch, 128-token windows) QAT':<44} {m['ppl']:8.2f} {m['kld']:8.4f} {m['top1']:7.1%}")
+    for name, key in (("PTQ", "monitor_ptq"), ("QAT", "monitor")):
+        if key in result:
+            m = result[key]
+            print(f"{'monitor (PyTorch, 128-token windows) ' + name:<44} {m['ppl']:8.2f} {m['kld']:8.4f} "
+                  f"{m['top1']:7.1%}")
     print(f"{'edge-sdk validate (LiteRT, converted) QAT':<44} {v['ppl'] or 0:8.2f} {v['kld_mean'] or 0:8.4f} "
           f"{v['top1_agreement'] or 0:7.1%}")
     if "qat_wall_s" in result:
