@@ -158,13 +158,29 @@ class ConversionRecord(_Artefact):
 @dataclass(frozen=True)
 class PlanRecord(_Artefact):
     """``plan.json``: every written tensor's scheme, scales and bytes (rows: ``TensorPlan.to_json``
-    plus what the writer recorded: scale source, re-rounding error, encoding, file)."""
+    plus what the writer recorded: scale source, re-rounding error, encoding, file), and the source
+    checkpoint's ``config.json`` as read (``source_config``): with conversion.json's recipe and
+    model.json's KV layout, the planner's memory figures of the model come from its own files
+    (``quant.plan.plan_from_rows``, ``pipeline.planned_memory``), not from the source checkpoint.
+
+    Version 2 added ``source_config``; a version 1 file reads with it None (the rows stay
+    readable), and whatever needs the plan's memory figures says so and names the fix."""
 
     FILE: ClassVar[str] = "plan.json"
     FORMAT: ClassVar[str] = "edge_sdk.plan"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     recipe: str
     data_bytes: int
     overhead_bytes: int
     tensors: tuple[dict, ...] = _seq()
+    source_config: dict | None = None    # the source's config.json: gemma4.spec_from_config reads it
+
+    def require_source_config(self, path: str | Path) -> dict:
+        """``source_config``, or InputError (one line: the file, what it lacks, the fix) for a
+        plan.json written before version 2."""
+        if self.source_config is None:
+            raise InputError("plan.json lacks 'source_config' (written by an edge-sdk before plan.json version 2), "
+                             "so the model's planned memory cannot be computed from its own files",
+                             path=Path(path) / self.FILE, fix=RECONVERT.format(v=self.VERSION))
+        return self.source_config

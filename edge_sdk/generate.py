@@ -88,7 +88,7 @@ class TextStream:
             self.out.flush()
 
 
-def _prompt_ids(mdir: Path, meta: dict, tok, *, prompt: str | None, ids: str | None, chat: bool) -> list[int]:
+def _prompt_ids(mdir: Path, meta: ModelInfo, tok, *, prompt: str | None, ids: str | None, chat: bool) -> list[int]:
     """The prompt's token ids: ``ids`` as given (comma-separated), or ``prompt`` encoded (with
     the chat template for ``chat``; a <bos> prepended when the encoding has none)."""
     if ids is not None:
@@ -106,7 +106,7 @@ def _prompt_ids(mdir: Path, meta: dict, tok, *, prompt: str | None, ids: str | N
         if chat:
             prompt = chat_prompt(mdir, prompt)
         out = tok.encode(prompt, add_special_tokens=not chat).ids   # the template has its own <bos>
-        bos = meta.get("bos_token_id")
+        bos = meta.bos_token_id
         if bos is not None and (not out or out[0] != bos):
             out = [bos] + out
     if not out:
@@ -115,7 +115,7 @@ def _prompt_ids(mdir: Path, meta: dict, tok, *, prompt: str | None, ids: str | N
 
 
 def _open(mdir: Path, *, logits_out, chat: bool, ids):
-    """(tokenizer or None, model.json as a dict) after the checks that need no runtime."""
+    """(tokenizer or None, ``ModelInfo``) after the checks that need no runtime."""
     if logits_out and not Path(logits_out).absolute().parent.is_dir():
         raise InputError("the directory for --logits-out does not exist", path=Path(logits_out).parent,
                          fix="create it first, or pass a path in an existing directory")
@@ -128,7 +128,7 @@ def _open(mdir: Path, *, logits_out, chat: bool, ids):
     if (mdir / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
         tok = Tokenizer.from_file(str(mdir / "tokenizer.json"))
-    return tok, json.loads((mdir / "model.json").read_text())
+    return tok, ModelInfo.read(mdir)
 
 
 def _greedy(model, ids: list[int], n: int, stops: set, emit, out: TextIO, show_ids: bool):
@@ -173,8 +173,7 @@ def run_model(model_dir: str | Path, *, prompt: str | None = None, ids: str | No
     mdir, out = Path(model_dir), out if out is not None else sys.stdout
     tok, meta = _open(mdir, logits_out=logits_out, chat=chat, ids=ids)
     prompt_ids = _prompt_ids(mdir, meta, tok, prompt=prompt, ids=ids, chat=chat)
-    eos = meta.get("eos_token_id")
-    stops = set() if ids is not None or ignore_eos else set(eos if isinstance(eos, list) else [eos]) - {None}
+    stops = set() if ids is not None or ignore_eos else set(meta.eos_token_id)
     text = TextStream(tok, out) if ids is None else None
     generated: list[int] = []
 
@@ -187,7 +186,7 @@ def run_model(model_dir: str | Path, *, prompt: str | None = None, ids: str | No
             out.flush()
 
     try:
-        verify_files(mdir, ModelInfo.read(mdir).files)   # a changed file is refused, not run
+        verify_files(mdir, meta.files)   # a changed file is refused, not run
         model = LiteRTModel(mdir, backend=backend, api=api, threads=threads)
         if len(prompt_ids) + max_tokens > model.context:
             raise InputError(f"{len(prompt_ids)} prompt tokens + {max_tokens} steps exceed the context "

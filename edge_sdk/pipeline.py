@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import options as O
 from . import progress as P
-from .artefacts import ConversionRecord, ModelInfo
+from .artefacts import ConversionRecord, ModelInfo, PlanRecord
 from .budget import Budget
 from .checkpoint import open_checkpoint
 from .errors import InputError, install_fix
@@ -17,7 +17,7 @@ from .quant.memory import MemoryEstimate, estimate_memory
 from .quant.plan import QuantPlan, make_plan
 from .quant.presets import load_recipe
 from .quant.source import Source, open_source
-from .gemma4 import spec_from_path
+from .gemma4 import spec_from_config
 
 
 @dataclass(frozen=True)
@@ -112,25 +112,33 @@ def plan_model(source: str | Path, *, recipe: str | Path = O.RECIPE, text_only: 
     return PlanReport(src, plan, mem, text_only, Budget.parse(budget))
 
 
-def planned_memory(model_dir: str | Path, context: int, distinct_tokens: int, runtime: str | None = None) -> dict | None:
-    """The planner's figures for a converted model: its plan (source checkpoint's config + the recipe
-    ``conversion.json`` records) with the KV cache the model actually carries (the layout recorded in
-    ``model.json['kv_cache']``, ``KvLayout.from_json``) and ``distinct_tokens`` looked-up rows.
-    ``context`` is the evaluated context, recorded beside the model's. None when the source is not
-    at hand. The figures are for ``runtime`` (default: LiteRT-LM, what an app runs); ``by_runtime``
-    gives the peak for each runtime the planner knows."""
-    from .quant.kv_layout import KvLayout
-    from .quant.memory import DEFAULT_RUNTIME, RUNTIMES
+def converted_plan(model_dir: str | Path):
+    """(QuantPlan, KvLayout) of a converted model, from its own files: plan.json's rows and
+    ``source_config`` (``quant.plan.plan_from_rows``), conversion.json's recipe, and the KV layout
+    model.json records. The source checkpoint need not exist. InputError (one line: the file, what
+    it lacks, the fix) when a file is missing or was written by an older edge-sdk."""
+    from .quant.kv_layout import model_kv_layout
+    from .quant.plan import plan_from_rows
     from .quant.recipe import recipe_from_dict
-    try:
-        conv, meta = ConversionRecord.read(model_dir), ModelInfo.read(model_dir)
-        spec = spec_from_path(conv.source["path"])
-        recipe = recipe_from_dict(conv.recipe)
-        kv_len, prefill = meta.context, meta.prefill
-        kv = KvLayout.from_json(meta.kv_cache, context=kv_len, prefill=prefill)
-    except (OSError, ValueError, KeyError, TypeError, InputError):
-        return None
-    plan = make_plan(spec, recipe)
+
+    mdir = Path(model_dir)
+    meta, conv, rec = ModelInfo.read(mdir), ConversionRecord.read(mdir), PlanRecord.read(mdir)
+    spec = spec_from_config(rec.require_source_config(mdir), source=mdir / PlanRecord.FILE)
+    recipe = recipe_from_dict(conv.recipe, source=mdir / ConversionRecord.FILE)
+    return plan_from_rows(spec, recipe, rec.tensors, source=mdir / PlanRecord.FILE), model_kv_layout(meta, mdir)
+
+
+def planned_memory(model_dir: str | Path, context: int, distinct_tokens: int, runtime: str | None = None) -> dict:
+    """The planner's figures for a converted model, from its own files (``converted_plan``: the
+    plan.json rows it was written with, the KV cache it carries) with ``distinct_tokens``
+    looked-up rows. ``context`` is the evaluated context, recorded beside the model's. The figures
+    are for ``runtime`` (default: LiteRT-LM, what an app runs); ``by_runtime`` gives the peak for
+    each runtime the planner knows. InputError (one line with the fix) when the files cannot give
+    them; ``planned_or_absent`` turns that into a reported absence."""
+    from .quant.memory import DEFAULT_RUNTIME, RUNTIMES
+
+    plan, kv = converted_plan(model_dir)
+    kv_len, prefill = kv.context, kv.prefill
     by = {rt: estimate_memory(plan, kv_len, prefill, distinct_tokens=distinct_tokens, kv=kv, runtime=rt)
           for rt in RUNTIMES}
     m = by[runtime or DEFAULT_RUNTIME]
@@ -144,6 +152,17 @@ def planned_memory(model_dir: str | Path, context: int, distinct_tokens: int, ru
             "model_bytes": m.model_bytes, "peak_bytes": m.peak_bytes,
             "by_runtime": {rt: e.peak_bytes for rt, e in by.items()}, "recipe": plan.recipe.name,
             "kv_sliding": "ring" if kv.ring_layers else "full-length"}
+
+
+def planned_or_absent(model_dir: str | Path, context: int, distinct_tokens: int | None,
+                      runtime: str | None = None) -> dict:
+    """``planned_memory``, or ``{"absent": reason}`` where the planned figures only sit beside
+    measured ones (validate, bundle): the reason (which file, what it lacks, the fix) goes into
+    the report instead of failing the run or vanishing."""
+    try:
+        return planned_memory(model_dir, context, distinct_tokens, runtime)
+    except InputError as e:
+        return {"absent": str(e)}
 
 
 RUNTIMES = ("both", "litert-lm", "edge_sdk")
@@ -191,7 +210,7 @@ def validate_model(model_dir: str | Path, *, reference: str | Path | None = None
                    decode_tokens: int = O.DECODE_TOKENS, strict_backend: bool = False, device: str | None = None,
                    runner_binary: str | Path | None = None, runtime: str = O.VALIDATE_RUNTIME,
                    bundle: str | Path | None = None, warm: bool = not O.COLD, first_run: bool = O.FIRST_RUN,
-                   keep_logits: bool = False):
+                   keep_logits: bool = False, profile: bool = False):
     """Run a converted model (or a ``.litertlm``) and judge memory, speed and quality
     (``edge_sdk.validate.validator.validate``, its options as keyword arguments: the CLI's flags);
     returns its ``ValidationReport``.
@@ -219,7 +238,7 @@ def validate_model(model_dir: str | Path, *, reference: str | Path | None = None
                            quality=quality, backend=backend, api=api, threads=threads, runs=runs,
                            decode_tokens=decode_tokens, cold=not warm, first_run=first_run, budget=budget,
                            max_kld=max_kld, min_top1=min_top1, strict_backend=strict_backend,
-                           keep_logits=keep_logits)
+                           keep_logits=keep_logits, profile=profile)
     return _validate_converted(src, opts, report=report, device=device, runner_binary=runner_binary,
                                runtime=runtime, bundle=bundle)
 
@@ -250,7 +269,7 @@ def _validate_converted(src: Path, opts, *, report, device: str | None, runner_b
                 notes.append(f"LiteRT-LM not measured: no bundle could be packed for it ({e}); pass --bundle "
                              "FILE.litertlm (edge-sdk bundle) to measure the runtime the app uses")
         return validate(src, opts, report=report, target=target, executor=executor, bundle=engine,
-                        plan_memory=lambda ctx, distinct: planned_memory(src, ctx, distinct),
+                        plan_memory=lambda ctx, distinct: planned_or_absent(src, ctx, distinct),
                         bundle_sections=sections, ours=runtime != "litert-lm" or opts.quality, notes=tuple(notes))
 
 
@@ -298,7 +317,7 @@ def validate_all_devices(model_dir: str | Path, *, report: str | Path, **kwargs)
 
 def convert(source: str | Path, out_dir: str | Path, *, recipe: str | Path = O.RECIPE, text_only: bool = False,
             context: int = O.CONVERT_CONTEXT, prefill: int = O.PREFILL, score: bool = True, overwrite: bool = False,
-            progress: bool | None = None):
+            progress: bool | None = None, decode_spans: bool = False):
     """Checkpoint → converted model directory (``edge_sdk.litert.export``); returns its
     ``ConversionResult``. Towers (vision/audio) cannot be converted: ``text_only`` is required
     for a checkpoint that has them."""
@@ -310,7 +329,8 @@ def convert(source: str | Path, out_dir: str | Path, *, recipe: str | Path = O.R
     with P.stage("reading the checkpoint and planning") if progress is not False else nullcontext():
         src, plan = _open_and_plan(source, recipe, text_only)
     return export_model(open_checkpoint(src.path), src.spec, src.binding, plan, out_dir, text_only=text_only,
-                        context=context, prefill=prefill, score=score, overwrite=overwrite, progress=progress)
+                        context=context, prefill=prefill, score=score, overwrite=overwrite, progress=progress,
+                        decode_spans=decode_spans)
 
 
 def _open_and_plan(source: str | Path, recipe: str | Path, text_only: bool) -> tuple[Source, QuantPlan]:
@@ -328,24 +348,19 @@ def _open_and_plan(source: str | Path, recipe: str | Path, text_only: bool) -> t
 def bundle_model(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path | None = None,
                  max_tokens: int | None = None, android: str | Path | None = None, overwrite: bool = False):
     """Converted model directory → ``.litertlm`` + ``<bundle>.manifest.json`` (``edge_sdk.bundle``),
-    with the planner's peak memory at the model's context when the source checkpoint is at hand;
-    returns the ``BundleReport``."""
-    import json
-
+    with the planner's peak memory at the model's context from the model's own plan.json (absent,
+    with the reason in the manifest, for a model converted before plan.json version 2); returns
+    the ``BundleReport``."""
     try:
         from .bundle import bundle
     except ImportError as e:
         raise InputError(f"bundling needs LiteRT-LM's builder ({e.name or e} is not installed)",
                          fix=install_fix("bundle")) from None
 
-    planned = None
-    try:
-        context = json.loads((Path(model_dir) / "model.json").read_text()).get("context")
-    except (OSError, ValueError):
-        context = None   # bundle() reports the missing or malformed model.json
-    if isinstance(context, int) and context > 0:
-        with P.stage("planned memory from the source checkpoint"):
-            planned = planned_memory(model_dir, context, None)
+    meta, planned = ModelInfo.read_optional(model_dir), None   # no model.json: bundle() says what is wrong
+    if meta is not None:
+        with P.stage("planned memory from the model's plan.json"):
+            planned = planned_or_absent(model_dir, meta.context, None)
     with P.stage(f"writing {Path(out_file).name} (sections, sha256, manifest)"):
         return bundle(model_dir, out_file, tokenizer=tokenizer, max_tokens=max_tokens, android=android,
                       planned=planned, overwrite=overwrite)

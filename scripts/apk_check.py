@@ -35,7 +35,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from edge_sdk.bundle.container import sha256_file
+from edge_sdk.hashing import sha256_file
 
 TOOLS = ("aapt2", "zipalign", "apksigner", "keytool")
 ASSET = "assets/model.litertlm"

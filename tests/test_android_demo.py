@@ -121,7 +121,44 @@ def test_app_uses_engine_memory_gate_and_stats():
     gate = code["MemoryGate.kt"]
     assert "ActivityManager.MemoryInfo()" in gate and "availMem" in gate and "avail < required" in gate
     assert '"/proc/self/status"' in gate and 'procStatusKb("VmHWM")' in gate
-    assert "VmHWM:" in Path("/proc/self/status").read_text()   # the field the app parses exists on Linux
+
+
+# MemoryGate.procStatusKb, as the Kotlin reads a /proc status line (pinned below, whitespace aside).
+_PROC_STATUS_KB = ('File("/proc/self/status").useLines { lines -> lines.firstOrNull { it.startsWith("$field:") } '
+                   "?.substringAfter(':')?.trim()?.removeSuffix(\"kB\")?.trim()?.toLongOrNull() }")
+
+
+def app_proc_status_kb(status: str, field: str) -> int | None:
+    """``MemoryGate.procStatusKb(field)`` step for step, on the text of a /proc status file."""
+    line = next((ln for ln in status.splitlines() if ln.startswith(f"{field}:")), None)
+    if line is None:
+        return None
+    value = line.split(":", 1)[1].strip().removesuffix("kB").strip()
+    return int(value) if re.fullmatch(r"[+-]?\d+", value) else None     # Kotlin's toLongOrNull
+
+
+@pytest.mark.parametrize("status", [
+    "Name:\tapp\nVmPeak:\t 9000 kB\nVmHWM:\t  812340 kB\nVmRSS:\t  501234 kB\nRssAnon:\t 100 kB\n",
+    "VmHWMx:\t1 kB\nVmRSS:\t7 kB\nVmHWM:\t2048 kB\n",          # a longer key first, the field last
+    "/proc",                                                         # this host's, read in the test
+])
+def test_app_peak_rss_is_the_validators_figure(status, tmp_path):
+    """The app shows the process's peak RSS as ``procStatusKb("VmHWM") * 1024``; the validator's
+    ``peak_rss_bytes`` comes from ``memwatch.read_status``. Both must read the same line into the
+    same bytes, or the app's figure and the report's would not compare."""
+    from edge_sdk.validate import memwatch
+
+    gate = (SRC / "java" / "dev" / "edgesdk" / "demo" / "MemoryGate.kt").read_text()
+    assert _PROC_STATUS_KB in " ".join(gate.split()), "MemoryGate.procStatusKb changed: update the mirror"
+    assert 'peakRssBytes(): Long? = procStatusKb("VmHWM")?.times(1024)' in gate
+    assert 'currentRssBytes(): Long? = procStatusKb("VmRSS")?.times(1024)' in gate
+    text = Path("/proc/self/status").read_text() if status == "/proc" else status
+    (tmp_path / "status").write_text(text)
+    sdk = memwatch.read_status(str(tmp_path / "status"))
+    for field in ("VmHWM", "VmRSS"):
+        assert app_proc_status_kb(text, field) * 1024 == sdk[field] > 0, field
+    assert app_proc_status_kb(text, "VmSwapX") is None        # a missing field shows nothing, not 0
+    assert app_proc_status_kb("VmHWM:\tn/a kB\n", "VmHWM") is None
 
 
 # ---------------------------------------------------------------- SDK ↔ app contract

@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 import arm64_check as A  # noqa: E402
 from test_device import adb  # noqa: E402,F401  (module fixture: a private adb server)
 
+pytestmark = pytest.mark.slow   # qemu-user: every test here takes tens of seconds to minutes
 MAX_KLD, MIN_TOP1 = 1e-3, 0.99
 TOKENS = 600          # evaluation ids per preset on ARM (the full held-out split: scripts/arm64_check.py)
 RECORD: dict = {"figures": {}}

@@ -84,3 +84,99 @@ def test_missing_file_is_not_a_model_directory(tmp_path):
     with pytest.raises(InputError, match="not a converted model directory"):
         ModelInfo.read(tmp_path)
     assert ConversionRecord.read_optional(tmp_path) is None
+
+
+@pytest.mark.parametrize("cls", TYPES, ids=lambda c: c.FILE)
+def test_every_file_of_a_newer_version_is_refused_in_one_line(converted, tmp_path, cls):
+    doc = {**json.loads((converted / cls.FILE).read_text()), "version": cls.VERSION + 1}
+    (tmp_path / cls.FILE).write_text(json.dumps(doc))
+    with pytest.raises(InputError) as e:
+        cls.read(tmp_path)
+    line = _one_line(e.value)
+    assert f"version {cls.VERSION + 1} is newer" in line and cls.FILE in line and "upgrade edge-sdk" in line
+
+
+def test_tensor_rows_round_trip_through_tensor_plan(converted):
+    """Every plan.json row reads back as the TensorPlan it was written from (same to_json keys)."""
+    from edge_sdk.quant.plan import TensorPlan
+
+    for row in PlanRecord.read(converted).tensors:
+        tp = TensorPlan.from_json(row)
+        assert tp.to_json() == {k: row[k] for k in tp.to_json()}
+
+
+def _copy_model(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_planned_memory_comes_from_the_model_not_its_source(tmp_path):
+    """Convert from a copy of the tiny checkpoint, delete the copy: the planned figures still come
+    out, identical to the planner's on the source (plan_model), from plan.json + model.json +
+    conversion.json alone."""
+    import shutil
+
+    from edge_sdk.pipeline import convert, plan_model, planned_memory
+
+    src = _copy_model(ROOT / "models" / "tiny-gemma4" / "float", tmp_path / "src")
+    out = tmp_path / "m"
+    convert(src, out, recipe="int4", text_only=True, progress=False)
+    want = plan_model(src, recipe="int4", context=512, prefill=32).memory
+    shutil.rmtree(src)
+    got = planned_memory(out, 512, None)
+    keys = ("resident_bytes", "mapped_bytes", "mapped_touched_bytes", "kv_cache_bytes", "activation_bytes",
+            "kv_read_bytes", "quant_metadata_bytes", "model_head_bytes", "runtime_bytes", "peak_bytes")
+    assert {k: got[k] for k in keys} == {k: getattr(want, k) for k in keys}
+    assert got["quant_metadata_bytes"] > 0 and got["recipe"] == "int4"
+
+
+def test_plan_json_of_version_1_reads_but_names_the_fix_where_a_plan_is_needed(converted, tmp_path):
+    """An older plan.json (version 1: no source_config) still reads (its rows and bytes); asking for
+    its memory figures is one line naming plan.json, what it lacks and the fix; validate and bundle
+    show the plan as absent with that reason."""
+    from edge_sdk.pipeline import planned_memory, planned_or_absent
+
+    mdir = _copy_model(converted, tmp_path / "old")
+    doc = json.loads((mdir / "plan.json").read_text())
+    doc["version"] = 1
+    del doc["source_config"]
+    (mdir / "plan.json").write_text(json.dumps(doc))
+    rec = PlanRecord.read(mdir)
+    assert rec.source_config is None and rec.data_bytes == PlanRecord.read(converted).data_bytes
+    with pytest.raises(InputError) as e:
+        planned_memory(mdir, 512, None)
+    line = _one_line(e.value)
+    assert "plan.json" in line and "lacks 'source_config'" in line and "edge-sdk convert" in line
+    assert planned_or_absent(mdir, 512, None) == {"absent": line}
+
+
+def test_a_plan_row_missing_a_key_names_the_tensor_and_the_fix(converted, tmp_path):
+    from edge_sdk.pipeline import planned_memory
+
+    mdir = _copy_model(converted, tmp_path / "bad")
+    doc = json.loads((mdir / "plan.json").read_text())
+    name = doc["tensors"][3]["name"]
+    del doc["tensors"][3]["data_bytes"]
+    (mdir / "plan.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError) as e:
+        planned_memory(mdir, 512, None)
+    line = _one_line(e.value)
+    assert "lacks 'data_bytes'" in line and name in line and "plan.json" in line
+
+
+def test_device_side_readers_read_only_model_info_fields():
+    """litert/runtime.py and validate/runner.py run on a device without edge_sdk and read model.json
+    with the stdlib (docs/design.md): every top-level key they read is a ModelInfo field, so the
+    type stays the one description of the file."""
+    import dataclasses
+    import re
+
+    fields = {f.name for f in dataclasses.fields(ModelInfo)}
+    seen = set()
+    for rel in ("edge_sdk/litert/runtime.py", "edge_sdk/validate/runner.py"):
+        src = (ROOT / rel).read_text()
+        seen |= set(re.findall(r'\b(?:m|meta)(?:\[|\.get\()"(\w+)"', src))
+    assert {"context", "prefill", "vocab_size", "files", "kv_cache"} <= seen
+    assert seen <= fields, sorted(seen - fields)

@@ -226,6 +226,21 @@ def test_manifest_memory_is_the_plan_at_the_model_context(model, built):
     assert [a["part"] for a in built.manifest["adaptations"]] == ["kv_cache"]    # per-tensor, not per-(token, head)
 
 
+def test_a_model_without_its_plan_config_bundles_with_the_plan_absent_and_why(model, tmp_path):
+    """plan.json of version 1 (before source_config): the bundle is still made, the manifest says
+    the plan is absent and why (file, missing key, the fix), and the sections' size stands in."""
+    mdir = tmp_path / "old"
+    shutil.copytree(model[0], mdir)
+    doc = json.loads((mdir / "plan.json").read_text())
+    doc["version"] = 1
+    del doc["source_config"]
+    (mdir / "plan.json").write_text(json.dumps(doc))
+    m = bundle_model(mdir, tmp_path / "old.litertlm", tokenizer=model[1]).manifest
+    why = m["plan"]["absent"]
+    assert "plan.json" in why and "lacks 'source_config'" in why and "edge-sdk convert" in why
+    assert m["memory"]["planned_source"] == "bundle_size" and "bytes" not in m["plan"]
+
+
 def test_validated_budget_from_report_json(model, tmp_path):
     """The bundle carries the budget that validated this directory: its report.json beside the model
     (`validate -o OUT`) or in OUT/report/ (`-o OUT/report`, as the README does); a report of another

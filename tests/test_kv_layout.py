@@ -82,8 +82,8 @@ def test_planned_kv_bytes_equal_the_emitted_buffers(recipe, context, prefill, mu
     meta = json.loads((out / "model.json").read_text())
     sizes = {}
     for sig in info.signatures.values():      # prefill_<T>, decode, score_<T>: the same state buffers
-        got = {n: ITEM[dt] * math.prod(shape) for n, (dt, shape) in sig["inputs"].items() if n.startswith("kv_cache_")}
-        assert got == {n: ITEM[dt] * math.prod(shape) for n, (dt, shape) in sig["outputs"].items()
+        got = {n: ITEM[t.dtype] * math.prod(t.shape) for n, t in sig.inputs.items() if n.startswith("kv_cache_")}
+        assert got == {n: ITEM[t.dtype] * math.prod(t.shape) for n, t in sig.outputs.items()
                        if n.startswith("kv_cache_")}
         sizes = sizes or got
         assert got == sizes

@@ -124,6 +124,45 @@ def test_quantized_experts_are_exact_against_reference(moe_ckpt, converted):
         assert np.abs(got - want).max() < 1e-3, backend
 
 
+def test_grouped_pairs_equal_one_group(moe_ckpt, converted, tmp_path, monkeypatch):
+    """With the float-copy bound cut so gate_up takes one pair per group and down three (unequal
+    groups in prefill: 16 pairs → [3, 3, 3, 3, 2, 2]), the graph SPLIT_Vs the pairs, GATHERs per
+    group and CONCATENATEs, and its logits equal the one-group conversion's (prefill and decode)."""
+    import edge_sdk.quant.moe_layout as layout
+    from ai_edge_litert import schema_py_generated as schema
+
+    monkeypatch.setattr(layout, "MOE_GROUP_BYTES", 3 * 32 * 128 * 4)   # 3 down experts, 1.5 gate_up
+    (tmp_path / "experts-int4.json").write_text(json.dumps(EXPERTS_ONLY))
+    grouped = tmp_path / "grouped"
+    assert main(["convert", str(moe_ckpt), "-o", str(grouped), *GEO, "--recipe",
+                 str(tmp_path / "experts-int4.json")]) == 0
+    buf = (grouped / "prefill_decode.tflite").read_bytes()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(buf, 0))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    split_sizes = [len(op.outputs) for sg in model.subgraphs for op in sg.operators
+                   if names[model.operatorCodes[op.opcodeIndex].builtinCode] == "SPLIT_V"]
+    assert 16 in split_sizes and 6 in split_sizes   # prefill: gate_up 16 groups, down 6 groups
+    one = LiteRTModel(converted("experts-int4"), backend="builtin")
+    many = LiteRTModel(grouped, backend="builtin")
+    assert np.abs(many.prefill(PROMPT) - one.prefill(PROMPT)).max() < 1e-5
+    for t in PROMPT[:4]:
+        assert np.abs(many.decode(t) - one.decode(t)).max() < 1e-5
+
+
+def test_group_sizes_at_full_size():
+    """26B-A4B: decode is one group per matmul; prefill_32's 256 pairs go in 32 gate_up groups and 16
+    down groups; every group's float32 experts stay under the bound."""
+    from edge_sdk.gemma4 import spec_from_path
+    from edge_sdk.quant.moe_layout import MOE_GROUP_BYTES, expert_float_bytes, group_sizes
+
+    text = spec_from_path(CONFIGS / "gemma-4-26b-a4b.json").text
+    assert group_sizes(text, 1, "gate_up") == [8] and group_sizes(text, 1, "down") == [8]
+    for which, groups in (("gate_up", 32), ("down", 16)):
+        sizes = group_sizes(text, 32, which)
+        assert len(sizes) == groups and sum(sizes) == 256
+        assert max(sizes) * expert_float_bytes(text, which) <= MOE_GROUP_BYTES
+
+
 def test_int4_preset_kld(moe_ckpt, converted, hf_truth):
     """The int4 preset (experts int4 per channel, dense linears int4/b32, int8 KV): against the NumPy
     reference over the same codes (graph correctness) and against transformers float32 (what

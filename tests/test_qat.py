@@ -360,6 +360,7 @@ def _free_port() -> int:
 ATOL = 1e-5
 
 
+@pytest.mark.slow
 def test_ddp_and_fsdp_match_single_process(tmp_path):
     import torch.multiprocessing as mp
     import torch.distributed as dist

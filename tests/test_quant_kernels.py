@@ -3,21 +3,27 @@ compressed-tensors unpacking, QAT sidecar, grid recovery."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import ml_dtypes
 import numpy as np
 import pytest
 
 from edge_sdk.errors import CheckpointError, RecipeError
+from edge_sdk.gemma4 import spec_from_path
 from edge_sdk.quant.config import AffineConfig, DictionaryConfig
 from edge_sdk.quant.grid import recover_grid_scales
 from edge_sdk.quant.formats import pack, qrange, unpack
 from edge_sdk.quant.kernels import compute_scales, dequantize, from_codes, quantize
 from edge_sdk.quant.kernels_dict import DictionaryQuantizer
+from edge_sdk.quant.plan import make_plan, tensor_bytes
 from edge_sdk.quant.presets import PRESETS
 from edge_sdk.quant.scales import (ct_pack_int32, ct_unpack_int32, parse_ct_config,
                                    read_ct_weight, read_qat_sidecar, write_qat_sidecar)
 
 RNG = np.random.default_rng(1234)
+E2B = Path(__file__).resolve().parents[1] / "models" / "configs" / "gemma-4-e2b.json"
 
 
 # ---------------------------------------------------------------- packing (LiteRT layout)
@@ -254,11 +260,22 @@ def test_dictionary_beats_uniform_on_a_gaussian_table():
 
 
 def test_mobile_ple_dictionary_overhead_is_small():
-    cfg = next(r.config for r in PRESETS["mobile"].rules if r.pattern == "embed_tokens_per_layer")
-    rows, cols = 262144, 8960
-    codes = rows * cols * cfg.index_bits // 8
-    books = -(-rows // cfg.rows_per_codebook) * cfg.codebook_size * 4
-    assert codes == 1_174_405_120 and books == 256 * 1024 and books / codes < 1e-3
+    """The planner's bytes for E2B's PLE table under ``mobile`` (make_plan on the committed E2B config)
+    equal a count made here from the config alone (4-bit codes, one 16-entry float32 codebook per 64
+    rows), the codebooks cost under 0.1 % of the codes, and the kernels store exactly the bytes the
+    planner counts (a slice of the same layout with a short last group)."""
+    text = json.loads(E2B.read_text())["text_config"]
+    rows = text["vocab_size_per_layer_input"]
+    cols = text["num_hidden_layers"] * text["hidden_size_per_layer_input"]
+    plan = make_plan(spec_from_path(E2B), PRESETS["mobile"])
+    ple = next(t for t in plan.tensors if t.role == "embed_tokens_per_layer")
+    assert ple.shape == (rows, cols) and ple.mapped and isinstance(ple.config, DictionaryConfig)
+    assert ple.data_bytes == rows * cols // 2 == 1_174_405_120
+    assert ple.overhead_bytes == -(-rows // 64) * 16 * 4 == 256 * 1024
+    assert ple.overhead_bytes / ple.data_bytes < 1e-3
+    w = (RNG.standard_normal((130, 64)) * 0.02).astype(np.float32)     # groups of 64, 64, 2 rows
+    dt = DictionaryQuantizer(ple.config).quantize(w)
+    assert (dt.packed.nbytes, dt.codebooks.nbytes) == tensor_bytes(w.shape, ple.config) == (130 * 32, 3 * 16 * 4)
 
 
 # ---------------------------------------------------------------- compressed-tensors

@@ -333,26 +333,32 @@ def test_windows_are_chunked_and_scored_positions():
     assert len(tgt) == 203 and mask.sum() == 198 and not mask[99] and tgt[0] == 1 and tgt[100] == 101
 
 
-def test_runner_runs_as_a_plain_file():
-    out = subprocess.run([sys.executable, str(ROOT / "edge_sdk" / "validate" / "runner.py"), "--help"],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0 and "--ids-file" in out.stdout
-
-
-def test_runner_without_edge_sdk_imports_the_pushed_siblings(tmp_path):
+def test_runner_without_edge_sdk_runs_the_model_from_the_pushed_siblings(converted, tmp_path):
     """What a device without edge_sdk sees: only the files remote.RUNNER_FILES pushes, in one
-    directory, and ``import edge_sdk`` failing. The runner must load runtime/memwatch from beside it."""
+    directory, and ``import edge_sdk`` failing. ``runner.py``, run as the plain file the device runs,
+    must load runtime/memwatch/paging/decoding from beside it and compute what the installed
+    runtime computes in this process: the same logits for every prompt position, the same greedy tokens."""
+    from edge_sdk.litert.runtime import LiteRTModel
     from edge_sdk.validate.remote import RUNNER_FILES
 
     for name, src in RUNNER_FILES.items():
         (tmp_path / name).write_bytes(src.read_bytes())
-    probe = ("import runpy, sys; sys.modules['edge_sdk'] = None; "
-             "g = runpy.run_path(sys.argv[1]); "
-             "print(g['LiteRTModel'].__module__, g['memwatch'].__name__, 'edge_sdk' in repr(g['LiteRTModel']))")
-    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "runner.py")], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60)
+    ids = [2, 435, 327, 263, 140, 159, 23, 41, 11, 92, 416, 333]
+    (tmp_path / "ids.json").write_text(json.dumps({"windows": [ids]}))
+    probe = ("import runpy, sys; sys.modules['edge_sdk'] = None; sys.argv = sys.argv[1:]\n"
+             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+             "print(code, *sorted(m for m in sys.modules if m in RUNNER))").replace(
+        "RUNNER", repr({n.removesuffix(".py") for n in RUNNER_FILES}))
+    out = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "runner.py"), "--model", str(converted),
+                          "--ids-file", "ids.json", "--out", "result.json", "--logits", "logits.npy",
+                          "--runs", "1", "--prompt-tokens", "4", "--decode-tokens", "5"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["runtime", "memwatch", "False"]
+    assert out.stdout.split() == ["0", "decoding", "memwatch", "paging", "runtime"], out.stdout
+    result = json.loads((tmp_path / "result.json").read_text())
+    m = LiteRTModel(converted)
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy")[:len(ids)], m.prefill(ids), rtol=1e-5, atol=1e-5)
+    assert result["generated"] == m.greedy(ids, 5)
 
 
 def _tiny_e2b_config(path: Path) -> dict:
@@ -411,6 +417,7 @@ def test_synthetic_checkpoint_tiny_config(tmp_path):
     assert first.read_bytes() == (tmp_path / "ck2" / first.name).read_bytes()
 
 
+@pytest.mark.slow
 def test_bench_script_on_a_tiny_config(tmp_path):
     """scripts/bench_e2b.py end to end on the shrunk E2B config: synthetic checkpoint, convert,
     bundle, validate (both runtimes, first and steady, cold), JSON and the markdown tables."""

@@ -48,6 +48,7 @@ def model(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_device_report_matches_host(adb, device, model, tmp_path):  # noqa: F811
     # like with like: our runner on both (LiteRT-LM is measured on the host only)
     host = _cli(["validate", str(model), "--runtime", "edge_sdk", "--report", str(tmp_path / "host"), *FAST],
@@ -106,6 +107,7 @@ def test_runner_crash_is_a_device_error(adb, device, tmp_path):  # noqa: F811
     assert list(Path(device.root, "edge_sdk", "runs").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_device_all_writes_one_report_each_and_a_summary(adb, device, model, tmp_path):  # noqa: F811
     with _ExtraDevice(adb, tmp_path / "second") as second:
         r = _cli(["validate", str(model), "--device", "all", "--report", str(tmp_path / "all"),

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from dataclasses import dataclass
@@ -221,18 +220,3 @@ def publish_mode(path: str | Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     os.chmod(path, 0o666 & ~mask)
-
-
-def sha256_file(path: str | Path, begin: int = 0, end: int | None = None) -> str:
-    """sha256 of bytes [begin, end) of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(begin)
-        left = (end if end is not None else os.fstat(f.fileno()).st_size) - begin
-        while left > 0:
-            chunk = f.read(min(left, 1 << 22))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk)
-    return h.hexdigest()

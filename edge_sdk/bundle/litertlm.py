@@ -25,14 +25,17 @@ from pathlib import Path
 
 from ..artefacts import ConversionRecord, ModelInfo, PlanRecord
 from ..errors import InputError
+from ..hashing import sha256_file
+from ..litert.reader import read_tflite
 from ..outputs import check_replaceable_bundle
+from ..quant.kv_layout import KvLayout, model_kv_layout
 from ..units import fmt_bytes
 from . import container as ct
 from .manifest import (MANIFEST_KEY, MANIFEST_VERSION, conversion_block, dumps, manifest_path_for, memory_block,
                        plan_summary, read_manifest, validation_report, versions)
 from .android import check_android_dir, place
 from .metadata import executor_metadata, find_tokenizer, llm_metadata
-from .signatures import cache_context, check_llm_signatures, kv_buffers, read_tflite
+from .signatures import cache_context, check_llm_signatures, kv_buffers
 
 MODEL_FILES = (("prefill_decode", "tf_lite_prefill_decode", True),
                ("embedder", "tf_lite_embedder", True),
@@ -115,7 +118,7 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
     ``max_tokens``: LiteRT-LM's ``max_num_tokens`` (default and maximum: the model's KV cache
     length); ``android``: an ``android_demo`` directory to place the bundle in (see
     :mod:`.android`); ``planned``: the planner's figures at the model's context
-    (``pipeline.bundle_model`` passes ``planned_memory(...)``; None: no plan at hand);
+    (``pipeline.bundle_model`` passes ``planned_or_absent(...)``; None or {"absent": reason}: no plan);
     ``overwrite``: replace an existing ``out_file`` (and its side manifest), only when edge-sdk wrote
     it (:func:`edge_sdk.outputs.check_replaceable_bundle`); without it an existing file is refused."""
     mdir, out = Path(model_dir), Path(out_file)
@@ -124,11 +127,11 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
     conv = ConversionRecord.read_optional(mdir)
     infos = _read_graphs(mdir, meta)
     m = _model_facts(mdir, infos["prefill_decode"], tokenizer, max_tokens)
-    llm_msg, facts = llm_metadata(m.tok, meta.to_json(), m.max_num)
+    llm_msg, facts = llm_metadata(m.tok, meta, m.max_num)
     if not facts.chat_template:
         m.warnings.append("no chat template: apps must prompt with apply_prompt_template off")
-    windows = {b["name"]: b["window"] for b in meta.kv_cache.get("buffers", [])
-               if isinstance(b, dict) and b.get("ring") and b.get("window")}
+    kv = model_kv_layout(meta, mdir)
+    windows = {b.name: b.window for b in kv.buffers if b.ring and b.window}
     exe_msg = executor_metadata(m.kv, m.context, windows)
 
     with tempfile.TemporaryDirectory(prefix=".edge_sdk_bundle.", dir=out.parent) as stage:
@@ -144,7 +147,7 @@ def bundle(model_dir: str | Path, out_file: str | Path, *, tokenizer: str | Path
             "plan": plan_summary(PlanRecord.read_optional(mdir), planned),
             "memory": memory_block(planned, validation_report(mdir), m.context,
                                    sum(s.size for s in sections if s.kind == "tflite")),
-            "adaptations": kv_adaptations(meta),
+            "adaptations": kv_adaptations(kv),
             "warnings": m.warnings,
         }
         _lay_out(manifest, sources, hashes)
@@ -248,7 +251,7 @@ def _sections(sdir: Path, mdir: Path, tok, llm_msg, exe_msg, infos: dict,
             sources.append((ct.SectionSource("tflite", infos[stem].path, model_type), infos[stem].path.name))
     hashes = []
     for src, name in sources:
-        h = ct.sha256_file(src.path)
+        h = sha256_file(src.path)
         if name in recorded and recorded[name] != h:
             raise InputError(f"{name} does not match the sha256 conversion.json records (changed since "
                              "conversion?)", path=mdir / name, fix="re-run `edge-sdk convert`")
@@ -308,13 +311,13 @@ def _write_container(out: Path, text: str, sections: list, manifest: dict, verif
         raise
 
 
-def kv_adaptations(meta: ModelInfo) -> list[dict]:
-    """Where the model departs from its recipe so that LiteRT-LM can run it (model.json records it)."""
-    kv = meta.kv_cache
-    req, emitted = kv.get("requested") or {}, kv.get("emitted") or {}
-    if req.get("granularity") and emitted.get("quantization") and req["granularity"] != emitted["quantization"]:
-        return [{"part": "kv_cache", "requested": f"int{req.get('bits')} per-{req['granularity']} scales",
-                 "bundled": f"{emitted.get('dtype')} {emitted['quantization']} scale per cache buffer",
+def kv_adaptations(kv: KvLayout) -> list[dict]:
+    """Where the model departs from its recipe so that LiteRT-LM can run it (the KV layout
+    model.json records: the recipe's request beside the buffers' emitted scales)."""
+    emitted = kv.buffers[0].scale_granularity if kv.buffers else None
+    if kv.requested_granularity and emitted and kv.requested_granularity != emitted:
+        return [{"part": "kv_cache", "requested": f"int{kv.requested_bits} per-{kv.requested_granularity} scales",
+                 "bundled": f"{kv.dtype} {emitted} scale per cache buffer",
                  "why": "LiteRT-LM carries each KV cache as one state buffer; per-(token, head) scales would "
                         "need extra state buffers the engine does not know"}]
     return []
@@ -330,5 +333,5 @@ def _check_written(path: Path, written: list[ct.SectionInfo], manifest: dict, ve
         raise RuntimeError("bundle size differs from the planned one")
     if verify:
         for s in want:
-            if ct.sha256_file(path, s["begin"], s["end"]) != s["sha256"]:
+            if sha256_file(path, s["begin"], s["end"]) != s["sha256"]:
                 raise RuntimeError(f"section {s['index']} bytes differ from their source after writing")

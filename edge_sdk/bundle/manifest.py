@@ -97,13 +97,16 @@ def read_json(path: Path, *, required: bool = False) -> dict | None:
 
 def plan_summary(plan: PlanRecord | None, planned: dict | None) -> dict | None:
     """The plan without its per-tensor table: ``planned`` (the planner at the model's context:
-    ``pipeline.planned_memory``) and the weight bytes plan.json records."""
+    ``pipeline.planned_memory``) and the weight bytes plan.json records. ``planned`` may be
+    ``{"absent": reason}`` (``pipeline.planned_or_absent``): the reason is kept as ``absent``."""
     if not plan and not planned:
         return None
     out = {"recipe": (planned or {}).get("recipe") or (plan.recipe if plan else None)}
     if plan:
         out["weight_bytes"] = {"data": plan.data_bytes, "overhead": plan.overhead_bytes}
-    if planned:
+    if planned and "absent" in planned:
+        out["absent"] = planned["absent"]
+    elif planned:
         out.update({"context": planned.get("context"), "prefill": planned.get("prefill"),
                     "distinct_tokens": planned.get("distinct_tokens"), "kv_sliding": planned.get("kv_sliding"),
                     "bytes": {k[: -len("_bytes")]: v for k, v in planned.items() if k.endswith("_bytes")}})
@@ -111,9 +114,9 @@ def plan_summary(plan: PlanRecord | None, planned: dict | None) -> dict | None:
 
 
 def memory_block(planned: dict | None, report: dict | None, context: int, sections_bytes: int) -> dict:
-    """``planned``: the planner's figures at ``context`` (pipeline.planned_memory), or None when the
-    source checkpoint is not at hand (then the model sections' size stands in: an upper bound for
-    the weights, which are memory-mapped)."""
+    """``planned``: the planner's figures at ``context`` (pipeline.planned_memory), or None or
+    ``{"absent": reason}`` when the model's files cannot give them (then the model sections' size
+    stands in: an upper bound for the weights, which are memory-mapped)."""
     if planned and planned.get("peak_bytes"):
         peak, source, pctx = int(planned["peak_bytes"]), "planner", planned.get("context", context)
     else:

@@ -25,6 +25,7 @@ from pathlib import Path
 from litert_lm_builder.runtime.proto import executor_metadata_pb2 as exe_pb
 from litert_lm_builder.runtime.proto import llm_metadata_pb2 as llm_pb
 
+from ..artefacts import ModelInfo
 from ..errors import InputError
 from .signatures import KvBuffer
 
@@ -158,13 +159,13 @@ def _named_token(tok: TokenizerFiles, key: str) -> str | None:
     return v if v else None
 
 
-def llm_metadata(tok: TokenizerFiles, model: dict, max_num_tokens: int) -> tuple[llm_pb.LlmMetadata, LlmFacts]:
-    bos = model.get("bos_token_id")
+def llm_metadata(tok: TokenizerFiles, model: ModelInfo, max_num_tokens: int) -> tuple[llm_pb.LlmMetadata, LlmFacts]:
+    bos = model.bos_token_id
     bos = special_id(tok, "bos_token", tok.generation.get("bos_token_id") if bos is None else bos)
     if bos is None:
         raise InputError("no BOS token: model.json, tokenizer_config.json and generation_config.json "
                          "name none", path=tok.tokenizer_json)
-    stop_ids = set(_ids(tok.generation.get("eos_token_id"))) | set(_ids(model.get("eos_token_id")))
+    stop_ids = set(_ids(tok.generation.get("eos_token_id"))) | set(model.eos_token_id)
     eos = special_id(tok, "eos_token")
     if not stop_ids and eos is not None:
         stop_ids.add(eos)

@@ -1,6 +1,6 @@
-"""What a converted model's three .tflite files offer, read from their flatbuffers (mmapped, so a
-multi-GiB model costs a few pages): signature names, and each signature's inputs and outputs with
-shape and dtype.
+"""What a converted model's three .tflite files offer LiteRT-LM: signature names, and each
+signature's inputs and outputs with shape and dtype, as :func:`edge_sdk.litert.reader.read_tflite`
+reads them (mmapped, so a multi-GiB model costs a few pages).
 
 The bundler checks these against what LiteRT-LM needs (LITERTLM_GEMMA4.md §7-8) before packing:
 
@@ -12,90 +12,13 @@ The bundler checks these against what LiteRT-LM needs (LITERTLM_GEMMA4.md §7-8)
 
 from __future__ import annotations
 
-import mmap
 import re
-import struct
 from dataclasses import dataclass
-from pathlib import Path
-
-from ai_edge_litert import schema_py_generated as schema
 
 from ..errors import InputError
+from ..litert.reader import FileInfo, Signature
 
-_TYPE_NAMES = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
 _KV = re.compile(r"^kv_cache_([kv])_(\d+)$")
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    scale: float | None = None     # per-tensor quantization scale (int8 KV caches)
-
-
-@dataclass(frozen=True)
-class Signature:
-    key: str
-    subgraph: int
-    inputs: dict[str, TensorInfo]
-    outputs: dict[str, TensorInfo]
-
-
-@dataclass(frozen=True)
-class TfliteInfo:
-    path: Path
-    signatures: dict[str, Signature]
-    metadata: dict[str, bytes]
-
-    def find(self, prefix: str) -> Signature | None:
-        """The first signature whose key starts with ``prefix`` (file order)."""
-        return next((s for k, s in self.signatures.items() if k.startswith(prefix)), None)
-
-
-def _tensor(sub, index: int, name: str) -> TensorInfo:
-    t = sub.Tensors(index)
-    shape = tuple(int(d) for d in t.ShapeAsNumpy()) if t.ShapeLength() else ()
-    scale = None
-    q = t.Quantization()
-    if q is not None and q.ScaleLength() == 1:
-        scale = float(q.Scale(0))
-    return TensorInfo(name, shape, _TYPE_NAMES.get(t.Type(), str(t.Type())), scale)
-
-
-def read_tflite(path: str | Path) -> TfliteInfo:
-    p = Path(path)
-    try:
-        with open(p, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            if mm[4:8] != b"TFL3":
-                raise InputError("not a LiteRT flatbuffer (no TFL3 identifier)", path=p)
-            model = schema.Model.GetRootAs(mm, 0)
-            sigs: dict[str, Signature] = {}
-            for i in range(model.SignatureDefsLength()):
-                sd = model.SignatureDefs(i)
-                sub = model.Subgraphs(sd.SubgraphIndex())
-                ins = {}
-                for j in range(sd.InputsLength()):
-                    m = sd.Inputs(j)
-                    ins[m.Name().decode()] = _tensor(sub, m.TensorIndex(), m.Name().decode())
-                outs = {}
-                for j in range(sd.OutputsLength()):
-                    m = sd.Outputs(j)
-                    outs[m.Name().decode()] = _tensor(sub, m.TensorIndex(), m.Name().decode())
-                key = sd.SignatureKey().decode()
-                sigs[key] = Signature(key, sd.SubgraphIndex(), ins, outs)
-            meta = {}
-            for i in range(model.MetadataLength()):
-                md = model.Metadata(i)
-                buf = model.Buffers(md.Buffer())
-                data = bytes(buf.DataAsNumpy().tobytes()) if buf.DataLength() else b""
-                meta[md.Name().decode()] = data.rstrip(b"\0")
-    except OSError as e:
-        raise InputError(f"cannot read: {e.strerror or e}", path=p) from None
-    except (IndexError, ValueError, TypeError, struct.error) as e:
-        raise InputError(f"truncated or malformed LiteRT flatbuffer ({type(e).__name__})", path=p,
-                         fix="re-run `edge-sdk convert`") from None
-    return TfliteInfo(p, sigs, meta)
 
 
 @dataclass(frozen=True)
@@ -136,7 +59,7 @@ def cache_context(decode: Signature) -> int:
     return max((b.max_length for b in kv_buffers(decode)), default=0)
 
 
-def check_llm_signatures(pd: TfliteInfo, emb: TfliteInfo | None, ple: TfliteInfo | None) -> list[str]:
+def check_llm_signatures(pd: FileInfo, emb: FileInfo | None, ple: FileInfo | None) -> list[str]:
     """Problems that would stop LiteRT-LM from running these models (empty list: none found)."""
     problems = []
     decode, prefill = pd.signatures.get("decode"), pd.find("prefill")

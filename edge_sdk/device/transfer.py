@@ -10,7 +10,6 @@ the protocol's maximum. A push that the device refuses mid-way (a full disk) sto
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import posixpath
 import select
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager, Literal, Protocol, Sequence
 
 from edge_sdk.errors import DeviceError, InputError
+from edge_sdk.hashing import sha256_file
 
 SYNC_DATA_MAX = 64 * 1024
 PARTIAL_SUFFIX = ".partial"
@@ -55,14 +55,6 @@ def check_remote_path(remote_path: str) -> str:
         raise InputError(f"remote path {p!r} must be an absolute file path on the device "
                          "without newlines", fix="use e.g. /data/local/tmp/model.tflite")
     return p
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def remote_sha256(session: "AdbSession", serial: str, remote: str) -> str | None:

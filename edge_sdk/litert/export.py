@@ -18,7 +18,8 @@ model.json (no timestamps; conversion.json alone records wall time and peak RSS)
   + generation_config), ``pad_token_id``;
 - ``files``: {prefill_decode|embedder|per_layer_embedder: {file, sha256, bytes, section_type}}
   (per_layer_embedder only with PLE; section_type is LiteRT-LM's ``model_type`` item);
-- ``signatures``: {prefill_decode: {prefill: "prefill_<T>", decode: "decode", score: "score_<T>"},
+- ``signatures``: {prefill_decode: {prefill: "prefill_<T>", decode: "decode", score: "score_<T>",
+  decode_<S>: "decode_<S>" for each of ``Geometry.decode_spans``},
   embedder: {prefill, decode}, per_layer_embedder: {prefill, decode}};
 - ``spec``: vocab/hidden/heads/layers/eps, ``final_logit_softcapping`` (+ ``softcap_in_graph``),
   ``sliding_window``, ``embed_scale``, ``kv_layers``, ``num_kv_shared_layers``, ``layers`` [{index,
@@ -41,7 +42,6 @@ model.json (no timestamps; conversion.json alone records wall time and peak RSS)
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import resource
@@ -58,6 +58,7 @@ from ..artefacts import ConversionRecord, ModelInfo, PlanRecord
 from .. import progress as P
 from ..checkpoint import Checkpoint
 from ..errors import InputError
+from ..hashing import sha256_file
 from ..quant.apply import Preparer
 from ..quant.kv import kv_scales as compute_kv_scales
 from ..quant.kv_layout import kv_layout
@@ -81,17 +82,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
 class ConversionResult:
     out_dir: Path
     files: dict[str, Path]          # model key → .tflite path
-    model: dict                     # model.json
-    conversion: dict                # conversion.json
+    model: ModelInfo                # model.json
+    conversion: ConversionRecord    # conversion.json
     wall_s: float
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_files(model_dir: str | Path, files: dict) -> None:
@@ -152,7 +145,7 @@ def _publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
 def export_model(ckpt: Checkpoint, spec: ModelSpec, binding: Binding, plan: QuantPlan,
                  out_dir: str | os.PathLike, *, text_only: bool, context: int, prefill: int,
                  score: bool = True, overwrite: bool = False, progress: bool | None = None,
-                 fsync: bool = True) -> ConversionResult:
+                 fsync: bool = True, decode_spans: bool = False) -> ConversionResult:
     """Convert (see the module docstring). Progress (one stage per model file, a bar on a
     terminal, one line per stage otherwise) goes to the current ``edge_sdk.progress`` reporter:
     ``progress`` None = whatever the caller set up (the CLI: on), True = on stderr, False = off."""
@@ -173,7 +166,7 @@ def export_model(ckpt: Checkpoint, spec: ModelSpec, binding: Binding, plan: Quan
     try:
         result = _convert_into(staging, ckpt, spec, binding, plan, text_only=text_only,
                                context=context, prefill=prefill, score=score, progress=progress,
-                               fsync=fsync, t0=t0, out_dir=out_dir)
+                               fsync=fsync, t0=t0, out_dir=out_dir, decode_spans=decode_spans)
         _publish(staging, out_dir, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -184,7 +177,7 @@ def export_model(ckpt: Checkpoint, spec: ModelSpec, binding: Binding, plan: Quan
 
 def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Binding,
                   plan: QuantPlan, *, text_only, context, prefill, score, progress, fsync, t0,
-                  out_dir) -> ConversionResult:
+                  out_dir, decode_spans=False) -> ConversionResult:
     text = spec.text
     prep = Preparer(ckpt, binding, plan)
     layout = kv_layout(text, plan.kv_cache, context, prefill)   # refuses float16
@@ -192,7 +185,7 @@ def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Bin
     if layout.dtype == "int8":
         scales = compute_kv_scales({i: prep.read_f32(f"layers.{i}.self_attn.k_norm.weight")
                                     for i in text.kv_layers})
-    geo = Geometry(context=context, prefill=prefill, kv=layout, kv_scales=scales, score=score)
+    geo = Geometry(context=context, prefill=prefill, kv=layout, kv_scales=scales, score=score, spans=decode_spans)
     models = ["embedder"] + (["per_layer_embedder"] if text.has_ple else []) + ["prefill_decode"]
     tensors = [t for t in plan.tensors if t.model in models]
     live: list[P.Stage] = []
@@ -232,7 +225,7 @@ def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Bin
                        "section_type": SECTION_TYPES[k]} for k, p in files.items()}
         inputs = {p.name: sha256_file(p) for p in sorted(Path(ckpt.path).iterdir())
                   if p.is_file() and not p.name.startswith(".")}
-    plan_doc = plan_json(plan, bank.records, models)
+    plan_doc = plan_json(plan, bank.records, models, ckpt.config)
     model_doc = dataclasses.replace(model_json(spec, plan, geo, outputs, text_only, copied, _generation_eos(ckpt)),
                                     requires_xnnpack=requires_xnnpack(bank.requires_xnnpack))
     _write_json(staging / "plan.json", plan_doc.to_json())
@@ -252,7 +245,7 @@ def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Bin
     )
     _write_json(staging / "conversion.json", conv.to_json())
     _write_json(staging / "model.json", model_doc.to_json())   # last: the directory's "complete" marker
-    return ConversionResult(out_dir, files, model_doc.to_json(), conv.to_json(), wall)
+    return ConversionResult(out_dir, files, model_doc, conv, wall)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -283,7 +276,10 @@ def requires_xnnpack(tensors: dict[str, str]) -> dict | None:
             "tensors": dict(sorted(tensors.items()))}
 
 
-def plan_json(plan: QuantPlan, records: dict, models: list[str]) -> PlanRecord:
+def plan_json(plan: QuantPlan, records: dict, models: list[str], source_config: dict) -> PlanRecord:
+    """plan.json: a row per written tensor (``TensorPlan.to_json`` and what the writer recorded)
+    and ``source_config`` (the checkpoint's config.json, which the spec was read from), so that
+    ``quant.plan.plan_from_rows`` rebuilds the plan from the model's own files."""
     rows = []
     for t in plan.tensors:
         if t.model not in models:
@@ -300,7 +296,8 @@ def plan_json(plan: QuantPlan, records: dict, models: list[str]) -> PlanRecord:
         d["file"] = f"{t.model}.tflite"
         rows.append(d)
     return PlanRecord(recipe=plan.recipe.name, data_bytes=sum(r["data_bytes"] for r in rows),
-                      overhead_bytes=sum(r["overhead_bytes"] for r in rows), tensors=tuple(rows))
+                      overhead_bytes=sum(r["overhead_bytes"] for r in rows), tensors=tuple(rows),
+                      source_config=source_config)
 
 
 def model_json(spec: ModelSpec, plan: QuantPlan, geo: Geometry, outputs: dict, text_only: bool,

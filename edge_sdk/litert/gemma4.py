@@ -7,7 +7,9 @@
     ``decode_per_layer_embedder`` / ``prefill_per_layer_embedder_<T>`` → ``embeddings`` float32
     [1, T, L, P] = embed_tokens_per_layer[ids] · √P.
 ``prefill_decode.tflite``
-    ``prefill_<T>`` (subgraph 0), ``decode`` (1) and ``score_<T>`` (2), one set of weight buffers.
+    ``prefill_<T>`` (subgraph 0), ``decode`` (1) and ``score_<T>`` (2), then ``decode_<S>`` for each
+    of ``Geometry.decode_spans`` (decode reading the first S slots of the full-length caches), one
+    set of weight buffers.
     Inputs ``embeddings`` [1, T, H], ``per_layer_embeddings`` [1, T, L, P] (with PLE),
     ``input_pos`` int32 [T], ``mask`` float32 [1, 1, T, C] (additive: 0 attend, large negative
     masked; causal over the whole cache), ``kv_cache_k_i`` [1, KVH, C, D_i] and ``kv_cache_v_i``
@@ -54,6 +56,7 @@ from .gemma4_weights import WeightBank
 from .graph import GraphBuilder, Tensor
 from .writer import LiteRTWriter
 
+MIN_SPAN = 128   # the shortest decode_<S> signature (Geometry.decode_spans)
 MIN_RUNTIME = {"prefill_decode": "2.17.0", "embedder": "1.14.0", "per_layer_embedder": "1.13.0"}
 
 
@@ -66,11 +69,29 @@ class Geometry:
     kv: KvLayout          # the KV state buffers (edge_sdk.quant.kv_layout)
     kv_scales: dict | None = None   # int8 cache scales by buffer name; None: float32 cache
     score: bool = True    # add the score_<T> signature (logits for every position)
+    spans: bool = False   # add the decode_<S> signatures (decode_spans)
+
+    @property
+    def decode_spans(self) -> tuple[int, ...]:
+        """Lengths S of the extra ``decode_<S>`` signatures: ``decode`` that attends to the first S
+        slots of the full-length caches only (C/2, C/4, C/8, each >= MIN_SPAN). A runner at position
+        p < S takes the smallest such: attention costs what the filled cache holds, not C (LiteRT-LM
+        runs ``decode`` and ignores them, as it ignores ``score_<T>``). Opt-in (``spans``): each is a
+        subgraph of its own, and its XNNPACK runtime and arena stay allocated in every runtime that
+        loads the file (E2B at 4K: +50 MB of anonymous memory for the three, LiteRT-LM included)."""
+        if not self.spans:
+            return ()
+        out, s = [], self.context // 2
+        while s >= MIN_SPAN and len(out) < 3:
+            out.append(s)
+            s //= 2
+        return tuple(sorted(out))
 
     def signatures(self, model: str) -> dict[str, str]:
         T = self.prefill
         if model == "prefill_decode":
             sig = {"prefill": f"prefill_{T}", "decode": "decode"}
+            sig.update({f"decode_{s}": f"decode_{s}" for s in self.decode_spans})
             if self.score:
                 sig["score"] = f"score_{T}"
             return sig
@@ -120,15 +141,18 @@ def build_prefill_decode(writer: LiteRTWriter, text: TextSpec, bank: WeightBank,
                          geo: Geometry) -> None:
     writer.add_metadata("min_runtime_version", MIN_RUNTIME["prefill_decode"])
     sigs = geo.signatures("prefill_decode")
-    plan = [(sigs["prefill"], geo.prefill, False), (sigs["decode"], 1, True)]
+    plan = [(sigs["prefill"], geo.prefill, False, None), (sigs["decode"], 1, True, None)]
     if "score" in sigs:
-        plan.append((sigs["score"], geo.prefill, True))
-    for key, T, logits in plan:
-        _decoder_signature(writer, text, bank, geo, key, T, logits)
+        plan.append((sigs["score"], geo.prefill, True, None))
+    plan += [(sigs[f"decode_{s}"], 1, True, s) for s in geo.decode_spans]
+    for key, T, logits, span in plan:
+        _decoder_signature(writer, text, bank, geo, key, T, logits, span)
 
 
 def _decoder_signature(writer: LiteRTWriter, text: TextSpec, bank: WeightBank, geo: Geometry,
-                       key: str, T: int, logits: bool) -> None:
+                       key: str, T: int, logits: bool, span: int | None = None) -> None:
+    """One signature; ``span``: attend to the first ``span`` slots of the full-length caches
+    (their inputs and outputs stay whole; the DYNAMIC_UPDATE_SLICE writes the whole cache)."""
     g = GraphBuilder(writer, key)
     H, C, eps = text.hidden_size, geo.context, text.rms_norm_eps
     emb = g.input("embeddings", [1, T, H], "float32", tensor_name=f"{key}_embeddings")
@@ -139,7 +163,9 @@ def _decoder_signature(writer: LiteRTWriter, text: TextSpec, bank: WeightBank, g
                          tensor_name=f"{key}_per_layer_embeddings")
     pos = g.input("input_pos", [T], "int32", tensor_name=f"{key}_input_pos")
     mask = g.input("mask", [1, 1, T, C], "float32", tensor_name=f"{key}_mask")
-    step = Step(g, key, T, C, text, bank, pos, mask, geo.kv_scales, geo.kv)
+    if span is not None:
+        mask = g.slice(mask, [0, 0, 0, 0], [1, 1, T, span])
+    step = Step(g, key, T, C, text, bank, pos, mask, geo.kv_scales, geo.kv, span=span or C)
     for buf in cache_buffers(geo):
         q = None if "scale" not in buf else Quantization(scale=(buf["scale"],), zero_point=(0,))
         step.cache_in[buf["name"]] = g.input(buf["name"], buf["shape"], buf["dtype"],
@@ -174,13 +200,14 @@ def _decoder_signature(writer: LiteRTWriter, text: TextSpec, bank: WeightBank, g
 
 def _ple_inputs(g: GraphBuilder, text: TextSpec, bank: WeightBank, x: Tensor, ple_in: Tensor,
                 T: int) -> Tensor:
-    """``(rmsnorm((x @ Wpm.T) · H^-0.5 → [T, L, P]) + tok) · 2^-0.5`` → [T, L, P]."""
+    """``(rmsnorm((x @ Wpm.T) · H^-0.5 → [T, L, P]) + tok) · 2^-0.5`` → [T, L · P]."""
     (L, P), H = text.ple_dims, text.hidden_size
     ctx = g.mul(g.fully_connected(x, bank.fc(g, "per_layer_model_projection.weight")),
                 np.float32(H ** -0.5))
     ctx = rms_norm(g, g.reshape(ctx, [T, L, P]), bank.vector(g, "per_layer_projection_norm.weight"),
                    text.rms_norm_eps)
-    return g.mul(g.add(ctx, g.reshape(ple_in, [T, L, P])), np.float32(2.0 ** -0.5))
+    ple = g.mul(g.add(ctx, g.reshape(ple_in, [T, L, P])), np.float32(2.0 ** -0.5))
+    return g.reshape(ple, [T, L * P])   # each layer slices its [T, P] columns in one op
 
 
 def _layer(step: Step, layer, x: Tensor, ple: Tensor | None) -> Tensor:
@@ -200,7 +227,7 @@ def _layer(step: Step, layer, x: Tensor, ple: Tensor | None) -> Tensor:
 
     if ple is not None:
         _, P = step.text.ple_dims
-        ple_i = g.reshape(g.slice(ple, [0, layer.index, 0], [T, 1, P]), [T, P])
+        ple_i = g.slice(ple, [0, layer.index * P], [T, P])
         h = g.gelu(g.fully_connected(x, bank.fc(g, pre + "per_layer_input_gate.weight")),
                    approximate=True)
         h = g.fully_connected(g.mul(h, ple_i), bank.fc(g, pre + "per_layer_projection.weight"))

@@ -19,8 +19,9 @@ built in the graph and ignores the external one: with ``last = input_pos[0] + T 
 position ``last - ((last - s) mod R)``; query q attends to it iff that position is >= 0, <= q and
 > q - W. R >= W + T - 1 guarantees no key a query of the chunk still needs is overwritten.
 
-Attention is BATCH_MATMUL + SOFTMAX over the whole cache. GQA: query head h reads KV head
-``h // (H / KVH)`` by reshaping the heads to ``[KVH, rep * T, D]``.
+Attention is BATCH_MATMUL + SOFTMAX over the whole cache, the cache as the left operand (see
+``_core``). GQA: query head h reads KV head ``h // (H / KVH)`` by reshaping the heads to
+``[1, KVH, rep * T, D]``.
 """
 
 from __future__ import annotations
@@ -57,9 +58,10 @@ class Step:
     text: TextSpec
     bank: WeightBank
     pos: Tensor                              # input_pos [T] int32
-    mask: Tensor                             # [1, 1, T, C] additive
+    mask: Tensor                             # [1, 1, T, span] additive
     kv_scales: dict[str, float] | None       # None: float32 cache
     kv: KvLayout                             # the cache buffers (lengths, rings)
+    span: int = 0                            # full-length caches are read up to this slot (decode_<S>)
     cache_in: dict[str, Tensor] = field(default_factory=dict)
     cache_out: dict[str, Tensor] = field(default_factory=dict)
     _rope: dict = field(default_factory=dict)
@@ -104,9 +106,10 @@ class Step:
         w = layer.window
         if w not in self._masks:
             g = self.g
-            kpos = g.const(None, np.arange(self.context, dtype=np.int32).reshape(1, self.context))
+            n = self.span or self.context
+            kpos = g.const(None, np.arange(n, dtype=np.int32).reshape(1, n))
             lo = g.sub(g.reshape(self.pos, [self.T, 1]), np.int32(w))
-            inside = g.reshape(g.greater(kpos, lo), [1, 1, self.T, self.context])
+            inside = g.reshape(g.greater(kpos, lo), [1, 1, self.T, n])
             self._masks[w] = g.select_v2(inside, self.mask, MASKED)
         return self._masks[w]
 
@@ -170,6 +173,11 @@ class Step:
             cond = g.reshape(written, [1, 1, R, 1] if axis == 2 else [1, 1, 1, R])
             out = g.select_v2(cond, rows, cache, name=out_name, quantization=cache.quantization)
         self.cache_out[name] = out
+        span = self.span or self.context
+        if not buf.ring and span < buf.length:   # decode_<S>: read the first S slots only
+            shape = list(out.shape)
+            shape[axis] = span
+            out = g.slice(out, [0, 0, 0, 0], shape)
         return out if self.kv_scales is None else g.dequantize(out)
 
 
@@ -196,22 +204,37 @@ def _attention(step: Step, layer: LayerSpec, h: Tensor, need_output: bool) -> Te
         v = rms_norm(g, v_raw, None, eps)
         i = layer.index
         buf = step.kv.buffer(f"kv_cache_k_{i}")
-        L = buf.length
         k_all = step.write_cache(f"kv_cache_k_{i}",
                                  g.reshape(g.transpose(k, [1, 0, 2]), [1, nkv, T, D]), 2)
         v_all = step.write_cache(f"kv_cache_v_{i}",
                                  g.reshape(g.transpose(v, [1, 2, 0]), [1, nkv, D, T]), 3)
-        step._read[i] = (g.reshape(k_all, [nkv, L, D]), g.reshape(v_all, [nkv, D, L]), buf)
+        step._read[i] = (k_all, v_all, buf)
     if not need_output:
         return None
     kc, vc, buf = step._read[layer.kv_source]
-    L = buf.length
-    rep = t.kv_groups(layer)
     q = g.reshape(g.fully_connected(h, bank.fc(g, pre + "q_proj.weight")), [T, nh, D])
     q = step.apply_rope(rms_norm(g, q, bank.vector(g, pre + "q_norm.weight"), eps), layer)
-    q = g.reshape(g.transpose(q, [1, 0, 2]), [nkv, rep * T, D])
-    scores = g.reshape(g.batch_matmul(q, kc, adj_y=True), [nkv, rep, T, L])
-    probs = g.softmax(g.add(scores, step.layer_mask(layer, buf)))
-    out = g.batch_matmul(g.reshape(probs, [nkv, rep * T, L]), vc, adj_y=True)
-    out = g.reshape(g.transpose(g.reshape(out, [nh, T, D]), [1, 0, 2]), [T, nh * D])
+    out = _core(step, layer, q, kc, vc, buf)
     return g.fully_connected(out, bank.fc(g, pre + "o_proj.weight"))
+
+
+def _core(step: Step, layer: LayerSpec, q: Tensor, kc: Tensor, vc: Tensor, buf: KvBuffer) -> Tensor:
+    """softmax(q Kᵀ + mask) V for q [T, nh, D], caches K [1, KVH, L, D] / V [1, KVH, D, L] →
+    [T, nh * D]. The cache (the large operand, new every step) is the LHS of both BATCH_MATMULs:
+    XNNPACK repacks a dynamic RHS on every invoke and reads the LHS in place, so Kᵀ q and V pᵀ
+    cost a read of the cache where q Kᵀ and p Vᵀ cost a repack of it (4096×512 floats per full
+    layer); the two small [rep·T, L] / [D, rep·T] results are transposed instead. The same
+    products, the same sums per element."""
+    g, T = step.g, step.T
+    nkv, L, D = kc.shape[1], kc.shape[2], q.shape[2]
+    nh = q.shape[1]
+    rep = step.text.kv_groups(layer)
+    q = g.reshape(g.transpose(q, [1, 0, 2]), [1, nkv, rep * T, D])
+    scores_t = g.batch_matmul(kc, q, adj_y=True)                                 # [1, KVH, L, rep*T]
+    scores = g.transpose(scores_t, [0, 1, 3, 2])                                  # [1, KVH, rep*T, L]
+    if T > 1:   # the mask [1, 1, T, L] broadcasts over [KVH, rep, T, L]; at T = 1 over this shape as it is
+        scores = g.reshape(scores, [nkv, rep, T, L])
+    probs = g.softmax(g.add(scores, step.layer_mask(layer, buf)))
+    out_t = g.batch_matmul(vc, g.reshape(probs, [1, nkv, rep * T, L]), adj_y=True)  # [1, KVH, D, rep*T]
+    out = g.reshape(g.transpose(out_t, [0, 1, 3, 2]), [nh, T, D])
+    return g.reshape(g.transpose(out, [1, 0, 2]), [T, nh * D])

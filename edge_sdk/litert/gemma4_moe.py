@@ -7,17 +7,23 @@ Routing, as transformers: ``z = FC(rmsnorm(r) · scale · H^-0.5, router.proj)``
 (values and int32 indices [T, k]); the values divided by their SUM; times
 GATHER(per_expert_scale, indices).
 
-Experts: for every (token, slot) pair ``j`` (``j // k`` is the token), the routed expert's weights
-are GATHERed out of the [E, out, in] stacks: ``GATHER(gate_up, idx[j])`` → [n, 2I, H]
-(quantized: int8/int4 codes, CAST to float32, and the BATCH_MATMUL result times
-``GATHER(scales, idx[j])`` [n, 1, 2I]: a per-row scale factors out of the dot product), then
-BATCH_MATMUL with the pair's token [n, 1, H] (adj_y), gelu_tanh(gate) · up, the same for down,
-times the pair's routing weight; the pairs are reshaped to [T, k, H] and SUMmed over k.
+Experts, for all P = T·k (token, slot) pairs at once (``j // k`` is pair j's token): one GATHER
+gives every pair its token's pre-normed row [P, 1, H]; per matmul, the pairs' routed experts'
+[out, in] slices are GATHERed out of the [E, out, in] stack, CAST to float32 (quantized codes) and
+BATCH_MATMULed with the pairs' rows (``adj_y``) → [P, 1, out], then times GATHER(scales, ids)
+[P, 1, out] (a per-row scale factors out of the dot product, so this is exact);
+gelu_tanh(gate) · up, the same for down, times the pairs' routing weights; reshaped to [T, k, H]
+and SUMmed over k.
+
+The float copies of the gathered experts are bounded: each matmul takes the pairs in
+``quant.moe_layout.group_sizes`` groups (one SPLIT_V before, one GATHER + CAST + BATCH_MATMUL per
+group, one CONCATENATION after). Real size: decode is one group per matmul (about 25 ops per
+layer); prefill_32 (256 pairs) 32 groups for gate_up and 16 for down. The op count grows with
+T·k / (pairs per group), not with T·k times the ops of a pair.
 
 Only the routed experts' bytes are read: GATHER copies the indexed [out, in] slices of a
 constant that stays in the file (memory-mapped, external buffer); no other op reads the stacks
-(measured: ``scripts/moe_pages.py``, docs/moe.md). Pairs go in groups of
-``quant.moe_layout.group_pairs`` so one group's float copies stay bounded (real size: one pair).
+(measured: ``scripts/moe_pages.py``, docs/moe.md).
 
 Expert codes are written per expert (one expert's rows read, quantized with the scales the graph
 pass took, packed, written), so conversion holds one expert at a time.
@@ -31,7 +37,7 @@ from ai_edge_litert import schema_py_generated as schema
 from ..errors import RecipeError
 from ..quant.formats import format_of
 from ..quant.kernels import quantize
-from ..quant.moe_layout import group_pairs
+from ..quant.moe_layout import group_sizes
 from .dtypes import tensor_nbytes, to_bytes
 from .gemma4_attention import Step, rms_norm
 from .gemma4_weights import WeightBank
@@ -126,15 +132,37 @@ def _stack(step: Step, name: str) -> tuple[Tensor, Tensor | None]:
     return codes, g.share(bank._consts[(id(g.writer), name + "#scales")])
 
 
-def _expert_matmul(g: GraphBuilder, x: Tensor, codes: Tensor, scales: Tensor | None, ids: Tensor) -> Tensor:
-    """x [n, 1, in] times the routed experts' [out, in] → [n, 1, out]."""
-    w = g.gather(codes, ids, axis=0)
-    if w.dtype != "float32":
-        w = g.cast(w, "float32")
-    y = g.batch_matmul(x, w, adj_y=True)
+def split_v(g: GraphBuilder, x: Tensor, sizes: list[int], axis: int = 0) -> list[Tensor]:
+    """SPLIT_V of ``x`` along ``axis`` into pieces of ``sizes`` (one op, several outputs)."""
+    outs = []
+    for n in sizes:
+        shape = list(x.shape)
+        shape[axis] = n
+        outs.append(g._tensor(None, shape, x.dtype, hint="split"))
+    g._check(x)
+    g.writer.add_operator(g.index, schema.BuiltinOperator.SPLIT_V,
+                          [x.index, g.const_i32(sizes).index, g.const_i32(axis).index],
+                          [t.index for t in outs], schema.SplitVOptionsT(numSplits=len(sizes)))
+    return outs
+
+
+def _routed_matmul(g: GraphBuilder, x: Tensor, codes: Tensor, scales: Tensor | None, ids: Tensor,
+                   sizes: list[int]) -> Tensor:
+    """x [P, 1, in] times each pair's routed expert's [out, in] → [P, 1, out], in groups of
+    ``sizes`` pairs: per group one GATHER of the codes, one CAST, one BATCH_MATMUL (``adj_y``);
+    one SPLIT_V of the pairs and of the ids before, one CONCATENATION after; the per-row scales
+    once for all pairs (GATHER [P, out], MUL: a per-row scale factors out of the dot product)."""
+    P, out = ids.shape[0], codes.shape[1]
+    parts = [(x, ids)] if len(sizes) == 1 else list(zip(split_v(g, x, sizes), split_v(g, ids, sizes)))
+    ys = []
+    for xg, ig in parts:
+        w = g.gather(codes, ig, axis=0)
+        if w.dtype != "float32":
+            w = g.cast(w, "float32")
+        ys.append(g.batch_matmul(xg, w, adj_y=True))
+    y = ys[0] if len(ys) == 1 else g.concatenation(ys, axis=0)
     if scales is not None:
-        n, out = ids.shape[0], codes.shape[1]
-        y = g.mul(y, g.reshape(g.gather(scales, ids, axis=0), [n, 1, out]))
+        y = g.mul(y, g.reshape(g.gather(scales, ids, axis=0), [P, 1, out]))
     return y
 
 
@@ -155,18 +183,13 @@ def moe_feed_forward(step: Step, layer, r: Tensor, mlp_out: Tensor) -> Tensor:
     e = rms_norm(g, r, bank.vector(g, pre + "pre_feedforward_layernorm_2.weight"), eps)
     gu_codes, gu_scales = _stack(step, pre + "experts.gate_up_proj")
     dn_codes, dn_scales = _stack(step, pre + "experts.down_proj")
-    flat_idx, flat_w = g.reshape(idx, [T * K]), g.reshape(w, [T * K, 1, 1])
-    n_group = group_pairs(text, T)
-    outs = []
-    for a in range(0, T * K, n_group):
-        n = min(n_group, T * K - a)
-        ids = g.slice(flat_idx, [a], [n])
-        tok = g.const(None, np.asarray([j // K for j in range(a, a + n)], np.int32))
-        x = g.reshape(g.gather(e, tok, axis=0), [n, 1, H])
-        gu = _expert_matmul(g, x, gu_codes, gu_scales, ids)
-        act = g.mul(g.gelu(g.slice(gu, [0, 0, 0], [n, 1, I]), approximate=True), g.slice(gu, [0, 0, I], [n, 1, I]))
-        y = _expert_matmul(g, act, dn_codes, dn_scales, ids)
-        outs.append(g.mul(y, g.slice(flat_w, [a, 0, 0], [n, 1, 1])))
-    y = outs[0] if len(outs) == 1 else g.concatenation(outs, axis=0)
+    P = T * K
+    ids = g.reshape(idx, [P])
+    # every pair's token: [P, 1] indices give [P, 1, H] directly; decode (T = 1): all zeros
+    x = g.gather(e, g.const(None, (np.arange(P, dtype=np.int32) // K).reshape(P, 1)), axis=0)
+    gu = _routed_matmul(g, x, gu_codes, gu_scales, ids, group_sizes(text, T, "gate_up"))
+    act = g.mul(g.gelu(g.slice(gu, [0, 0, 0], [P, 1, I]), approximate=True), g.slice(gu, [0, 0, I], [P, 1, I]))
+    y = _routed_matmul(g, act, dn_codes, dn_scales, ids, group_sizes(text, T, "down"))
+    y = g.mul(y, g.reshape(w, [P, 1, 1]))
     h2 = g.sum(g.reshape(y, [T, K, H]), 1, keep_dims=False)
     return g.add(h1, rms_norm(g, h2, bank.vector(g, pre + "post_feedforward_layernorm_2.weight"), eps))

@@ -76,6 +76,7 @@ class GraphBuilder(OpsMixin):
         self._names: set[str] = set()
         self._counter = 0
         self._shared: dict[tuple[int, int], Tensor] = {}
+        self._views: dict[int, Tensor] = {}   # RESHAPE output index -> the tensor it reshapes
         self._finished = False
 
     # ---- tensors -------------------------------------------------------------------
@@ -245,6 +246,18 @@ class GraphBuilder(OpsMixin):
         return out
 
     # ---- finish --------------------------------------------------------------------
+    def _drop_dead_ops(self) -> None:
+        """Remove operators whose outputs nothing reads (a reshape another reshape bypassed):
+        each costs a kernel dispatch per invoke. Their tensors stay, unreferenced."""
+        ops = self.writer._subgraph(self.index).operators
+        live = {t.index for t in self._outputs.values()}
+        keep = []
+        for op in reversed(ops):
+            if any(int(o) in live for o in op.outputs):
+                keep.append(op)
+                live.update(int(i) for i in op.inputs if i >= 0)
+        ops[:] = keep[::-1]
+
     def finish(self, signature_key: str | None = None) -> None:
         """Set subgraph inputs/outputs (declaration order) and add the signature."""
         if self._finished:
@@ -252,6 +265,7 @@ class GraphBuilder(OpsMixin):
         if not self._outputs:
             raise InputError(f"subgraph {self.name!r} has no outputs")
         self._finished = True
+        self._drop_dead_ops()
         self.writer.set_io(self.index, [t.index for t in self._inputs.values()],
                            [t.index for t in self._outputs.values()])
         if signature_key is not None:

@@ -227,13 +227,23 @@ class OpsMixin:
             shape[shape.index(-1)] = n // rest if rest else 0
         if int(np.prod(shape, dtype=np.int64)) != n:
             raise InputError(f"reshape: {list(x.shape)} -> {shape}")
-        return self._op(OP.RESHAPE, [x, self.const_i32(shape)], shape, x.dtype,
-                        name=name, hint="reshape")
+        # A reshape of a reshape reads the first one's input (the middle one, if nothing else
+        # reads it, is dropped at finish); a reshape back to that input's shape is no op at all.
+        src = self._views.get(x.index, x)
+        if name is None and tuple(shape) in (src.shape, x.shape):
+            return src if tuple(shape) == src.shape else x
+        out = self._op(OP.RESHAPE, [src, self.const_i32(shape)], shape, x.dtype,
+                       name=name, hint="reshape")
+        self._views[out.index] = src
+        return out
 
     def transpose(self, x, perm: Sequence[int], name=None):
         perm = [_axis(p, x.rank) for p in perm]
         if sorted(perm) != list(range(x.rank)):
             raise InputError(f"transpose: {perm} is not a permutation of rank {x.rank}")
+        moved = [p for p in perm if x.shape[p] != 1]
+        if moved == sorted(moved):   # only size-1 axes move: the same bytes, a reshape
+            return self.reshape(x, [x.shape[p] for p in perm], name=name)
         return self._op(OP.TRANSPOSE, [x, self.const_i32(perm)],
                         [x.shape[p] for p in perm], x.dtype, name=name, hint="transpose")
 
@@ -263,8 +273,10 @@ class OpsMixin:
         out = [d - b if s == -1 else s for d, b, s in zip(x.shape, begin, size)]
         if any(b < 0 or o < 0 or b + o > d for d, b, o in zip(x.shape, begin, out)):
             raise InputError(f"slice {list(begin)}+{out} out of {list(x.shape)}")
+        q = x.quantization   # a per-tensor scale holds for any slice of the tensor (the int8 KV cache)
+        q = q if q is not None and len(q.scale) == 1 else None
         return self._op(OP.SLICE, [x, self.const_i32(begin), self.const_i32(size)], out,
-                        x.dtype, name=name, hint="slice")
+                        x.dtype, name=name, hint="slice", quantization=q)
 
     def strided_slice(self, x, begin: Sequence[int], end: Sequence[int],
                       strides: Sequence[int] | None = None, *, begin_mask: int = 0,

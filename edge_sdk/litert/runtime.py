@@ -1,7 +1,8 @@
 """Run a converted model directory (``edge-sdk convert`` output) in the real LiteRT runtime.
 
-Self-contained on purpose: imports only numpy, json and ai_edge_litert, so this file can be
-pushed beside the validator's runner onto a device that has no edge_sdk.
+Self-contained on purpose: imports only numpy, json, ai_edge_litert and two standard-library
+siblings (``paging.py``, ``edge_sdk/decoding.py``), so this file and they can be pushed beside the
+validator's runner onto a device that has no edge_sdk.
 
     m = LiteRTModel(out_dir, backend="xnnpack", api="interpreter")
     logits = m.prefill(ids)        # [T, V]: logits of EVERY prompt position (cache carries over)
@@ -17,6 +18,9 @@ K/V past the real ones, which the causal mask hides and later steps overwrite be
 visible. When they would not fit, the remaining tokens run through ``decode`` one by one.
 ``prefill(ids, logits=False)`` uses ``prefill_<T>`` (the engine's signature; no logits).
 A model converted without ``score_<T>`` runs prompts through ``decode`` per position.
+``decode`` steps take ``decode_<S>`` for the smallest S > the position where the model has them
+(attention over the first S cache slots; the same logits, bit for bit; ``decode_spans=False``
+keeps to ``decode``).
 
 Masks: additive float32 [1, 1, T, C], 0 where key position j <= the query's position, else
 -1e30 (causal over the whole cache; sliding windows are applied inside the graph).
@@ -48,14 +52,17 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 import numpy as np
 
 try:
+    from edge_sdk.decoding import greedy
     from edge_sdk.litert import paging
-except ImportError:  # standalone on a device: paging.py pushed beside this file
+except ImportError:  # standalone on a device: decoding.py and paging.py pushed beside this file
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import paging  # type: ignore[no-redef]
+    from decoding import greedy  # type: ignore[no-redef]
 
 MASKED = np.float32(-1e30)
 TABLE_FILES = ("embedder", "per_layer_embedder")   # memory-mapped lookup tables: only looked-up rows count
@@ -92,6 +99,7 @@ class _Session:
 
     def __init__(self, path: str, backend: str, api: str, threads: int | None, cache_dir: str | None):
         self.path, self.api, self.weight_cache, self.cache_was_built = path, api, None, False
+        self.timings: dict[str, list[float]] | None = None   # set to a dict to time run() (profile)
         if api == "interpreter":
             from ai_edge_litert.interpreter import Interpreter, OpResolverType
             kind = (OpResolverType.AUTO if backend == "xnnpack"
@@ -142,11 +150,22 @@ class _Session:
         """Run ``sig``. ``state`` (CompiledModel only): {name: TensorBuffer} bound as BOTH the input
         and the output of that name, so the graph updates it in place (the KV cache: one live
         copy, never copied in or out); those names are not in the returned dict."""
+        if self.timings is None:
+            return self._run(sig, feeds, state)
+        t0 = time.perf_counter()
+        out = self._run(sig, feeds, state)
+        self.timings.setdefault("run", []).append(time.perf_counter() - t0)
+        return out
+
+    def _run(self, sig: str, feeds: dict[str, np.ndarray], state: dict | None) -> dict[str, np.ndarray]:
         if self.api == "interpreter":
             r = self._runners.get(sig)
             if r is None:
                 r = self._runners[sig] = self._it.get_signature_runner(sig)
-            return r(**feeds)
+            t0 = time.perf_counter()
+            out = r(**feeds)
+            self._timed("compute", t0)   # the signature runner writes, invokes and reads in one call
+            return out
         state = state or {}
         if sig not in self._bufs:
             details = {k: d for k, d in self._cm.get_output_tensor_details(sig).items() if k not in state}
@@ -156,9 +175,16 @@ class _Session:
         ins, outs, details = self._bufs[sig]
         for k, v in feeds.items():
             ins[k].write(np.ascontiguousarray(v))
+        t0 = time.perf_counter()
         self._cm.run_by_name(sig, {**ins, **state}, {**outs, **state})
+        self._timed("compute", t0)
         return {k: outs[k].read(int(np.prod(d["shape"])), np.dtype(d["dtype"])).reshape(d["shape"])
                 for k, d in details.items()}
+
+
+    def _timed(self, what: str, t0: float) -> None:
+        if self.timings is not None:
+            self.timings.setdefault(what, []).append(time.perf_counter() - t0)
 
 
 class LiteRTModel:
@@ -166,7 +192,7 @@ class LiteRTModel:
 
     def __init__(self, out_dir: str | os.PathLike, *, backend: str = "xnnpack",
                  api: str = "interpreter", threads: int | None = None,
-                 cache_dir: str | None = None):
+                 cache_dir: str | None = None, decode_spans: bool = True):
         if backend not in ("xnnpack", "builtin"):
             raise ValueError(f"backend must be 'xnnpack' or 'builtin', not {backend!r}")
         self.out_dir = os.fspath(out_dir)
@@ -186,6 +212,8 @@ class LiteRTModel:
         self.context, self.prefill_length = int(m["context"]), int(m["prefill"])
         self.vocab_size = int(m["vocab_size"])
         self.signatures = m["signatures"]
+        self._spans = sorted(int(k.split("_", 1)[1]) for k in self.signatures["prefill_decode"]
+                             if k.startswith("decode_")) if decode_spans else []
         self.paths = {k: os.path.join(self.out_dir, v["file"]) for k, v in m["files"].items()}
         self._s = {k: _Session(p, backend, api, threads, cache_dir) for k, p in self.paths.items()}
         # A first run packs the weights into the cache files and keeps the packing buffers (~0.2 GB
@@ -265,7 +293,7 @@ class LiteRTModel:
     def _step(self, ids: np.ndarray, role: str) -> np.ndarray | None:
         """Run ``ids`` (exactly the signature's length) at positions pos..; update the cache."""
         t = len(ids)
-        feeds = self._embed(ids, "decode" if role == "decode" else "prefill")
+        feeds = self._embed(ids, "decode" if role.startswith("decode") else "prefill")
         feeds["input_pos"] = np.arange(self.pos, self.pos + t, dtype=np.int32)
         feeds["mask"] = self._mask(self.pos, t)
         sig = self.signatures["prefill_decode"][role]
@@ -282,10 +310,26 @@ class LiteRTModel:
             raise ValueError(f"{self.pos + n} positions exceed the model's context {self.context}; reset() first")
 
     # ---- API ------------------------------------------------------------------------
+    def start_timing(self) -> dict[str, dict[str, list[float]]]:
+        """Time every later run of each file: {role: {"run": [s], "compute": [s]}} ("compute": the
+        runtime's own call; "run" adds the feeds written and the outputs read). A profile's hook."""
+        out = {}
+        for role, sess in self._s.items():
+            sess.timings = out[role] = {}
+        return out
+
+    def decode_signature(self) -> str:
+        """``decode_<S>`` for the smallest S > pos (attention over the first S cache slots; the
+        converter's Geometry.decode_spans), else ``decode``."""
+        for s in self._spans:
+            if self.pos < s:
+                return f"decode_{s}"
+        return "decode"
+
     def decode(self, token: int) -> np.ndarray:
         """One token at the next position; logits [V]."""
         self._room(1)
-        logits = self._step(np.asarray([int(token)]), "decode")
+        logits = self._step(np.asarray([int(token)]), self.decode_signature())
         self.pos += 1
         return np.asarray(logits, np.float32).reshape(self.vocab_size)
 
@@ -321,12 +365,4 @@ class LiteRTModel:
     def greedy(self, ids, n: int) -> list[int]:
         """Reset, prefill ``ids`` and take ``n`` argmax tokens (EOS does not stop it)."""
         self.reset()
-        out: list[int] = []
-        if n <= 0:
-            return out
-        logits = self.prefill(ids)[-1]
-        for step in range(n):
-            out.append(int(np.argmax(logits)))
-            if step + 1 < n:
-                logits = self.decode(out[-1])
-        return out
+        return greedy(lambda: self.prefill(ids)[-1], self.decode, n)

@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
-from ..errors import RecipeError
+from ..errors import InputError, RecipeError
 from ..gemma4.model import TextSpec
 from .config import KVCacheConfig
 
@@ -157,6 +158,18 @@ class KvLayout:
             ctx = max(b.length for b in bufs)
         return cls(int(ctx), int(kv.get("prefill", prefill or 1)), str(kv.get("dtype", bufs[0].dtype)),
                    int(req.get("bits", 8 if bufs[0].dtype == "int8" else 32)), req.get("granularity"), bufs)
+
+
+def model_kv_layout(meta, model_dir) -> KvLayout:
+    """The KV layout a converted model carries (``ModelInfo.kv_cache``, read at its context and
+    prefill); InputError naming model.json and the fix when the block is not one this edge-sdk
+    reads."""
+    try:
+        return KvLayout.from_json(meta.kv_cache, context=meta.context, prefill=meta.prefill)
+    except (KeyError, IndexError, TypeError, ValueError) as e:
+        raise InputError(f"kv_cache is not a KV layout this edge-sdk reads ({type(e).__name__}: {e})",
+                         path=Path(model_dir) / "model.json",
+                         fix="convert the checkpoint again with `edge-sdk convert`") from None
 
 
 def kv_layout(text: TextSpec, kv: KVCacheConfig, context: int, prefill: int) -> KvLayout:

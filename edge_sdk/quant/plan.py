@@ -13,10 +13,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
-from ..errors import RecipeError
+from ..errors import InputError, RecipeError
 from ..gemma4 import ModelSpec, TensorSpec
 from ..gemma4.names import LM_HEAD, TIED_TO, text_tensors, tied_roles
-from .config import AffineConfig, DictionaryConfig, Granularity, KVCacheConfig, config_to_dict
+from .config import AffineConfig, DictionaryConfig, Granularity, KVCacheConfig, config_from_dict, config_to_dict
 from .formats import format_of, packed_nbytes
 from .recipe import Recipe, resolve, resolve_shared
 
@@ -64,6 +64,31 @@ class TensorPlan:
         d["bits_per_weight"] = round(self.bits_per_weight, 4)
         return d
 
+    @classmethod
+    def from_json(cls, d: Mapping, *, source=None) -> "TensorPlan":
+        """Inverse of ``to_json`` (``bits_per_weight`` is derived, and the keys plan.json's writer
+        adds beside these are ignored). A row that lacks a key or holds a wrong type is one
+        ``InputError`` naming ``source`` and the tensor."""
+        name = d.get("name") if isinstance(d, Mapping) else None
+        missing = [k for k in _ROW_KEYS if not isinstance(d, Mapping) or k not in d]
+        if missing:
+            raise InputError(f"plan row lacks {missing[0]!r}: written by an older edge-sdk", path=source,
+                             tensor=name, fix="convert the checkpoint again with `edge-sdk convert`")
+        try:
+            return cls(name=str(d["name"]), role=str(d["role"]), component=str(d["component"]),
+                       shape=tuple(int(x) for x in d["shape"]), scheme=str(d["scheme"]),
+                       config=config_from_dict(d["config"], where=f"tensor {name} config", src=source),
+                       scale_source=str(d["scale_source"]), mapped=bool(d["mapped"]),
+                       data_bytes=int(d["data_bytes"]), overhead_bytes=int(d["overhead_bytes"]),
+                       model=str(d["model"]))
+        except (TypeError, ValueError) as e:
+            raise InputError(f"plan row holds a wrong type ({e})", path=source, tensor=name,
+                             fix="convert the checkpoint again with `edge-sdk convert`") from None
+
+
+_ROW_KEYS = ("name", "role", "component", "shape", "scheme", "config", "scale_source", "mapped",
+             "data_bytes", "overhead_bytes", "model")
+
 
 @dataclass(frozen=True)
 class QuantPlan:
@@ -97,6 +122,14 @@ class QuantPlan:
     @property
     def mapped_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors if t.mapped)
+
+
+def plan_from_rows(spec: ModelSpec, recipe: Recipe, rows, *, source=None) -> QuantPlan:
+    """A converted model's plan from what it recorded: the rows of its plan.json (one
+    ``TensorPlan.to_json`` per written tensor), the spec its recorded source config gives, and its
+    recipe. The memory figures of a converted model come from these, not from re-planning its
+    source checkpoint (which may have moved)."""
+    return QuantPlan(recipe, spec, tuple(TensorPlan.from_json(r, source=source) for r in rows))
 
 
 def scheme_name(cfg) -> str:

@@ -43,6 +43,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..decoding import greedy
 from ..errors import ConfigError, InputError
 from ..gemma4.model import LayerSpec, TextSpec
 from ..gemma4.names import text_tensors
@@ -150,16 +151,7 @@ class Reference:
     def greedy(self, ids: Sequence[int], n: int) -> list[int]:
         """Reset, prefill ``ids`` and take ``n`` greedy (argmax) tokens; EOS does not stop it."""
         self.reset()
-        out: list[int] = []
-        if n <= 0:
-            return out
-        logits = self.prefill(ids, last_only=True)
-        for step in range(n):
-            tok = int(np.argmax(logits))
-            out.append(tok)
-            if step + 1 < n:
-                logits = self.decode(tok)
-        return out
+        return greedy(lambda: self.prefill(ids, last_only=True), self.decode, n)
 
     # ---- internals --------------------------------------------------------------------------
     def _get(self, name: str) -> np.ndarray:

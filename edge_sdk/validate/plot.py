@@ -49,7 +49,7 @@ def _measured_segments(run: dict) -> list[tuple[str, float]]:
 def _bars(report) -> list[tuple[str, list[tuple[str, float]]]]:
     m, p = report.memory, report.planned
     bars = []
-    if p:
+    if p and "absent" not in p:
         bars.append((f"planned, {p.get('runtime', '')}\n(context {p['context']})",
                      [("resident weights", p["resident_bytes"]), ("mapped rows touched", p["mapped_touched_bytes"]),
                       ("KV cache", p["kv_cache_bytes"]), ("activations", p["activation_bytes"]),

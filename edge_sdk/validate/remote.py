@@ -2,8 +2,8 @@
 
 ``device_runner(session, serial)`` is ``edge_sdk.device.remote.DeviceRunner`` (the transport: push,
 run, pull) with the files the measuring child needs on a device without edge_sdk installed
-(``RUNNER_FILES``: ``runner.py``, ``memwatch.py``, ``runtime.py``, ``paging.py``; the runner imports
-its siblings). On a Linux device with python3 the validator then builds the same report as on the
+(``RUNNER_FILES``: ``runner.py``, ``memwatch.py``, ``runtime.py``, ``paging.py``, ``decoding.py``; the
+runner imports its siblings). On a Linux device with python3 the validator then builds the same report as on the
 host. On Android (no Python) ``benchmark_validate`` builds the report from LiteRT's
 ``benchmark_model``: memory and decode speed come back; quality cannot (the tool feeds random
 inputs and returns no logits): the report says quality null and why.
@@ -21,7 +21,8 @@ from .report import ValidationReport, scratch_dir
 
 _HERE = Path(__file__).resolve().parent
 RUNNER_FILES = {"runner.py": _HERE / "runner.py", "memwatch.py": _HERE / "memwatch.py",
-                "runtime.py": _HERE.parent / "litert" / "runtime.py", "paging.py": _HERE.parent / "litert" / "paging.py"}
+                "runtime.py": _HERE.parent / "litert" / "runtime.py", "paging.py": _HERE.parent / "litert" / "paging.py",
+                "decoding.py": _HERE.parent / "decoding.py"}
 QUALITY_UNAVAILABLE = ("quality is not measured on Android: benchmark_model runs the decode signature "
                        "on random inputs and returns no logits (run `edge-sdk validate` on the host, or on "
                        "a Linux device with python3, for PPL/KLD/top-1)")

@@ -11,7 +11,8 @@
   budget gates), ``rss_anon_bytes`` / ``rss_file_bytes`` (split of the sampled peak),
   ``ru_maxrss_bytes`` (getrusage cross-check), load time, sampling figures;
 - ``planned``: the planner's estimate at the same context (resident weights, mapped rows touched,
-  KV cache, activations, peak) — or null when the source checkpoint is not at hand;
+  KV cache, activations, peak) from the model's own plan.json — or {"absent": reason} when its files
+  cannot give them (a model converted before plan.json version 2), null when no plan was asked for;
 - ``speed``: ``prefill_tokens_per_s``, ``decode_tokens_per_s``, ``time_to_first_token_s`` (medians)
   and their spread (min/max/IQR/runs);
 - ``quality``: ``ppl``, ``ppl_reference``, ``kld_mean``, ``kld_p99``, ``top1_agreement`` (+ median/max
@@ -52,6 +53,7 @@ class ValidationReport:
     quality: dict | None = None
     planned: dict | None = None
     runner: dict = field(default_factory=dict, repr=False)
+    profile: dict | None = None   # validate --profile: edge_sdk.validate.profile's result
 
     @classmethod
     def judged(cls, budget: BudgetCheck, reasons: list[str], warnings: list[str], **fields) -> ValidationReport:
@@ -84,6 +86,7 @@ class ValidationReport:
             "gates": self.gates,
             "evaluation": self.evaluation,
             "runner": self.runner,
+            **({"decode_profile": self.profile} if self.profile is not None else {}),
         }
 
     def summary(self) -> str:
@@ -131,7 +134,9 @@ class ValidationReport:
                 f"{fmt_bytes(m['rss_file_bytes'])} | |",
                 f"| getrusage ru_maxrss (cross-check) | {fmt_bytes(m['ru_maxrss_bytes'])} | |", ""]
         p = self.planned
-        if p:
+        if p and "absent" in p:
+            out += [f"No planned figures: {p['absent']}", ""]
+        elif p:
             out += [f"Planned at context {p['context']} in {p.get('runtime', 'the runtime')}: resident weights "
                     f"{fmt_bytes(p['resident_bytes'])} + mapped rows touched {fmt_bytes(p['mapped_touched_bytes'])} "
                     f"+ KV cache {fmt_bytes(p['kv_cache_bytes'])} + activations {fmt_bytes(p['activation_bytes'])}"
@@ -155,6 +160,9 @@ class ValidationReport:
                     f"| decode | {_num(s['decode_tokens_per_s'])} tok/s {_rng(s['decode_spread'])} |",
                     f"| load | {_num(s['load_s'], 3)} s |", ""]
         out += self._quality_markdown()
+        if self.profile is not None:
+            from .profile import render_markdown
+            out += ["## Where one decode step goes (--profile)", "", render_markdown(self.profile), ""]
         return "\n".join(out)
 
     def _quality_markdown(self) -> list[str]:

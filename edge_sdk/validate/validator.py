@@ -245,6 +245,7 @@ class ValidateOptions:
     min_top1: float = O.MIN_TOP1
     strict_backend: bool = False
     keep_logits: bool = False
+    profile: bool = False   # also break one decode step down (edge_sdk.validate.profile; host only)
 
 
 def _fill(windows: list[np.ndarray], length: int) -> np.ndarray:
@@ -414,6 +415,7 @@ def validate(model_dir: str | Path, opts: ValidateOptions = ValidateOptions(), *
         speed = speed_figures(r) if r else dict(runs_out[-1][0].speed)
         speed["by_run"] = {m.label: m.speed for m, _ in runs_out}
         q = opts.quality
+        prof = _profile(mdir, work, opts) if opts.profile and executor is None else None
         rep = ValidationReport.judged(
             checked, reasons, warnings, model_dir=str(mdir.resolve()), target=target, backend=ran, kernels=kernels,
             memory=mem, speed=speed, quality=qual, planned=plan_memory(ctx, distinct) if plan_memory else None,
@@ -426,10 +428,21 @@ def validate(model_dir: str | Path, opts: ValidateOptions = ValidateOptions(), *
                         "distinct_tokens": distinct, "max_tokens": opts.max_tokens, "cold": opts.cold,
                         "memory_runs": [m.label for m, _ in runs_out], "bundle": str(bundle) if bundle else None,
                         "method": "chunked: non-overlapping windows, each from an empty cache"},
-            runner=r or gated_raw)
+            runner=r or gated_raw, profile=prof)
         if report is not None:
             rep.save(work)
         return rep
+
+
+def _profile(mdir: Path, work: Path, opts: ValidateOptions) -> dict:
+    """``--profile``: edge_sdk.validate.profile in a child of its own, on the weight cache the runs built."""
+    out = work / "decode_profile.json"
+    cached = opts.api == "compiled" and opts.backend == "xnnpack"
+    cmd = [sys.executable, "-m", "edge_sdk.validate.profile", "--model", str(mdir), "--out", str(out),
+           "--api", opts.api, "--backend", opts.backend] + (["--threads", str(opts.threads)] if opts.threads else []) \
+        + (["--cache-dir", str(work / "weight_cache")] if cached else [])
+    return M.spawn(cmd, out, work / "decode_profile.log", label="profiling one decode step", timeout=3600,
+                   path=mdir, failed="the decode profile failed", fix="run without --profile")
 
 
 def validate_bundle(bundle: str | Path, *, context: int, budget: Budget | str | int | None = None,
