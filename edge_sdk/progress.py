@@ -36,13 +36,22 @@ class Stage:
     def __init__(self, reporter: "Reporter | None", name: str, total: float | None, unit: str):
         self.reporter, self.name, self.total, self.unit = reporter, name, total, unit
         self.done = 0.0
+        self.note = ""              # a short live figure shown after the bar (e.g. a training loss)
         self.announced = False
         self.t0 = time.monotonic()
 
-    def advance(self, n: float = 1) -> None:
+    def advance(self, n: float = 1, note: str | None = None) -> None:
         self.done += n
+        if note is not None:
+            self.note = note
         if self.reporter is not None:
             self.reporter._redraw(self)
+
+    def log(self, line: str) -> None:
+        """A line that stays in the log (e.g. a training run's periodic evaluation); silent for a
+        library call."""
+        if self.reporter is not None:
+            self.reporter._log(line)
 
     @property
     def elapsed(self) -> float:
@@ -80,7 +89,7 @@ class Reporter:
             scale = 1e6 if st.unit == "MB" else 1.0
             fmt = ".1f" if st.unit == "MB" else ".0f"
             return (f"\r\033[K  {st.name:<34} [{bar:<24}] {st.done / scale:{fmt}}/{st.total / scale:{fmt}} "
-                    f"{st.unit}  {el:5.1f} s  ETA {eta:4.0f} s")
+                    f"{st.unit}  {el:5.1f} s  ETA {eta:4.0f} s" + (f"  {st.note}" if st.note else ""))
         spin = SPINNER[int(el * 8) % len(SPINNER)]
         return f"\r\033[K  {st.name:<34} {spin} {el:5.1f} s"
 
@@ -93,6 +102,12 @@ class Reporter:
                 return
             self._last_draw = now
             self._write(self._line(st))
+
+    def _log(self, line: str) -> None:
+        with self._lock:
+            self._flush()
+            self._write(("\r\033[K" if self.tty else "") + f"edge-sdk {self.verb}: {line}\n")
+            self._last_draw = 0.0
 
     def _flush(self) -> None:   # with the lock held
         if self._pending:

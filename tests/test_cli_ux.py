@@ -153,7 +153,7 @@ def test_every_flag_has_help_with_its_default_and_one_output_flag():
 
     parser = build_parser()
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(subs) == {"inspect", "plan", "validate", "convert", "run", "bundle"}
+    assert set(subs) == {"inspect", "plan", "validate", "convert", "run", "bundle", "qat"}
     for verb, sub in subs.items():
         helper = sub._get_formatter()
         for a in sub._actions:
@@ -164,7 +164,7 @@ def test_every_flag_has_help_with_its_default_and_one_output_flag():
             if "-o" in a.option_strings:
                 assert "--output" in a.option_strings, (verb, a.option_strings)
             assert not ({"--out", "--report"} & set(a.option_strings)) or "-o" in a.option_strings
-        writes = {"convert", "validate", "bundle"}
+        writes = {"convert", "validate", "bundle", "qat"}
         has_o = any("-o" in a.option_strings for a in sub._actions)
         assert has_o == (verb in writes), verb
     # and as a user sees it

@@ -7,6 +7,9 @@
     ... train (plain, DDP or FSDP) ...; refresh_codebooks(model) every K steps
     export_qat(model, "out/", tokenizer=tok)    # HF checkpoint on the grid + scale sidecar
 
+    qat("ckpt/", "my.jsonl", "out/", recipe="mobile", steps=600)   # all of it: `edge-sdk qat`
+    Trainer(..., callbacks=[QATCallback("mobile", out_dir="out/")])  # in a user's Trainer script
+
 The forward uses the NumPy kernels' formulas bit for bit (see ``fake_quant``); the exported
 weights re-quantize with the exported scales/codebooks with error exactly 0 (``verify_export``).
 This is the only package of edge_sdk that imports torch; torch is imported lazily here (names
@@ -27,6 +30,7 @@ _LAZY = {
     "qat_scales": "export",
     "CODEBOOKS_NAME": "..quant.codebooks", "read_qat_codebooks": "..quant.codebooks",
     "write_qat_codebooks": "..quant.codebooks",
+    "qat": "train", "QATResult": "train", "QATCallback": "callback",
 }
 
 __all__ = sorted(_LAZY)

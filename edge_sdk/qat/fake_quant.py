@@ -112,8 +112,11 @@ class AffineQuantizer(nn.Module):
 
     ``scale = base_scale * exp(log_gain)``: ``base_scale`` (buffer) is the PTQ scale
     ``compute_scales(w0)``, ``log_gain`` (parameter, zeros at init) is what trains. At init
-    ``exp(0) = 1`` exactly, so the first forward is exactly the PTQ model.
+    ``exp(0) = 1`` exactly, so the first forward is exactly the PTQ model. ``bypass`` (False)
+    passes the latent weight through unquantized (the monitor's per-section sensitivity).
     """
+
+    bypass = False
 
     def __init__(self, weight: torch.Tensor, cfg: AffineConfig, learn_scale: bool = True):
         super().__init__()
@@ -136,6 +139,8 @@ class AffineQuantizer(nn.Module):
         if weight.dtype != torch.float32:
             raise TypeError(f"QAT needs float32 weights (got {weight.dtype}): the grid "
                             "w_hat = code * scale is only exact in float32")
+        if self.bypass:
+            return weight
         return fake_quant_affine(weight, self.effective_scale(), self.cfg)
 
     def extra_repr(self) -> str:
@@ -145,6 +150,8 @@ class AffineQuantizer(nn.Module):
 
 class DictionaryFakeQuantizer(nn.Module):
     """Parametrization ``weight -> codebook[group, code]`` for one ``DictionaryConfig``."""
+
+    bypass = False
 
     def __init__(self, weight: torch.Tensor, cfg: DictionaryConfig):
         super().__init__()
@@ -182,6 +189,8 @@ class DictionaryFakeQuantizer(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if weight.dtype != torch.float32:
             raise TypeError(f"QAT needs float32 weights (got {weight.dtype})")
+        if self.bypass:
+            return weight
         w = weight
         full, head, tail = self._grouped(w)
         out = _DictFQ.apply(head, self.thresholds[:full], self.codebooks[:full]).reshape(-1, w.shape[1])

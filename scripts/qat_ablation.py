@@ -1,0 +1,85 @@
+#!/usr/bin/env python
+"""Which QAT choices close the gap on the tiny model: PTQ vs QAT vs float per choice, held-out split.
+
+    python scripts/qat_ablation.py [--steps 100] [--seq-len 128] [--batch 16] [--json out.json]
+
+Each variant is one ``edge_sdk.qat.qat`` run from ``models/tiny-gemma4/float`` on the train split
+(``scripts/tiny_data.py``), the same seed, steps and batches; every figure is the run's own held-out
+monitor (``monitor.HeldOut``: PyTorch float32, the held-out topics in non-overlapping windows of
+``--seq-len``), so the variants are measured side by side against one float model:
+
+- ``ce, fixed scales``      cross-entropy on the text, PTQ scales frozen (``scale_lr`` 0);
+- ``ce, learned scales``    + LSQ-style scale gains;
+- ``kl, learned scales``    loss = KL(float || QAT) on the logits instead (the default);
+- ``kl, no refresh``        the default without refitting the PLE codebooks;
+- ``kl, lr 3e-4``           the default at the learning rate the first tiny QAT model used.
+
+PTQ is every run's step-0 evaluation (max-abs scales, k-means codebooks: the same for all).
+Prints a table, writes JSON. The machine it ran on was shared and loaded: the wall times are
+indicative only; the quality figures do not depend on load (deterministic on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+VARIANTS = {
+    "ce, fixed scales": {"teacher": False, "scale_lr": 0.0},
+    "ce, learned scales": {"teacher": False},
+    "kl, learned scales": {},
+    "kl, no refresh": {"refresh_every": 10 ** 9},
+    "kl, lr 3e-4": {"lr": 3e-4, "scale_lr": 5e-3},
+}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", nargs="*", default=None, help="variant names to run")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    from edge_sdk.qat import qat
+    from tiny_data import write_splits
+
+    work = Path(tempfile.mkdtemp(prefix="qat_ablation_"))
+    data = write_splits(work / "data")
+    rows, ptq = [], None
+    for name, kw in VARIANTS.items():
+        if args.only and name not in args.only:
+            continue
+        t0 = time.time()
+        res = qat(ROOT / "models" / "tiny-gemma4" / "float", data["train"], work / name.replace(" ", "_"),
+                  eval_file=data["heldout"], steps=args.steps, batch=args.batch, seq_len=args.seq_len,
+                  eval_every=args.steps, max_ppl_increase=None, threads=args.threads, **kw)
+        first, last = res.report["evals"][0], res.report["evals"][-1]
+        ptq = ptq or first
+        rows.append({"variant": name, "settings": kw, "ppl": last["ppl"], "kld": last["kld"],
+                     "top1": last["top1"], "wall_s": time.time() - t0})
+        print(f"{name}: PPL {last['ppl']:.2f} KLD {last['kld']:.4f} top-1 {last['top1']:.1%} "
+              f"({time.time() - t0:.0f} s)", flush=True)
+        out = {"steps": args.steps, "seq_len": args.seq_len, "batch": args.batch, "float_ppl": ptq["ppl_float"],
+               "ptq": {"ppl": ptq["ppl"], "kld": ptq["kld"], "top1": ptq["top1"]}, "variants": rows}
+        if args.json:   # after every variant: an interrupted sweep keeps what it measured
+            args.json.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"\n{'weights':<24} {'PPL':>8} {'KLD':>8} {'top-1':>7}")
+    print(f"{'float':<24} {ptq['ppl_float']:8.2f} {'-':>8} {'-':>7}")
+    print(f"{'PTQ mobile':<24} {ptq['ppl']:8.2f} {ptq['kld']:8.4f} {ptq['top1']:7.1%}")
+    for r in rows:
+        print(f"{'QAT ' + r['variant']:<24} {r['ppl']:8.2f} {r['kld']:8.4f} {r['top1']:7.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

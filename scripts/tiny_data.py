@@ -1,0 +1,44 @@
+#!/usr/bin/env python
+"""Write the tiny model's training and held-out splits as JSON Lines, one topic per line.
+
+    python scripts/tiny_data.py OUT_DIR     # OUT_DIR/train.jsonl, OUT_DIR/heldout.jsonl
+
+The topics are ``models/tiny-gemma4/split.json``'s (``pydoc_data.topics``); the files are what
+``edge-sdk qat models/tiny-gemma4/float --data OUT_DIR/train.jsonl --eval OUT_DIR/heldout.jsonl``
+reads. The sha256 of the topic texts is checked against split.json (another CPython's text differs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLIT = ROOT / "models" / "tiny-gemma4" / "split.json"
+
+
+def write_splits(out: Path, split_json: Path = SPLIT) -> dict[str, Path]:
+    from pydoc_data.topics import topics
+
+    split = json.loads(split_json.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for part in ("train", "heldout"):
+        h = hashlib.sha256()
+        for n in split[part]:
+            h.update(n.encode() + b"\0" + topics[n].encode() + b"\0")
+        if h.hexdigest() != split["sha256"][part]:
+            print(f"warning: this Python's {part} topics differ from split.json's "
+                  f"(Python {split['python']})", file=sys.stderr)
+        paths[part] = out / f"{part}.jsonl"
+        paths[part].write_text("".join(json.dumps({"text": topics[n]}) + "\n" for n in split[part]))
+    return paths
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    for part, p in write_splits(Path(sys.argv[1])).items():
+        print(f"{part}: {p}")
