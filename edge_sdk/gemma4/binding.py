@@ -117,6 +117,18 @@ def bind(spec: ModelSpec, stored: Mapping[str, StoredTensor], *, source=None) ->
             by_comp["unused"] = by_comp.get("unused", Count()) + cnt
         else:
             unknown.append(name)
+    _check_bound(spec, prefix, expected, text, towers, unknown, quantized, stored, source)
+    main_dtype = max(dtypes, key=dtypes.get) if dtypes else "BF16"
+    inv = Inventory(by_component=by_comp, removed_by_text_only=removed, dtype=main_dtype, from_weights=True)
+    return Binding(spec, prefix, text, {k: tuple(v) for k, v in towers.items()}, tuple(unused), inv,
+                   {k: tuple(sorted(v)) for k, v in quantized.items()})
+
+
+def _check_bound(spec: ModelSpec, prefix: str, expected, text: dict, towers: dict, unknown: list,
+                 quantized: dict, stored: Mapping[str, StoredTensor], source) -> None:
+    """What ``bind`` refuses once every stored name is classified: names the table does not know,
+    tensors the config implies but the weights lack, towers that differ from their config, and
+    compressed-tensors modules without their codes."""
     if unknown:
         more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
         raise ConfigError(
@@ -135,10 +147,6 @@ def bind(spec: ModelSpec, stored: Mapping[str, StoredTensor], *, source=None) ->
         if not any(p.endswith((".weight_packed", ".weight")) for p in parts):
             raise ConfigError("compressed-tensors module without weight_packed", path=source,
                               tensor=prefix + canonical)
-    main_dtype = max(dtypes, key=dtypes.get) if dtypes else "BF16"
-    inv = Inventory(by_component=by_comp, removed_by_text_only=removed, dtype=main_dtype, from_weights=True)
-    return Binding(spec, prefix, text, {k: tuple(v) for k, v in towers.items()}, tuple(unused), inv,
-                   {k: tuple(sorted(v)) for k, v in quantized.items()})
 
 
 def _check_tower(tower, names: list[str], stored: Mapping[str, StoredTensor], source) -> None:

@@ -214,6 +214,17 @@ def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Bin
     if missing:
         raise InputError(f"planned tensors not written to any model: {missing[:5]}")
 
+    model_doc, conv, wall = _write_records(staging, ckpt, spec, plan, geo, bank, models, files,
+                                           text_only=text_only, context=context, prefill=prefill,
+                                           progress=progress, t0=t0, out_dir=out_dir)
+    return ConversionResult(out_dir, files, model_doc, conv, wall)
+
+
+def _write_records(staging: Path, ckpt: Checkpoint, spec: ModelSpec, plan: QuantPlan, geo, bank,
+                   models: list[str], files: dict[str, Path], *, text_only, context, prefill, progress,
+                   t0, out_dir):
+    """The tokenizer files copied beside the models, then plan.json, conversion.json and, last (the
+    directory's "complete" marker), model.json; returns (ModelInfo, ConversionRecord, wall s)."""
     copied = []
     for name in TOKENIZER_FILES:
         src = Path(ckpt.path) / name
@@ -245,7 +256,7 @@ def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Bin
     )
     _write_json(staging / "conversion.json", conv.to_json())
     _write_json(staging / "model.json", model_doc.to_json())   # last: the directory's "complete" marker
-    return ConversionResult(out_dir, files, model_doc, conv, wall)
+    return model_doc, conv, wall
 
 
 def _write_json(path: Path, obj) -> None:

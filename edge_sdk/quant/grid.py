@@ -111,6 +111,19 @@ def _check(x, c, s, qmin, qmax, u):
     return n_good == n, n_good / max(n, 1), n - n_good, d.max(axis=1) if n else d.sum(axis=1)
 
 
+def _fit_misfits(rows, m, off, best_k, qmin, qmax, u, scales, codes, row_err) -> int:
+    """Rows on no grid (``off``): each takes its best-fitting grid ``best_k`` with codes clipped to
+    the range; fills ``scales``/``codes``/``row_err`` in place and returns how many values stay off."""
+    n_off = 0
+    for k in np.unique(best_k[off]):
+        sub = off[best_k[off] == k]
+        s, c, _, _, _, _ = _fit(rows[sub], m[sub], int(k), qmin, qmax, u, refine=True)
+        c = np.clip(c, qmin, qmax)
+        _, _, bad, e = _check(rows[sub], c, s, qmin, qmax, u)
+        scales[sub], codes[sub], row_err[sub], n_off = s, c, e, n_off + int(bad.sum())
+    return n_off
+
+
 def recover_grid_scales(w: np.ndarray, bits: int, granularity: str = "channel",
                         block_size: int | None = None, *, require: bool = False
                         ) -> GridRecovery:
@@ -157,13 +170,7 @@ def recover_grid_scales(w: np.ndarray, bits: int, granularity: str = "channel",
         idx = idx[ok]
         scales[idx], codes[idx], row_err[idx], done[idx] = s[ok], c[ok], e[ok], True
     off = np.flatnonzero(~done)
-    n_off = 0
-    for k in np.unique(best_k[off]):  # misfits: their best-fitting grid, codes clipped
-        sub = off[best_k[off] == k]
-        s, c, _, _, _, _ = _fit(rows[sub], m[sub], int(k), qmin, qmax, u, refine=True)
-        c = np.clip(c, qmin, qmax)
-        _, _, bad, e = _check(rows[sub], c, s, qmin, qmax, u)
-        scales[sub], codes[sub], row_err[sub], n_off = s, c, e, n_off + int(bad.sum())
+    n_off = _fit_misfits(rows, m, off, best_k, qmin, qmax, u, scales, codes, row_err)
     result = GridRecovery(
         scales=scales.reshape(out, -1) if block else scales,
         codes=codes.reshape(out, n_in),
