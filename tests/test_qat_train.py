@@ -146,6 +146,7 @@ def one_process(texts, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow   # two launchers x two processes: ~30 s of the fast subset (issue 14)
 @pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
 def test_two_processes_match_one(launcher, texts, one_process, tmp_path):
     """The same command under ``torchrun --nproc_per_node 2`` and ``accelerate launch
