@@ -89,7 +89,7 @@ def child(ckpt: str, out: str, recipe: str, context: int, result: str) -> int:
     wall = time.perf_counter() - t0
     sampler.stop()
     write_result(result, {"wall_s": wall, "events": events, "sampler": sampler.to_json(),
-                          "conversion_peak_rss_bytes": res.conversion["peak_rss_bytes"]})
+                          "conversion_peak_rss_bytes": res.conversion.peak_rss_bytes})
     return 0
 
 

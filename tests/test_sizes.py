@@ -59,3 +59,23 @@ def test_plan_is_what_convert_writes(size, recipe, tmp_path):
     written = {t["name"]: (t["data_bytes"], t["overhead_bytes"])
                for t in json.loads((out / "plan.json").read_text())["tensors"]}
     assert planned == written   # `edge-sdk plan CONFIG` (no weights) == the plan convert wrote
+
+
+def test_convert_rss_child_measures_a_conversion(tmp_path):
+    """The measuring child of ``scripts/bench_convert_rss.py`` on the tiny checkpoint: it converts,
+    stamps each written tensor with time and RSS, records the converter's own peak RSS, and the plan
+    matches what it wrote (the full-size runs read exactly these fields; a rename in the conversion
+    record once broke the 12B run after 23 minutes)."""
+    import subprocess
+    import sys
+
+    out, result = tmp_path / "out", tmp_path / "child.json"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_convert_rss.py"), "--child",
+                        str(ROOT / "models" / "tiny-gemma4" / "float"), str(out), "int4", "512", str(result)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(result.read_text())
+    assert res["conversion_peak_rss_bytes"] > 10_000_000
+    assert res["events"] and res["sampler"]["peak"]["rss"] > 0
+    check = _script("bench_convert_rss").plan_vs_written(out)
+    assert check["n_mismatches"] == 0 and check["planned_bytes"] == check["written_bytes"] > 0
