@@ -33,7 +33,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -94,17 +93,10 @@ def child(ckpt: str, out: str, recipe: str, context: int, result: str) -> int:
 
 
 def run_child(cmd: list[str], log) -> dict:
-    """Run ``cmd``; wall seconds, exit status, the child's peak RSS (wait4 ru_maxrss), output tail."""
-    log("$ " + " ".join(cmd))
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    out = proc.stdout.read()
-    _, status, ru = os.wait4(proc.pid, 0)
-    rc = os.waitstatus_to_exitcode(status)
-    if rc != 0:
-        log(out[-3000:])
-    return {"rc": rc, "seconds": time.perf_counter() - t0, "peak_rss_bytes": ru.ru_maxrss * 1024,
-            "output_tail": out[-1500:]}
+    """``bench_size.timed_child``: wall seconds, exit status, the child's peak RSS (wait4 ru_maxrss)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_size import timed_child
+    return timed_child(cmd, log)
 
 
 def per_layer(events: list[list]) -> list[dict]:

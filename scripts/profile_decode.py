@@ -36,10 +36,8 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -52,65 +50,20 @@ FLUSH_BYTES = 64 << 20          # > the 32 MiB L3 of the bench machine
 
 # ---------------------------------------------------------------- part 1: the step as our runner runs it
 def profile_steps(out_dir: str, threads: int, fill: int, steps: int, cache_dir: str | None) -> dict:
-    from edge_sdk.litert import runtime
+    """The package's step timing (``edge_sdk.validate.profile.profile_steps``, what ``run --profile``
+    uses), in this script's table form: compute per file, feeds/copies, Python, argmax."""
+    from edge_sdk.validate.profile import profile_steps as package_steps
 
-    timings: dict[str, list[float]] = defaultdict(list)
-    orig_run = runtime._Session.run
-
-    def timed_run(self, sig, feeds, state=None):
-        cm = getattr(self, "_cm", None)
-        if cm is not None and not hasattr(cm, "_edge_profiled"):
-            inner = cm.run_by_name
-            name = os.path.splitext(os.path.basename(self.path))[0]
-
-            class _Proxy:
-                _edge_profiled = True
-
-                def __getattr__(self_p, k):
-                    return getattr(cm, k)
-
-                def run_by_name(self_p, *a, **kw):
-                    t0 = time.perf_counter()
-                    r = inner(*a, **kw)
-                    timings[f"compute:{name}"].append(time.perf_counter() - t0)
-                    return r
-            self._cm = _Proxy()
-        t0 = time.perf_counter()
-        r = orig_run(self, sig, feeds, state)
-        timings[f"run:{os.path.splitext(os.path.basename(self.path))[0]}"].append(time.perf_counter() - t0)
-        return r
-
-    runtime._Session.run = timed_run
-    t0 = time.perf_counter()
-    model = runtime.LiteRTModel(out_dir, backend="xnnpack", api="compiled", threads=threads, cache_dir=cache_dir)
-    load_s = time.perf_counter() - t0
-    rng = np.random.default_rng(0)
-    ids = rng.integers(3, model.vocab_size, size=fill)
-    model.reset()
-    model.prefill(ids, logits=False)
-    logits = model.decode(int(ids[-1]))
-    timings.clear()
-    step_s, argmax_s = [], []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        tok = int(np.argmax(logits))
-        t1 = time.perf_counter()
-        logits = model.decode(tok)
-        step_s.append(time.perf_counter() - t1)
-        argmax_s.append(t1 - t0)
-    runtime._Session.run = orig_run
-    med = {k: statistics.median(v) for k, v in timings.items()}
-    files = sorted({k.split(":", 1)[1] for k in med})
-    parts = {f"model: {f}": med.get(f"compute:{f}", 0.0) for f in files}
-    parts["feeds and output copies (run - run_by_name)"] = sum(med.get(f"run:{f}", 0) - med.get(f"compute:{f}", 0)
-                                                              for f in files)
-    step = statistics.median(step_s)
-    parts["Python in decode() (mask, positions, reshape)"] = step - sum(med.get(f"run:{f}", 0) for f in files)
-    parts["argmax over the logits (caller)"] = statistics.median(argmax_s)
-    return {"load_s": load_s, "fill_tokens": fill, "steps": steps, "threads": threads,
-            "decode_step_s": {"median": step, "min": min(step_s), "max": max(step_s)},
-            "tokens_per_s": 1.0 / step, "parts_s": parts,
-            "raw_medians_s": med}
+    st = package_steps(out_dir, api="compiled", backend="xnnpack", threads=threads, fill=fill, steps=steps,
+                       cache_dir=cache_dir)
+    step = st["decode_s"]
+    parts = {f"model: {f}": v for f, v in sorted(st["compute_s"].items())}
+    parts["feeds and output copies (run - run_by_name)"] = st["copies_s"]
+    parts["Python in decode() (mask, positions, reshape)"] = step - st["run_s"]
+    parts["argmax over the logits (caller)"] = st["argmax_s"]
+    return {"fill_tokens": st["fill_tokens"], "steps": steps, "threads": threads, "signature": st["signature"],
+            "decode_step_s": {"median": step, "min": st["decode_min_s"], "max": st["decode_max_s"]},
+            "tokens_per_s": 1.0 / step, "parts_s": parts}
 
 
 # ---------------------------------------------------------------- part 2: every op alone
