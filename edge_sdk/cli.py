@@ -484,6 +484,8 @@ def _qat(sub=None, args=None) -> int:
         sub.add_argument("--max-ppl-increase", type=_percent, default=0.05,
                          help="stop rule: held-out PPL may exceed float's by this much")
         sub.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
+        sub.add_argument("--teacher-samples", type=int, default=0, metavar="N",
+                         help="also distil on N sequences the float model writes (half of each batch; default 0: off)")
         return 0
     try:
         from .qat.train import qat
@@ -492,7 +494,7 @@ def _qat(sub=None, args=None) -> int:
         raise InputError(f"edge-sdk qat needs torch and transformers ({e.name} is missing)",
                          fix=install_fix("qat")) from None
     keys = ("recipe", "steps", "minutes", "eval_file", "chat", "seed", "resume", "teacher", "batch", "seq_len",
-            "lr", "scale_lr", "refresh_every", "eval_every", "max_ppl_increase", "threads")
+            "lr", "scale_lr", "refresh_every", "eval_every", "max_ppl_increase", "threads", "teacher_samples")
     res = qat(args.checkpoint, args.data, args.out, **{k: getattr(args, k) for k in keys})
     progress.flush()
     if res.report:   # rank 0 of a multi-process run

@@ -12,7 +12,12 @@ monitor (``monitor.HeldOut``: PyTorch float32, the held-out topics in non-overla
 - ``ce, learned scales``    + LSQ-style scale gains;
 - ``kl, learned scales``    loss = KL(float || QAT) on the logits instead (the default);
 - ``kl, no refresh``        the default without refitting the PLE codebooks;
-- ``kl, lr 3e-4``           the default at the learning rate the first tiny QAT model used.
+- ``kl, lr 3e-4``           the default at the learning rate the first tiny QAT model used;
+- ``kl, lr 5e-4``           half the default learning rates;
+- ``kl, teacher samples N`` half of each batch from N sequences the float model wrote
+                            (``teacher_samples``, LLM-QAT's data-free distillation);
+- ``kl, 4 x 512 tokens``    the same tokens per step in windows of 512 (validate scores 480); its
+                            monitor windows are 512 too: compare it through ``qat_tiny.py``.
 
 PTQ is every run's step-0 evaluation (max-abs scales, k-means codebooks: the same for all).
 Prints a table, writes JSON. The machine it ran on was shared and loaded: the wall times are
@@ -37,6 +42,10 @@ VARIANTS = {
     "kl, learned scales": {},
     "kl, no refresh": {"refresh_every": 10 ** 9},
     "kl, lr 3e-4": {"lr": 3e-4, "scale_lr": 5e-3},
+    "kl, lr 5e-4": {"lr": 5e-4, "scale_lr": 5e-3},
+    "kl, teacher samples 4096": {"teacher_samples": 4096},
+    "kl, teacher samples 16384": {"teacher_samples": 16384},
+    "kl, 4 x 512 tokens": {"batch": 4, "seq_len": 512},
 }
 
 
@@ -60,9 +69,10 @@ def main(argv=None) -> int:
         if args.only and name not in args.only:
             continue
         t0 = time.time()
+        kw = {"batch": args.batch, "seq_len": args.seq_len, **kw}
         res = qat(ROOT / "models" / "tiny-gemma4" / "float", data["train"], work / name.replace(" ", "_"),
-                  eval_file=data["heldout"], steps=args.steps, batch=args.batch, seq_len=args.seq_len,
-                  eval_every=args.steps, max_ppl_increase=None, threads=args.threads, **kw)
+                  eval_file=data["heldout"], steps=args.steps, eval_every=args.steps, max_ppl_increase=None,
+                  threads=args.threads, **kw)
         first, last = res.report["evals"][0], res.report["evals"][-1]
         ptq = ptq or first
         rows.append({"variant": name, "settings": kw, "ppl": last["ppl"], "kld": last["kld"],

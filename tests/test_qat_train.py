@@ -72,16 +72,18 @@ def test_short_run_exports_on_grid_with_report(texts, tmp_path, capsys):
 def test_resume_continues_bit_for_bit(texts, tmp_path, capsys, monkeypatch):
     from edge_sdk.qat import train as T
     args = ["qat", FLOAT, "--data", texts / "train.jsonl", "--eval", texts / "eval.txt", "--steps", "3",
-            "--batch", "2", "--seq-len", "32", "--eval-every", "1", "--threads", "1", "--max-ppl-increase", "1000%"]
+            "--batch", "2", "--seq-len", "32", "--eval-every", "1", "--threads", "1", "--max-ppl-increase", "1000%",
+            "--teacher-samples", "3"]   # the resumed run regenerates the same samples
     straight = tmp_path / "straight"
     assert _run([*args, "-o", straight], capsys)[0] == 0
 
     real = T.batch_at
 
-    def interrupted(stream, seed, step, batch, seq_len):
+    def interrupted(stream, seed, step, batch, seq_len, samples):
+        assert samples is not None and samples.shape == (3, 32)
         if step == 2:
             raise KeyboardInterrupt
-        return real(stream, seed, step, batch, seq_len)
+        return real(stream, seed, step, batch, seq_len, samples)
 
     resumed = tmp_path / "resumed"
     monkeypatch.setattr(T, "batch_at", interrupted)
@@ -95,6 +97,31 @@ def test_resume_continues_bit_for_bit(texts, tmp_path, capsys, monkeypatch):
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     ra, rb = (json.loads((d / "qat_report.json").read_text())["evals"] for d in (straight, resumed))
     assert [e["kld"] for e in ra] == [e["kld"] for e in rb]
+
+
+def test_teacher_samples_are_the_float_models_own_deterministic_text():
+    """The samples continue a training prompt with the teacher's draws through its KV cache: at a
+    temperature near 0 that is the greedy continuation of a full, uncached forward; the same seed
+    gives the same samples, and half of a batch comes from them."""
+    from edge_sdk.qat.samples import PROMPT_TOKENS, teacher_samples
+    from edge_sdk.qat.train import batch_at
+
+    torch.set_num_threads(1)
+    model = transformers.Gemma4ForConditionalGeneration.from_pretrained(str(FLOAT), dtype=torch.float32).eval()
+    stream = np.arange(2, 402, dtype=np.int64) * 7 % 2000
+    cold = teacher_samples(model, stream, 2, 40, seed=1, temperature=1e-6)
+    with torch.no_grad():
+        greedy = model(input_ids=torch.from_numpy(cold), use_cache=False).logits.argmax(-1).numpy()
+    assert np.array_equal(cold[:, PROMPT_TOKENS:], greedy[:, PROMPT_TOKENS - 1:-1])
+    assert any(np.array_equal(cold[0, :PROMPT_TOKENS], stream[s:s + PROMPT_TOKENS]) for s in range(400))
+    a, b = (teacher_samples(model, stream, 3, 24, seed=5) for _ in range(2))
+    assert np.array_equal(a, b) and not np.array_equal(a, teacher_samples(model, stream, 3, 24, seed=6))
+    with torch.no_grad():
+        argmax = model(input_ids=torch.from_numpy(a), use_cache=False).logits.argmax(-1).numpy()
+    assert not np.array_equal(a[:, PROMPT_TOKENS:], argmax[:, PROMPT_TOKENS - 1:-1])   # drawn, not greedy
+    x = batch_at(stream, 0, 7, 4, 24, a).numpy()
+    assert all(any(np.array_equal(r, s) for s in a) for r in x[2:])
+    assert not any(np.array_equal(r, s) for r in x[:2] for s in a)
 
 
 @pytest.mark.parametrize("case", ["empty", "binary", "recipe", "jsonl-field", "no-resume"])

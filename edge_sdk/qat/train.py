@@ -9,7 +9,9 @@ The run:
    next-token cross-entropy alone;
 2. each step draws ``batch`` windows of ``seq_len`` tokens from the training stream with a NumPy
    generator seeded by ``(seed, step)`` — no generator state to carry, so ``resume`` continues the
-   exact sequence; data-parallel ranks take rows ``rank::world`` of the same global batch. Dropout
+   exact sequence; data-parallel ranks take rows ``rank::world`` of the same global batch. With
+   ``teacher_samples`` N, half of each batch is drawn from N sequences the float model wrote from
+   short training prompts (``samples``: more distinct contexts than the user's text has). Dropout
    is off (the student runs in eval mode: the grid, not noise, is what it must learn to absorb);
 3. AdamW (weights ``lr``, scale gains ``scale_lr``, no weight decay), linear warmup then cosine to
    5 %, gradient clipping 1.0; codebooks refitted every ``refresh_every`` steps until 80 % of the
@@ -48,10 +50,12 @@ from .data import load_corpus
 from .export import export_qat
 from .monitor import HeldOut, StopRule, section_sensitivity, widen_advice
 from .report import write_report
+from .samples import teacher_samples as generate_samples
 
 STATE_DIR = ".qat_state"
+SAMPLE_SHARE = 0.5      # of each batch drawn from the teacher's samples (``teacher_samples`` > 0)
 STATE_KEYS = ("checkpoint", "recipe", "seed", "steps", "batch", "seq_len", "lr", "scale_lr", "teacher",
-              "refresh_every", "world_size")
+              "refresh_every", "world_size", "teacher_samples")
 
 
 @dataclass
@@ -144,11 +148,17 @@ def lr_factor(step: int, steps: int, warmup: int, floor: float = 0.05) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def batch_at(stream: np.ndarray, seed: int, step: int, batch: int, seq_len: int) -> torch.Tensor:
-    """The global batch of ``step``: ``batch`` random windows, from a generator seeded (seed, step)."""
+def batch_at(stream: np.ndarray, seed: int, step: int, batch: int, seq_len: int,
+             samples: np.ndarray | None = None) -> torch.Tensor:
+    """The global batch of ``step``: ``batch`` random windows, from a generator seeded (seed, step);
+    with teacher ``samples`` [n, seq_len], the last ``SAMPLE_SHARE`` of the rows are drawn from them."""
     rng = np.random.default_rng([seed, step])
-    starts = rng.integers(0, len(stream) - seq_len + 1, size=batch)
-    return torch.from_numpy(np.stack([stream[s:s + seq_len] for s in starts]))
+    k = 0 if samples is None or not len(samples) else int(round(batch * SAMPLE_SHARE))
+    starts = rng.integers(0, len(stream) - seq_len + 1, size=batch - k)
+    rows = [stream[s:s + seq_len] for s in starts]
+    if k:
+        rows += list(samples[rng.integers(0, len(samples), size=k)])
+    return torch.from_numpy(np.stack(rows))
 
 
 def _loss(student, teacher, x, use_teacher: bool):
@@ -180,13 +190,17 @@ def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *
         seed: int = 0, resume: bool = False, teacher: bool = True, chat: bool = False, batch: int = 16,
         seq_len: int | None = None, lr: float = 1e-3, scale_lr: float = 1e-2, refresh_every: int = 50,
         eval_every: int | None = None, max_ppl_increase: float | None = 0.05,
-        threads: int | None = None) -> QATResult:
+        threads: int | None = None, teacher_samples: int = 0) -> QATResult:
     """Run QAT (module docstring); ``steps`` defaults to 600 unless ``minutes`` bounds the run
     instead (the step count is then fixed after 5 timed steps and recorded in the report).
+    ``teacher_samples`` N > 0: N sequences the float model writes (``samples``) make up half of
+    every batch.
     Returns the report; the checkpoint is in ``out`` even when the stop rule's target is missed."""
     t0 = time.monotonic()
     dist = _Dist()
     _check_args(steps, minutes, batch, seq_len, eval_every, dist.world)
+    if teacher_samples < 0:
+        raise InputError(f"--teacher-samples must be 0 or more, got {teacher_samples}")
     if threads:
         torch.set_num_threads(threads)
     ckpt, out = Path(checkpoint), Path(out)
@@ -212,8 +226,15 @@ def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *
                 "teacher": teacher, "refresh_every": refresh_every, "world_size": dist.world,
                 "data": str(data), "eval": None if eval_file is None else str(eval_file),
                 "train_tokens": int(len(corpus.train)), "documents": corpus.documents,
-                "max_ppl_increase": max_ppl_increase, "threads": torch.get_num_threads()}
-    run = _Run(dist, student, float_model, corpus, settings, out, eval_every)
+                "max_ppl_increase": max_ppl_increase, "threads": torch.get_num_threads(),
+                "teacher_samples": teacher_samples}
+    samples = None
+    if teacher_samples:
+        t_gen = time.monotonic()
+        with progress.stage("teacher samples", total=teacher_samples, unit="sequences"):
+            samples = generate_samples(float_model, corpus.train, teacher_samples, seq_len, seed, dist.device)
+        settings["samples_s"] = round(time.monotonic() - t_gen, 1)
+    run = _Run(dist, student, float_model, corpus, settings, out, eval_every, samples)
     if resume:
         run.restore()
     run.train(minutes)
@@ -223,8 +244,9 @@ def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *
 class _Run:
     """The training loop's state: model, optimizer, step, history; save/restore for ``--resume``."""
 
-    def __init__(self, dist, student, float_model, corpus, settings, out: Path, eval_every):
+    def __init__(self, dist, student, float_model, corpus, settings, out: Path, eval_every, samples=None):
         self.dist, self.float_model, self.corpus, self.s, self.out = dist, float_model, corpus, settings, out
+        self.samples = samples
         self.student = student
         self.model = student
         if dist.world > 1:
@@ -282,7 +304,7 @@ class _Run:
         f = lr_factor(step, s["steps"], self.warmup)
         for g in self.opt.param_groups:
             g["lr"] = g["peak"] * f
-        x = batch_at(self.corpus.train, s["seed"], step, s["batch"], s["seq_len"])
+        x = batch_at(self.corpus.train, s["seed"], step, s["batch"], s["seq_len"], self.samples)
         x = x[self.dist.rank::self.dist.world].to(self.dist.device)
         loss = _loss(self.model, self.float_model, x, s["teacher"])
         loss.backward()
@@ -351,7 +373,7 @@ class _Run:
         want = {k: self.s[k] for k in STATE_KEYS}
         if meta["settings"]["steps"] is not None and self.s["steps"] is None:
             want["steps"] = self.s["steps"] = meta["settings"]["steps"]
-        diff = {k: (meta["settings"][k], want[k]) for k in STATE_KEYS if meta["settings"][k] != want[k]}
+        diff = {k: (meta["settings"].get(k), want[k]) for k in STATE_KEYS if meta["settings"].get(k) != want[k]}
         if diff:
             raise InputError(f"--resume: the saved run had other settings {diff}", path=d,
                              fix="resume with the same flags, or drop --resume to start over")
