@@ -19,6 +19,7 @@ VALIDATE_API = "compiled"         # validate: CompiledModel, so memory is what a
 PLAN_CONTEXT = 4096               # plan: the context a phone app is planned for
 CONVERT_CONTEXT = 512             # convert: the KV cache the converted model carries
 PREFILL = 32                      # plan, convert: the prefill chunk length T (activation arena)
+DECODE_SPANS = 0                  # convert: decode_<S> signatures (C/8, C/4, C/2: how many, shortest first)
 PLAN_RUNTIME = "litert-lm"        # plan: whose additions to count (LiteRT-LM's engine: what an app runs)
 VALIDATE_RUNTIME = "both"         # validate: where memory and speed are measured
 

@@ -103,10 +103,13 @@ def plan_model(source: str | Path, *, recipe: str | Path = O.RECIPE, text_only: 
                distinct_tokens: int | None = None, runtime: str = O.PLAN_RUNTIME) -> PlanReport:
     if context < 1 or prefill < 1:
         raise InputError(f"context ({context}) and prefill ({prefill}) must be positive")
+    from .quant.kv_layout import decode_span_lengths
+
     src = open_source(source)
     plan = make_plan(src.spec, load_recipe(recipe), scale_sources=src.scale_sources)
     try:
-        mem = estimate_memory(plan, context, prefill, distinct_tokens=distinct_tokens, runtime=runtime)
+        mem = estimate_memory(plan, context, prefill, distinct_tokens=distinct_tokens, runtime=runtime,
+                              decode_spans=decode_span_lengths(context, O.DECODE_SPANS))
     except ValueError as e:
         raise InputError(str(e), fix="use --runtime litert-lm or edge_sdk") from None
     return PlanReport(src, plan, mem, text_only, Budget.parse(budget))
@@ -139,8 +142,10 @@ def planned_memory(model_dir: str | Path, context: int, distinct_tokens: int, ru
 
     plan, kv = converted_plan(model_dir)
     kv_len, prefill = kv.context, kv.prefill
-    by = {rt: estimate_memory(plan, kv_len, prefill, distinct_tokens=distinct_tokens, kv=kv, runtime=rt)
-          for rt in RUNTIMES}
+    sigs = ModelInfo.read(Path(model_dir)).signatures.get("prefill_decode", {})
+    spans = tuple(sorted(int(k.split("_", 1)[1]) for k in sigs if k.startswith("decode_")))
+    by = {rt: estimate_memory(plan, kv_len, prefill, distinct_tokens=distinct_tokens, kv=kv, runtime=rt,
+                              decode_spans=spans) for rt in RUNTIMES}
     m = by[runtime or DEFAULT_RUNTIME]
     return {"context": kv_len, "evaluated_context": context, "prefill": m.prefill, "runtime": m.runtime,
             "distinct_tokens": m.distinct_tokens, "resident_bytes": m.resident_bytes,
@@ -317,7 +322,7 @@ def validate_all_devices(model_dir: str | Path, *, report: str | Path, **kwargs)
 
 def convert(source: str | Path, out_dir: str | Path, *, recipe: str | Path = O.RECIPE, text_only: bool = False,
             context: int = O.CONVERT_CONTEXT, prefill: int = O.PREFILL, score: bool = True, overwrite: bool = False,
-            progress: bool | None = None, decode_spans: bool = False):
+            progress: bool | None = None, decode_spans: int = O.DECODE_SPANS):
     """Checkpoint → converted model directory (``edge_sdk.litert.export``); returns its
     ``ConversionResult``. Towers (vision/audio) cannot be converted: ``text_only`` is required
     for a checkpoint that has them."""

@@ -17,7 +17,9 @@ Not a test and not in CI (tens of minutes on 2 cores). Steps, each a child proce
    size (262144; it changes no weight). ``convert_hf_to_gguf.py --outtype bf16``, then
    ``llama-quantize`` to Q4_0 and Q2_K; the bf16 intermediate is deleted.
 3. **Ours**: ``--model-dir`` (an ``edge-sdk convert --recipe mobile --text-only --context 4096``
-   output) and ``--bundle`` (its ``.litertlm``), else both are made in WORK (~10 min). Both weight
+   output) and ``--bundle`` (its ``.litertlm``), else both are made in WORK (~10 min); and
+   ``--span-model-dir``, the same converted with ``--decode-spans 1`` (runtime ``edge_sdk_span``: our
+   runner's short-context decode attends to C/8 slots; +22 MB cold on E2B), else made in WORK. Both weight
    caches (our runner's XNNPACK cache, LiteRT-LM's) are built by an unmeasured run first: the
    figures are the steady state.
 4. ``--rounds`` rounds; each round runs every runtime once, the order rotated by one per round, so
@@ -57,9 +59,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "models" / "tiny-gemma4" / "qat" / "tokenizer.json"
 BEGIN, END = "<!-- bench_peers:begin -->", "<!-- bench_peers:end -->"
-RUNTIMES = ("q4_0", "q2_k", "litert-lm", "edge_sdk")
+RUNTIMES = ("q4_0", "q2_k", "litert-lm", "edge_sdk", "edge_sdk_span")
 LABELS = {"q4_0": "llama.cpp Q4_0", "q2_k": "llama.cpp Q2_K", "litert-lm": "ours in LiteRT-LM",
-          "edge_sdk": "ours in our runner"}
+          "edge_sdk": "ours in our runner", "edge_sdk_span": "ours in our runner, `--decode-spans 1`"}
 CTX, FILL, DECODE = 4096, 4064, 32
 
 
@@ -220,6 +222,19 @@ def make_ggufs(ckpt: Path, work: Path, tree: Path, bins: dict, jobs: int) -> dic
 
 
 # ------------------------------------------------------------------ our model
+def span_model(ckpt: Path, work: Path, given: str | None) -> str:
+    """The same conversion with one decode_<S> signature (S = C/8): our runner's short-context
+    decode attends to S slots instead of C; it costs memory in every runtime (docs/benchmarks.md)."""
+    if given:
+        return given
+    out = work / "out4096_span1"
+    if not (out / "model.json").exists():
+        log("edge-sdk convert (mobile, text-only, context 4096, --decode-spans 1)")
+        subprocess.run([sys.executable, "-m", "edge_sdk.cli", "convert", str(ckpt), "-o", str(out), "--recipe",
+                        "mobile", "--text-only", "--context", str(CTX), "--decode-spans", "1"], check=True)
+    return str(out)
+
+
 def ours(ckpt: Path, work: Path, model_dir: str | None, bundle: str | None) -> tuple[str, str]:
     cli = [sys.executable, "-m", "edge_sdk.cli"]
     if not model_dir:
@@ -376,8 +391,9 @@ def render(data: dict) -> str:
              f"{data.get('llama_version', 'the tree vendored in the llama-cpp-python sdist')}, built with cmake "
              f"in {b.get('seconds', 0) / 60:.1f} min (-j{b.get('jobs', '?')}, `llama-bench` + `llama-quantize`); "
              f"GGUFs by its `convert_hf_to_gguf.py` (bf16) and `llama-quantize`, the checkpoint given a generated "
-             f"262144-token tokenizer. Ours: `mobile --text-only --context 4096`, steady state (weight caches "
-             f"built by an unmeasured run).", "",
+             f"262144-token tokenizer. Ours: `mobile --text-only --context 4096` (the `--decode-spans 1` column: "
+             f"the same plus one `decode_512` signature), steady state (weight caches built by an unmeasured "
+             f"run).", "",
              "| | " + " | ".join(LABELS[c] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
     files = data["files"]
     lines.append("| file size (GB) | " + " | ".join(f"{files[c] / 1e9:.2f}" for c in cols) + " |")
@@ -426,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--llama-cpp", default=None, help="a llama.cpp source tree (default: the sdist's, in WORK)")
     ap.add_argument("--model-dir", default=None, help="our converted model (default: convert into WORK)")
     ap.add_argument("--bundle", default=None, help="its .litertlm (default: bundle into WORK)")
+    ap.add_argument("--span-model-dir", default=None,
+                    help="the same converted with --decode-spans 1 (default: convert into WORK when edge_sdk_span runs)")
     ap.add_argument("--only", default=",".join(RUNTIMES), help="runtimes to run, comma-separated")
     ap.add_argument("--json", default=None, help="result JSON (default: WORK/bench_peers.json)")
     ap.add_argument("--docs", default=str(ROOT / "docs" / "benchmarks.md"), help="file whose block is regenerated")
@@ -448,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     bins = build.pop("bins")
     ggufs = make_ggufs(ckpt, work, tree, bins, args.jobs)
     model_dir, bundle = ours(ckpt, work, args.model_dir, args.bundle)
+    span_dir = span_model(ckpt, work, args.span_model_dir) if "edge_sdk_span" in only else None
     xnn_cache, lm_cache = str(work / "xnnpack_cache"), str(work / "litertlm_cache")
     scratch = work / "scratch"
     scratch.mkdir(exist_ok=True)
@@ -458,16 +477,17 @@ def main(argv: list[str] | None = None) -> int:
         child([sys.executable, "-m", "edge_sdk.validate.engine_runner", "--bundle", bundle, "--out",
                str(scratch / "warm_engine.json"), "--cache-dir", lm_cache, "--prefill-tokens", "32",
                "--decode-tokens", "2", "--max-num-tokens", str(CTX), "--threads", str(args.threads)], timeout=1800)
-    if "edge_sdk" in only:
-        (scratch / "warm_ids.json").write_text(json.dumps({"windows": [list(range(3, 35))]}))
-        child([sys.executable, "-m", "edge_sdk.validate.runner", "--model", model_dir, "--ids-file",
-               str(scratch / "warm_ids.json"), "--out", str(scratch / "warm_ours.json"), "--api", "compiled",
-               "--threads", str(args.threads), "--runs", "1", "--decode-tokens", "2", "--cache-dir", xnn_cache],
-              timeout=1800)
+    (scratch / "warm_ids.json").write_text(json.dumps({"windows": [list(range(3, 35))]}))
+    for rt, mdir in (("edge_sdk", model_dir), ("edge_sdk_span", span_dir)):
+        if rt in only:
+            child([sys.executable, "-m", "edge_sdk.validate.runner", "--model", mdir, "--ids-file",
+                   str(scratch / "warm_ids.json"), "--out", str(scratch / "warm_ours.json"), "--api", "compiled",
+                   "--threads", str(args.threads), "--runs", "1", "--decode-tokens", "2", "--cache-dir", xnn_cache],
+                  timeout=1800)
     rounds, loads = [], []
 
     def save(rounds, loads, final=False):
-        _finish(args, rounds, loads, tree, build, ggufs, model_dir, bundle, final)
+        _finish(args, rounds, loads, tree, build, ggufs, model_dir, bundle, final, span_dir)
     for i in range(args.rounds):
         order = only[i % len(only):] + only[:i % len(only)]
         rnd: dict = {"order": order}
@@ -479,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
             elif rt == "litert-lm":
                 rnd[rt] = run_engine(bundle, lm_cache, args.threads, scratch, deep)
             else:
-                rnd[rt] = run_ours(model_dir, xnn_cache, args.threads, scratch, deep)
+                rnd[rt] = run_ours(model_dir if rt == "edge_sdk" else span_dir, xnn_cache, args.threads, scratch, deep)
             loads += [x for r in rnd[rt]["runs"] for x in (r["load_before"][0], r["load_after"][0])]
             log(f"  {rt}: " + ", ".join(f"{k}={rnd[rt].get(k)}" for k, _, _ in METRICS[:5]))
         rounds.append(rnd)
@@ -488,16 +508,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _finish(args, rounds, loads, tree, build, ggufs, model_dir, bundle, final: bool) -> None:
+def _finish(args, rounds, loads, tree, build, ggufs, model_dir, bundle, final: bool, span_dir=None) -> None:
     work = Path(args.work).resolve()
     jpath = Path(args.json or work / "bench_peers.json")
     files = {"q4_0": os.path.getsize(ggufs["q4_0"]), "q2_k": os.path.getsize(ggufs["q2_k"]),
              "litert-lm": os.path.getsize(bundle),
-             "edge_sdk": sum(os.path.getsize(p) for p in glob.glob(os.path.join(model_dir, "*.tflite")))}
+             **{rt: sum(os.path.getsize(p) for p in glob.glob(os.path.join(d, "*.tflite")))
+                for rt, d in (("edge_sdk", model_dir), ("edge_sdk_span", span_dir)) if d}}
     git = subprocess.run(["git", "-C", str(tree), "describe", "--always"], capture_output=True, text=True)
     sdist = [p for p in tree.parts if p.startswith("llama_cpp_python-")]
     data = {"version": 1, "rounds": len(rounds), "runs": rounds, "summary": summarize(rounds), "files": files,
-            "ggufs": ggufs, "model_dir": model_dir, "bundle": bundle, "llama_tree": str(tree), "llama_build": build,
+            "ggufs": ggufs, "model_dir": model_dir, "span_model_dir": span_dir, "bundle": bundle,
+            "llama_tree": str(tree), "llama_build": build,
             "llama_version": (f"the tree vendored in the {sdist[-1]} sdist" if sdist else
                               (git.stdout.strip() or str(tree))),
             "env": {"platform": f"{platform.system()} {platform.machine()}", "cpus": os.cpu_count(),

@@ -58,6 +58,7 @@ from ..artefacts import ConversionRecord, ModelInfo, PlanRecord
 from .. import progress as P
 from ..checkpoint import Checkpoint
 from ..errors import InputError
+from .. import options as O
 from ..hashing import sha256_file
 from ..quant.apply import Preparer
 from ..quant.kv import kv_scales as compute_kv_scales
@@ -145,7 +146,7 @@ def _publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
 def export_model(ckpt: Checkpoint, spec: ModelSpec, binding: Binding, plan: QuantPlan,
                  out_dir: str | os.PathLike, *, text_only: bool, context: int, prefill: int,
                  score: bool = True, overwrite: bool = False, progress: bool | None = None,
-                 fsync: bool = True, decode_spans: bool = False) -> ConversionResult:
+                 fsync: bool = True, decode_spans: int = O.DECODE_SPANS) -> ConversionResult:
     """Convert (see the module docstring). Progress (one stage per model file, a bar on a
     terminal, one line per stage otherwise) goes to the current ``edge_sdk.progress`` reporter:
     ``progress`` None = whatever the caller set up (the CLI: on), True = on stderr, False = off."""
@@ -177,7 +178,7 @@ def export_model(ckpt: Checkpoint, spec: ModelSpec, binding: Binding, plan: Quan
 
 def _convert_into(staging: Path, ckpt: Checkpoint, spec: ModelSpec, binding: Binding,
                   plan: QuantPlan, *, text_only, context, prefill, score, progress, fsync, t0,
-                  out_dir, decode_spans=False) -> ConversionResult:
+                  out_dir, decode_spans=0) -> ConversionResult:
     text = spec.text
     prep = Preparer(ckpt, binding, plan)
     layout = kv_layout(text, plan.kv_cache, context, prefill)   # refuses float16

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..quant.kv_layout import KvLayout
+from ..quant.kv_layout import KvLayout, decode_span_lengths
 from ..gemma4.model import TextSpec
 from ..gemma4.names import LM_HEAD
 from .dtypes import Quantization
@@ -56,7 +56,6 @@ from .gemma4_weights import WeightBank
 from .graph import GraphBuilder, Tensor
 from .writer import LiteRTWriter
 
-MIN_SPAN = 128   # the shortest decode_<S> signature (Geometry.decode_spans)
 MIN_RUNTIME = {"prefill_decode": "2.17.0", "embedder": "1.14.0", "per_layer_embedder": "1.13.0"}
 
 
@@ -69,23 +68,18 @@ class Geometry:
     kv: KvLayout          # the KV state buffers (edge_sdk.quant.kv_layout)
     kv_scales: dict | None = None   # int8 cache scales by buffer name; None: float32 cache
     score: bool = True    # add the score_<T> signature (logits for every position)
-    spans: bool = False   # add the decode_<S> signatures (decode_spans)
+    spans: int = 0        # how many decode_<S> signatures to add, shortest first (decode_spans)
 
     @property
     def decode_spans(self) -> tuple[int, ...]:
         """Lengths S of the extra ``decode_<S>`` signatures: ``decode`` that attends to the first S
-        slots of the full-length caches only (C/2, C/4, C/8, each >= MIN_SPAN). A runner at position
-        p < S takes the smallest such: attention costs what the filled cache holds, not C (LiteRT-LM
-        runs ``decode`` and ignores them, as it ignores ``score_<T>``). Opt-in (``spans``): each is a
-        subgraph of its own, and its XNNPACK runtime and arena stay allocated in every runtime that
-        loads the file (E2B at 4K: +50 MB of anonymous memory for the three, LiteRT-LM included)."""
-        if not self.spans:
-            return ()
-        out, s = [], self.context // 2
-        while s >= MIN_SPAN and len(out) < 3:
-            out.append(s)
-            s //= 2
-        return tuple(sorted(out))
+        slots of the full-length caches only (``quant.kv_layout.decode_span_lengths``: C/8, C/4,
+        C/2, each >= 128, ``spans`` of them, shortest first). A runner at position p < S takes the smallest such: attention costs what the
+        filled cache holds, not C (LiteRT-LM runs ``decode`` and ignores them, as it ignores
+        ``score_<T>``). Each is a subgraph of its own, and its XNNPACK runtime, arena and unpacked
+        quantization parameters stay allocated in every runtime that loads the file, LiteRT-LM
+        included (E2B at 4K: ~+16 MB each, docs/benchmarks.md)."""
+        return decode_span_lengths(self.context, self.spans)
 
     def signatures(self, model: str) -> dict[str, str]:
         T = self.prefill

@@ -192,3 +192,17 @@ def kv_layout(text: TextSpec, kv: KVCacheConfig, context: int, prefill: int) -> 
                                  c.window, ring, gran))
     g = None if kv.granularity is None else str(kv.granularity)
     return KvLayout(context, prefill, dtype, kv.bits, g, tuple(bufs))
+
+
+MIN_SPAN = 128   # the shortest decode_<S> signature
+
+
+def decode_span_lengths(context: int, count: int) -> tuple[int, ...]:
+    """Lengths S of a model's ``decode_<S>`` signatures (decode reading the first S slots of the
+    full-length caches): ``count`` of C/8, C/4, C/2 (each >= MIN_SPAN), shortest first, since the
+    shortest buys the most decode speed for its memory. E.g. C = 4096, count 1 -> (512,);
+    count 3 -> (512, 1024, 2048); C = 512, count 3 -> (128, 256)."""
+    if count < 0:
+        raise ValueError(f"decode_spans must be >= 0, got {count}")
+    return tuple([s for s in (context // 8, context // 4, context // 2) if s >= MIN_SPAN][:count])
+

@@ -175,34 +175,43 @@ def unique_quant_channels(plan: QuantPlan) -> int:
     return sum(t.shape[0] for t in _quantized(plan))
 
 
-def quant_channels(plan: QuantPlan) -> int:
+def quant_channels(plan: QuantPlan, decode_spans: int = 0) -> int:
     """Per-channel quantization parameters the runtime unpacks, over the signatures of
-    prefill_decode: decode and score hold every quantized tensor, prefill only the layers up to the
-    last one that writes a cache (the rest reach no output and are not in its graph)."""
+    prefill_decode: decode, score and each of the ``decode_spans`` decode_<S> signatures hold every
+    quantized tensor, prefill only the layers up to the last one that writes a cache (the rest
+    reach no output and are not in its graph)."""
     q = _quantized(plan)
     last = plan.spec.text.last_kv_layer
     every = sum(t.shape[0] for t in q)
     prefill = sum(t.shape[0] for t in q if (_layer_of(t.name) if _layer_of(t.name) is not None else 1 << 30) <= last)
-    return (SIGNATURES - 1) * every + prefill
+    return (SIGNATURES - 1 + decode_spans) * every + prefill
 
 
-def kv_read_bytes(kv: KvLayout, signatures: int = 2) -> int:
-    """float32 K and V of the layer with the largest cache, once per running signature's arena."""
-    per_layer: dict[int, int] = {}
-    for b in kv.buffers:
-        per_layer[b.layer] = per_layer.get(b.layer, 0) + 4 * math.prod(b.shape)
-    return signatures * max(per_layer.values(), default=0)
+def kv_read_bytes(kv: KvLayout, signatures: int = 2, decode_spans: tuple[int, ...] = ()) -> int:
+    """float32 K and V of the layer with the largest cache, once per running signature's arena;
+    a decode_<S> signature reads full-length caches up to slot S only."""
+    def largest(span: int | None) -> int:
+        per_layer: dict[int, int] = {}
+        for b in kv.buffers:
+            n = math.prod(b.shape)
+            if span is not None and not b.ring and span < b.length:
+                n = n // b.length * span
+            per_layer[b.layer] = per_layer.get(b.layer, 0) + 4 * n
+        return max(per_layer.values(), default=0)
+    return signatures * largest(None) + sum(largest(s) for s in decode_spans)
 
 
 def estimate_memory(plan: QuantPlan, context: int, prefill: int = 32, *,
                     distinct_tokens: int | None = None, kv: KvLayout | None = None,
-                    runtime: str = DEFAULT_RUNTIME) -> MemoryEstimate:
+                    runtime: str = DEFAULT_RUNTIME, decode_spans: tuple[int, ...] = ()) -> MemoryEstimate:
     """Peak estimate at ``context`` tokens with prefill chunks of ``prefill``.
 
     ``distinct_tokens`` (how many different tokens the context holds) sets how many rows of the
     mapped tables become resident; default ``DISTINCT_TOKEN_RATIO * context``. The worst case
     (all distinct) is reported beside it. ``kv``: the KV layout to count (a converted model's, read
     from its model.json); default the one the converter emits at (context, prefill).
+    ``decode_spans``: the lengths S of the model's decode_<S> signatures (each costs its unpacked
+    quantization parameters and its float KV reads in every runtime that loads the file).
     """
     if distinct_tokens is None:
         distinct_tokens = max(1, int(DISTINCT_TOKEN_RATIO * context))
@@ -211,7 +220,7 @@ def estimate_memory(plan: QuantPlan, context: int, prefill: int = 32, *,
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     rt = RUNTIMES[runtime]
-    channels = quant_channels(plan)
+    channels = quant_channels(plan, len(decode_spans))
     return MemoryEstimate(
         context=context, prefill=prefill,
         resident_bytes=plan.resident_bytes, mapped_bytes=plan.mapped_bytes,
@@ -220,7 +229,7 @@ def estimate_memory(plan: QuantPlan, context: int, prefill: int = 32, *,
         activation_bytes=activation_bytes(plan, context, prefill),
         kv_by_layer=kv.by_layer(), distinct_tokens=distinct_tokens,
         mapped_touched_worst_bytes=mapped_touched_bytes(plan, context), kv=kv,
-        runtime=runtime, kv_extra_copy_bytes=(rt.kv_copies - 1) * kv.bytes, kv_read_bytes=kv_read_bytes(kv),
+        runtime=runtime, kv_extra_copy_bytes=(rt.kv_copies - 1) * kv.bytes, kv_read_bytes=kv_read_bytes(kv, decode_spans=decode_spans),
         quant_metadata_bytes=8 * channels,
         model_head_bytes=(12 * unique_quant_channels(plan) + HEAD_CONSTANT_BYTES) if rt.keeps_model_head else 0,
         runtime_fixed_bytes=rt.fixed_bytes,
