@@ -5,8 +5,9 @@
 
 1. the tiny model's train / held-out topics as JSON Lines (``scripts/tiny_data.py``);
 2. ``edge-sdk qat models/tiny-gemma4/float --data train.jsonl --eval heldout.jsonl -o OUT --recipe
-   mobile --steps N --seq-len 128 --threads 1`` (``QAT_FLAGS``; every other flag at its default:
-   KL distillation from the float model, learned scales, codebooks refitted every 50 steps);
+   mobile --steps 1400 --seq-len 128 --threads 1 --teacher-samples 8192`` (``QAT_FLAGS``; every other
+   flag at its default: KL distillation from the float model, learned scales, codebooks refitted
+   every 50 steps; half of each batch from 8,192 sequences the float model wrote);
 3. ``edge-sdk convert OUT --recipe mobile --text-only`` and ``edge-sdk validate`` of the converted
    model against the float checkpoint on the held-out topics (``--reference``; 480-token windows,
    the converted model's context 512 less the 32 decode steps);
@@ -33,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "models" / "tiny-gemma4"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-QAT_FLAGS = ["--recipe", "mobile", "--seq-len", "128", "--batch", "16", "--eval-every", "100", "--threads", "1"]
+QAT_FLAGS = ["--recipe", "mobile", "--seq-len", "128", "--batch", "16", "--eval-every", "100", "--threads", "1",
+             "--teacher-samples", "8192"]
 
 
 def edge_sdk(*args) -> subprocess.CompletedProcess:
@@ -43,7 +45,7 @@ def edge_sdk(*args) -> subprocess.CompletedProcess:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=TINY / "qat")
-    ap.add_argument("--steps", type=int, default=839)
+    ap.add_argument("--steps", type=int, default=1400)
     ap.add_argument("--skip-train", action="store_true", help="measure an existing --out")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
