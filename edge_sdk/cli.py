@@ -47,26 +47,21 @@ def command(name: str, help: str):
     return deco
 
 
-def _nonnegative_int(text: str) -> int:
-    """argparse type: an integer >= 0 (one line, exit 2 otherwise)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{n} must be at least 0")
-    return n
+def _int_at_least(low: int):
+    """argparse type: an integer >= ``low`` (one line, exit 2 otherwise)."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"{n} must be at least {low}")
+        return n
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (one line, exit 2 otherwise)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n} must be at least 1")
-    return n
+_positive_int = _int_at_least(1)
+_nonnegative_int = _int_at_least(0)
 
 
 class _Parser(argparse.ArgumentParser):
