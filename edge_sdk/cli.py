@@ -494,6 +494,9 @@ def _qat(sub=None, args=None) -> int:
         sub.add_argument("--threads", type=_positive_int, default=None, help="torch threads (default: torch's)")
         sub.add_argument("--teacher-samples", type=int, default=0, metavar="N",
                          help="also distil on N sequences the float model writes (half of each batch; default 0: off)")
+        sub.add_argument("--anneal-steps", type=_nonnegative_int, default=0, metavar="N",
+                         help="N more steps after --steps with the weights snapped onto the grid, at "
+                         f"{O.QAT_ANNEAL_LR} x the learning rates (default 0: off)")
         return 0
     try:
         from .qat.train import qat
@@ -502,7 +505,8 @@ def _qat(sub=None, args=None) -> int:
         raise InputError(f"edge-sdk qat needs torch and transformers ({e.name} is missing)",
                          fix=install_fix("qat")) from None
     keys = ("recipe", "steps", "minutes", "eval_file", "chat", "seed", "resume", "teacher", "batch", "seq_len",
-            "lr", "scale_lr", "refresh_every", "eval_every", "max_ppl_increase", "threads", "teacher_samples")
+            "lr", "scale_lr", "refresh_every", "eval_every", "max_ppl_increase", "threads", "teacher_samples",
+            "anneal_steps")
     res = qat(args.checkpoint, args.data, args.out, **{k: getattr(args, k) for k in keys})
     progress.flush()
     if res.report:   # rank 0 of a multi-process run

@@ -29,6 +29,7 @@ DECODE_TOKENS = 32                # validate --decode-tokens: greedy decode step
 PROMPT_TOKENS = 128               # validate: prompt length of the speed runs (no flag)
 COLD = True                       # validate: evict the model's files first (--warm turns it off)
 FIRST_RUN = True                  # validate: also measure the first run (--no-first-run)
+QAT_ANNEAL_LR = 0.3               # qat --anneal-steps: the phase's peak learning rates, x --lr / --scale-lr
 
 # Quality gates for the mobile recipe (int2 MLP, int4 attention). llama.cpp on Llama-3-8B: q2_K has
 # KLD 0.33-0.45 and top-1 71%; q4_K_M 0.031 / 91.9%. A QAT'd int2/int4 model should not be worse

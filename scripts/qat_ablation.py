@@ -18,6 +18,10 @@ monitor (``monitor.HeldOut``: PyTorch float32, the held-out topics in non-overla
                             (``teacher_samples``, LLM-QAT's data-free distillation);
 - ``kl, 4 x 512 tokens``    the same tokens per step in windows of 512 (validate scores 480); its
                             monitor windows are 512 too: compare it through ``qat_tiny.py``.
+- ``kl, anneal 25%``        the default for 75 % of ``--steps``, then the last 25 % as
+                            ``anneal_steps``: snapped onto the grid, AdamW reset, 0.3 x the rates;
+- ``kl, anneal 25%, no snap`` the same second phase without ``snap_to_grid`` (the latent weights
+                            stay where phase 1 left them): what the snap itself is worth.
 
 PTQ is every run's step-0 evaluation (max-abs scales, k-means codebooks: the same for all).
 Prints a table, writes JSON. The machine it ran on was shared and loaded: the wall times are
@@ -31,6 +35,7 @@ import json
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +51,29 @@ VARIANTS = {
     "kl, teacher samples 4096": {"teacher_samples": 4096},
     "kl, teacher samples 16384": {"teacher_samples": 16384},
     "kl, 4 x 512 tokens": {"batch": 4, "seq_len": 512},
+    "kl, anneal 25%": {"anneal_share": 0.25},
+    "kl, anneal 25%, no snap": {"anneal_share": 0.25, "snap": False},
 }
+
+
+@contextmanager
+def snapping(on: bool):
+    """``snap=False``: ``qat``'s anneal phase without its snap (the ablation's counterfactual)."""
+    from edge_sdk.qat import train
+    real = train.snap_to_grid
+    if not on:
+        train.snap_to_grid = lambda model: 0
+    try:
+        yield
+    finally:
+        train.snap_to_grid = real
+
+
+def _steps(kw: dict, steps: int) -> dict:
+    """``anneal_share`` x of ``steps`` as the anneal phase, the rest as phase 1 (same total)."""
+    share = kw.pop("anneal_share", 0)
+    anneal = int(round(steps * share))
+    return {**kw, "steps": steps - anneal, "anneal_steps": anneal}
 
 
 def main(argv=None) -> int:
@@ -70,9 +97,12 @@ def main(argv=None) -> int:
             continue
         t0 = time.time()
         kw = {"batch": args.batch, "seq_len": args.seq_len, **kw}
-        res = qat(ROOT / "models" / "tiny-gemma4" / "float", data["train"], work / name.replace(" ", "_"),
-                  eval_file=data["heldout"], steps=args.steps, eval_every=args.steps, max_ppl_increase=None,
-                  threads=args.threads, **kw)
+        run = _steps({k: v for k, v in kw.items() if k != "snap"}, args.steps)
+        with snapping(kw.get("snap", True)):
+            res = qat(ROOT / "models" / "tiny-gemma4" / "float", data["train"],
+                      work / name.replace(" ", "_").replace("%", "").replace(",", ""),
+                      eval_file=data["heldout"], eval_every=args.steps, max_ppl_increase=None,
+                      threads=args.threads, **run)
         first, last = res.report["evals"][0], res.report["evals"][-1]
         ptq = ptq or first
         rows.append({"variant": name, "settings": kw, "ppl": last["ppl"], "kld": last["kld"],

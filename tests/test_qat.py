@@ -277,6 +277,41 @@ def test_apply_train_export_roundtrip(tmp_path, causal, preset):
     assert torch.equal(again, trained)
 
 
+@pytest.mark.parametrize("preset", ["mobile", "int4"])
+def test_snap_to_grid_keeps_the_forward_and_puts_every_latent_weight_on_it(preset):
+    """``snap_to_grid``: the logits do not move, each latent weight equals its fake-quantized
+    value (so it sits inside the clamp range, at a bin centre), the gains are folded (0), and a
+    second snap changes nothing."""
+    from edge_sdk.qat import snap_to_grid
+    model = tiny_model(causal=True)
+    apply_qat(model, PRESETS[preset])
+    ids = _ids()
+    scales, rest = qat_parameters(model)
+    opt = torch.optim.Adam([{"params": scales, "lr": 5e-2}, {"params": rest, "lr": 5e-3}])
+    for _ in range(3):   # latent weights off the grid, gains off 0
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    roles = quantized_roles(model)
+    latent = {r: m.parametrizations.weight.original for r, (m, _) in roles.items()}
+    assert any(not torch.equal(latent[r], q(latent[r])) for r, (_, q) in roles.items())
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    assert snap_to_grid(model) == len(roles)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, before)
+        for r, (_, q) in roles.items():
+            assert torch.equal(latent[r], q(latent[r])), r
+            if isinstance(q, AffineQuantizer):
+                assert not q.log_gain.any()
+                x = latent[r] / q.effective_scale().reshape(-1, 1) if q.cfg.block_size is None else None
+                if x is not None:
+                    assert x.min() >= q.cfg.qmin - 1e-4 and x.max() <= q.cfg.qmax + 1e-4
+        snapped = {r: t.clone() for r, t in latent.items()}
+        snap_to_grid(model)
+        assert all(torch.equal(latent[r], snapped[r]) for r in latent)
+
+
 def test_apply_refuses_bf16_and_double_apply():
     from edge_sdk.errors import RecipeError
     model = tiny_model().to(torch.bfloat16)

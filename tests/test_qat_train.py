@@ -67,36 +67,73 @@ def test_short_run_exports_on_grid_with_report(texts, tmp_path, capsys):
     if rc == 1:   # target missed: the sections to widen are named
         assert rep["verdict"]["widen"] and "widen" in err
     assert f"{out}: 2 steps" in stdout
+    bins = rep["top1_by_margin"]   # the float model's margins partition the held-out positions
+    assert bins[0]["lo"] == 0 and bins[-1]["hi"] is None and abs(sum(b["share"] for b in bins) - 1) < 1e-9
+    agree = sum(b["share"] * b["top1"] for b in bins if b["top1"] is not None)
+    assert abs(agree - last["top1"]) < 1e-9 and "| margin |" in (out / "qat_report.md").read_text()
 
 
-def test_resume_continues_bit_for_bit(texts, tmp_path, capsys, monkeypatch):
-    from edge_sdk.qat import train as T
-    args = ["qat", FLOAT, "--data", texts / "train.jsonl", "--eval", texts / "eval.txt", "--steps", "3",
+@pytest.fixture(scope="module")
+def straight_run(texts, tmp_path_factory):
+    """3 steps + 2 annealing steps on the grid, uninterrupted: what each resumed run must equal."""
+    out = tmp_path_factory.mktemp("straight") / "out"
+    assert main([str(a) for a in [*RESUME_ARGS(texts), "-o", out]]) == 0
+    return out
+
+
+def RESUME_ARGS(texts):
+    return ["qat", FLOAT, "--data", texts / "train.jsonl", "--eval", texts / "eval.txt", "--steps", "3",
             "--batch", "2", "--seq-len", "32", "--eval-every", "1", "--threads", "1", "--max-ppl-increase", "1000%",
-            "--teacher-samples", "3"]   # the resumed run regenerates the same samples
-    straight = tmp_path / "straight"
-    assert _run([*args, "-o", straight], capsys)[0] == 0
+            "--teacher-samples", "3",   # the resumed run regenerates the same samples
+            "--anneal-steps", "2"]
 
-    real = T.batch_at
+
+@pytest.mark.parametrize("stop_at", [2, 4], ids=["before-the-snap", "while-annealing"])
+def test_resume_continues_bit_for_bit(texts, straight_run, stop_at, tmp_path, capsys, monkeypatch):
+    from edge_sdk.qat import train as T
+    args = RESUME_ARGS(texts)
+    straight = straight_run
+    rep = json.loads((straight / "qat_report.json").read_text())
+    assert rep["steps_done"] == 5 and [e["step"] for e in rep["evals"]] == [0, 1, 2, 3, 4, 5]
+    assert "3 + 2 annealing" in (straight / "qat_report.md").read_text()
+
+    real, real_snap = T.batch_at, T.snap_to_grid
 
     def interrupted(stream, seed, step, batch, seq_len, samples):
         assert samples is not None and samples.shape == (3, 32)
-        if step == 2:
+        if step == stop_at:
             raise KeyboardInterrupt
         return real(stream, seed, step, batch, seq_len, samples)
 
     resumed = tmp_path / "resumed"
     monkeypatch.setattr(T, "batch_at", interrupted)
     assert _run([*args, "-o", resumed], capsys)[0] == 130
-    assert json.loads((resumed / ".qat_state" / "state.json").read_text())["step"] == 2
+    assert json.loads((resumed / ".qat_state" / "state.json").read_text())["step"] == stop_at
     monkeypatch.setattr(T, "batch_at", real)
-    rc, _, err = _run([*args, "-o", resumed, "--steps", "4", "--resume"], capsys)
+    rc, _, err = _run([*args, "-o", resumed, "--anneal-steps", "3", "--resume"], capsys)
     assert rc == 2 and err.count("\n") == 1 and "other settings" in err
+    snaps = []
+    monkeypatch.setattr(T, "snap_to_grid", lambda m: snaps.append(1) or real_snap(m))
     assert _run([*args, "-o", resumed, "--resume"], capsys)[0] == 0
+    assert len(snaps) == (1 if stop_at <= 3 else 0)   # once, at step 3; a state saved after it is snapped
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     ra, rb = (json.loads((d / "qat_report.json").read_text())["evals"] for d in (straight, resumed))
     assert [e["kld"] for e in ra] == [e["kld"] for e in rb]
+
+
+def test_anneal_phase_snaps_then_runs_at_the_lower_learning_rate():
+    """The learning-rate schedule of ``--steps 100 --anneal-steps 40``: phase 1's warmup + cosine to
+    5 %, then a fresh warmup + cosine peaking at ``QAT_ANNEAL_LR``; the snap happens once, at 100."""
+    from edge_sdk.options import QAT_ANNEAL_LR
+    from edge_sdk.qat import train as T
+
+    run = T._Run.__new__(T._Run)
+    run.s, run.eval_every = {"steps": 100, "anneal_steps": 40}, None
+    run._plan(100)
+    f = [run._lr_factor(i) for i in range(140)]
+    assert run.total == 140 and max(f[:100]) == 1.0 and abs(f[99] - 0.05) < 0.01
+    assert max(f[100:]) == pytest.approx(QAT_ANNEAL_LR) and f[100] < f[104] and f[139] < 0.1 * QAT_ANNEAL_LR
 
 
 def test_teacher_samples_are_the_float_models_own_deterministic_text():

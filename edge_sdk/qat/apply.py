@@ -157,3 +157,25 @@ def refresh_codebooks(model: nn.Module) -> int:
 def iter_quantizers(model: nn.Module) -> Iterator[nn.Module]:
     for _, (_, q) in quantized_roles(model).items():
         yield q
+
+
+@torch.no_grad()
+def snap_to_grid(model: nn.Module) -> int:
+    """Put every latent weight on its grid: ``latent := w_hat`` (the fake-quantized value the
+    forward already uses), with each affine quantizer's scale gain folded into its base scale
+    (``base_scale := effective_scale()``, ``log_gain := 0``). The forward is unchanged; what
+    changes is where the next gradient steps start: every weight at the centre of its bin and
+    inside the clamp range, so none is left straddling a rounding boundary (the 2-bit weights'
+    oscillation, Nagel et al. 2022) or stuck outside the range where the straight-through gradient
+    is 0. ``qat(anneal_steps=N)`` calls it before its low-learning-rate phase. Returns the number
+    of tensors snapped."""
+    n = 0
+    for _, (module, q) in quantized_roles(model).items():
+        latent = module.parametrizations.weight.original
+        w_hat = q(latent)
+        if isinstance(q, AffineQuantizer):
+            q.base_scale.copy_(q.effective_scale().reshape(q.base_scale.shape))
+            q.log_gain.zero_()
+        latent.copy_(w_hat)
+        n += 1
+    return n

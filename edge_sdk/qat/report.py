@@ -31,7 +31,7 @@ def write_report(out: Path, report: dict) -> None:
 def to_markdown(r: dict) -> str:
     s = r["settings"]
     lines = [f"# QAT report: {s['checkpoint']} → {s['out']}", "",
-             f"recipe `{s['recipe']}`, {r['steps_done']} of {s['steps']} steps (batch {s['batch']} × "
+             f"recipe `{s['recipe']}`, {r['steps_done']} of {_planned(s)} steps (batch {s['batch']} × "
              f"{s['seq_len']} tokens, {s['world_size']} process(es)), teacher "
              f"{'float checkpoint (KL distillation)' if s['teacher'] else 'none (cross-entropy)'}, seed "
              f"{s['seed']}; {r['wall_s']:.0f} s", "",
@@ -50,7 +50,30 @@ def to_markdown(r: dict) -> str:
         lines += ["", "Sections to widen (held-out KLD with the section left float):", ""]
         lines += [f"- {w['section']}: {w['from']} → {w['to']} (KLD {w['kld_if_float']:.4f}, "
                   f"−{w['kld_gain']:.4f})" for w in v["widen"]]
+    lines += _margin_table(r.get("top1_by_margin"))
     return "\n".join(lines) + "\n"
+
+
+def _margin_table(rows) -> list[str]:
+    """Top-1 agreement by the float model's margin between its two likeliest tokens."""
+    if not rows:
+        return []
+    out = ["", "Top-1 agreement by the float model's margin (log p1 − log p2, nats): where it hesitates, "
+           "any perturbation flips its argmax.", "",
+           "| margin | share of positions | top-1 | KLD |", "|---|---:|---:|---:|"]
+    for b in rows:
+        hi = "∞" if b["hi"] is None else f"{b['hi']:g}"
+        top1 = "-" if b["top1"] is None else f"{b['top1']:.1%}"
+        kld = "-" if b["kld"] is None else f"{b['kld']:.4f}"
+        out.append(f"| [{b['lo']:g}, {hi}) | {b['share']:.1%} | {top1} | {kld} |")
+    return out
+
+
+def _planned(s: dict) -> str:
+    anneal = s.get("anneal_steps") or 0
+    if not anneal or s["steps"] is None:
+        return str(s["steps"])
+    return f"{s['steps'] + anneal} ({s['steps']} + {anneal} annealing on the grid)"
 
 
 def _pct(x) -> str:
@@ -75,6 +98,9 @@ def plot_curves(path: Path, r: dict) -> None:
     a.set_ylabel("held-out perplexity")
     a.legend()
     a.grid(alpha=0.3)
+    if r["settings"].get("anneal_steps") and r["settings"]["steps"] is not None:
+        for ax in (a, b):   # where the weights were snapped onto the grid
+            ax.axvline(r["settings"]["steps"], color="gray", lw=0.8, ls="--")
     b.plot(steps, [e["kld"] for e in ev], "o-", color="#C44E52", label="KLD vs float")
     b.set_xlabel("step")
     b.set_ylabel("mean KLD (nats)")
