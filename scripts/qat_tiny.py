@@ -35,7 +35,7 @@ TINY = ROOT / "models" / "tiny-gemma4"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 QAT_FLAGS = ["--recipe", "mobile", "--seq-len", "128", "--batch", "16", "--eval-every", "100", "--threads", "1",
-             "--teacher-samples", "8192"]
+             "--teacher-samples", "8192", "--anneal-steps", "200"]
 
 
 def edge_sdk(*args) -> subprocess.CompletedProcess:
