@@ -131,8 +131,8 @@ def main(argv=None) -> int:
         opt.zero_grad(set_to_none=True)
         if (step + 1) % args.every == 0 or step + 1 == args.steps:
             m = held.measure(student)
-            rows.append({"step": step + 1, "loss": float(loss), **m})
-            print(f"step {step + 1}: loss {float(loss):.4f} PPL {m['ppl']:.2f} KLD {m['kld']:.4f} "
+            rows.append({"step": step + 1, "loss": loss.item(), **m})
+            print(f"step {step + 1}: loss {loss.item():.4f} PPL {m['ppl']:.2f} KLD {m['kld']:.4f} "
                   f"top-1 {m['top1']:.1%} ({time.time() - t0:.0f} s)", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "evals": rows},

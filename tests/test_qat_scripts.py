@@ -1,0 +1,43 @@
+"""The QAT measurement scripts' own pieces (issue 18): ``scripts/qat_continue.py`` starts from a QAT
+checkpoint exactly as exported, and ``scripts/qat_sections.py``'s Gaussian reading of top-1 inverts."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+ROOT = Path(__file__).resolve().parents[1]
+QAT = ROOT / "models" / "tiny-gemma4" / "qat"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_continue_starts_from_the_exported_model_exactly():
+    """Fake-quantizers with the exported scales and codebooks leave the on-grid weights where they
+    are: the student's logits equal the plain checkpoint's, bit for bit."""
+    from edge_sdk.qat.train import _load_tokenizer
+    cls, _ = _load_tokenizer(QAT)
+    student = _script("qat_continue").load_student(cls, QAT)
+    plain = cls.from_pretrained(str(QAT), dtype=torch.float32).eval()
+    ids = torch.randint(3, 2048, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(student(input_ids=ids).logits, plain(input_ids=ids).logits)
+
+
+def test_gaussian_top1_reading_inverts():
+    m = _script("qat_sections")
+    margins = torch.rand(5000, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2
+    for sigma in (0.1, 0.5, 2.0):
+        top1 = m.agreement_at(margins, sigma)
+        assert 0.5 < top1 < 1 and abs(m.sigma_for(margins, top1) - sigma) < 1e-6
+    assert m.agreement_at(margins, 0.2) > m.agreement_at(margins, 0.4)   # a smaller error agrees more
