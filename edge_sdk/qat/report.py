@@ -31,8 +31,8 @@ def write_report(out: Path, report: dict) -> None:
 def to_markdown(r: dict) -> str:
     s = r["settings"]
     lines = [f"# QAT report: {s['checkpoint']} → {s['out']}", "",
-             f"recipe `{s['recipe']}`, {r['steps_done']} of {_planned(s)} steps (batch {s['batch']} × "
-             f"{s['seq_len']} tokens, {s['world_size']} process(es)), teacher "
+             f"recipe `{s['recipe']}`, {r['steps_done']} of {_planned(s)}; batch {s['batch']} × "
+             f"{s['seq_len']} tokens, {s['world_size']} process(es); teacher "
              f"{'float checkpoint (KL distillation)' if s['teacher'] else 'none (cross-entropy)'}, seed "
              f"{s['seed']}; {r['wall_s']:.0f} s", "",
              f"Held-out: {r['heldout']['windows']} windows × {r['heldout']['seq_len']} tokens "
@@ -72,8 +72,8 @@ def _margin_table(rows) -> list[str]:
 def _planned(s: dict) -> str:
     anneal = s.get("anneal_steps") or 0
     if not anneal or s["steps"] is None:
-        return str(s["steps"])
-    return f"{s['steps'] + anneal} ({s['steps']} + {anneal} annealing on the grid)"
+        return f"{s['steps']} steps"
+    return f"{s['steps'] + anneal} steps ({s['steps']} + {anneal} annealing on the grid)"
 
 
 def _pct(x) -> str:
@@ -100,7 +100,7 @@ def plot_curves(path: Path, r: dict) -> None:
     a.grid(alpha=0.3)
     if r["settings"].get("anneal_steps") and r["settings"]["steps"] is not None:
         for ax in (a, b):   # where the weights were snapped onto the grid
-            ax.axvline(r["settings"]["steps"], color="gray", lw=0.8, ls="--")
+            ax.axvline(r["settings"]["steps"], color="gray", lw=0.8, ls="--", label="snapped onto the grid")
     b.plot(steps, [e["kld"] for e in ev], "o-", color="#C44E52", label="KLD vs float")
     b.set_xlabel("step")
     b.set_ylabel("mean KLD (nats)")
