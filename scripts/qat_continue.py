@@ -2,7 +2,8 @@
 """Continue a QAT checkpoint (on its grid) with another loss or learning rate: what a second phase buys.
 
     python scripts/qat_continue.py [--init models/tiny-gemma4/qat] [--loss kl|kl+ce|kl+margin|kl+T]
-                                   [--steps 200] [--lr 3e-4] [--scale-lr 3e-3] [--samples N] [--json out.json]
+                                   [--steps 200] [--lr 3e-4] [--scale-lr 3e-3] [--samples N] [--batch 16]
+                                   [--json out.json]
 
 The student starts from ``--init`` exactly as exported (weights on the grid; the exported scales
 become the base scales, gains 0; the exported PLE codebooks, not refitted): the state
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -88,6 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--scale-lr", type=float, default=3e-3)
     ap.add_argument("--samples", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--json", type=Path, default=None)
@@ -96,20 +97,12 @@ def main(argv=None) -> int:
     import torch
 
     from edge_sdk.qat.apply import qat_parameters
-    from edge_sdk.qat.data import load_corpus
-    from edge_sdk.qat.monitor import HeldOut
     from edge_sdk.qat.samples import teacher_samples
-    from edge_sdk.qat.train import _load_tokenizer, batch_at, lr_factor
-    from tiny_data import write_splits
+    from edge_sdk.qat.train import batch_at, lr_factor
+    from tiny_data import tiny_heldout
 
-    torch.set_num_threads(1)
-    data = write_splits(Path(tempfile.mkdtemp(prefix="qat_continue_")))
-    cls, tok = _load_tokenizer(TINY / "float")
-    corpus = load_corpus(data["train"], tok, 128, data["heldout"])
-    teacher = cls.from_pretrained(str(TINY / "float"), dtype=torch.float32).eval()
-    teacher.requires_grad_(False)
+    cls, corpus, teacher, held = tiny_heldout()
     student = load_student(cls, args.init)
-    held = HeldOut(corpus.heldout, teacher)
     samples = (teacher_samples(teacher, corpus.train, args.samples, 128, 0) if args.samples else None)
     scales, rest = qat_parameters(student)
     opt = torch.optim.AdamW([{"params": scales, "peak": args.scale_lr}, {"params": rest, "peak": args.lr}],
@@ -121,7 +114,7 @@ def main(argv=None) -> int:
     for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = g["peak"] * lr_factor(step, args.steps, 10)
-        x = batch_at(corpus.train, args.seed, step, 16, 128, samples)
+        x = batch_at(corpus.train, args.seed, step, args.batch, 128, samples)
         with torch.no_grad():
             t_logits = teacher(input_ids=x, use_cache=False).logits.float()
         loss = loss_fn(student(input_ids=x, use_cache=False).logits.float(), t_logits)

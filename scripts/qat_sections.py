@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,18 +75,11 @@ def main(argv=None) -> int:
     import torch
 
     from edge_sdk.qat.apply import apply_qat, quantized_roles
-    from edge_sdk.qat.data import load_corpus
-    from edge_sdk.qat.monitor import HeldOut, section_of, top1_by_margin
-    from edge_sdk.qat.train import _load_tokenizer
+    from edge_sdk.qat.monitor import section_of, top1_by_margin
     from edge_sdk.quant import load_recipe
-    from tiny_data import write_splits
+    from tiny_data import tiny_heldout
 
-    torch.set_num_threads(1)
-    data = write_splits(Path(tempfile.mkdtemp(prefix="qat_sections_")))
-    cls, tok = _load_tokenizer(TINY / "float")
-    corpus = load_corpus(data["train"], tok, 128, data["heldout"])
-    float_model = cls.from_pretrained(str(TINY / "float"), dtype=torch.float32).eval()
-    held = HeldOut(corpus.heldout, float_model)
+    cls, _, _, held = tiny_heldout()
 
     ptq = cls.from_pretrained(str(TINY / "float"), dtype=torch.float32).eval()
     apply_qat(ptq, load_recipe(args.recipe))
@@ -111,7 +103,8 @@ def main(argv=None) -> int:
         margins[args.model.name] = top1_by_margin(qat_model, held)
         m = held.measure(qat_model)
         g = float_margins(held)
-        gaussian = {"model": str(args.model), "kld": m["kld"], "top1": m["top1"],
+        where = args.model.resolve()
+        gaussian = {"model": str(where.relative_to(ROOT) if where.is_relative_to(ROOT) else where), "kld": m["kld"], "top1": m["top1"],
                     "sigma_fit": sigma_for(g, m["top1"]), "sigma_for_90": sigma_for(g, 0.90)}
 
     print(f"PTQ `{args.recipe}` on the held-out topics ({held.positions} positions): every section "

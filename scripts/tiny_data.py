@@ -37,6 +37,28 @@ def write_splits(out: Path, split_json: Path = SPLIT) -> dict[str, Path]:
     return paths
 
 
+def tiny_heldout(seq_len: int = 128):
+    """The QAT scripts' common start: ``(model class, corpus, float model, HeldOut)`` for the tiny
+    model's splits in ``seq_len``-token windows, the float model frozen, torch on one thread
+    (deterministic)."""
+    import tempfile
+
+    import torch
+
+    from edge_sdk.qat.data import load_corpus
+    from edge_sdk.qat.monitor import HeldOut
+    from edge_sdk.qat.train import _load_tokenizer
+
+    torch.set_num_threads(1)
+    data = write_splits(Path(tempfile.mkdtemp(prefix="tiny_data_")))
+    float_dir = ROOT / "models" / "tiny-gemma4" / "float"
+    cls, tok = _load_tokenizer(float_dir)
+    corpus = load_corpus(data["train"], tok, seq_len, data["heldout"])
+    float_model = cls.from_pretrained(str(float_dir), dtype=torch.float32).eval()
+    float_model.requires_grad_(False)
+    return cls, corpus, float_model, HeldOut(corpus.heldout, float_model)
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit(__doc__)
