@@ -484,7 +484,9 @@ def _qat(sub=None, args=None) -> int:
         sub.add_argument("--batch", type=_positive_int, default=16, help="windows per step (all processes)")
         sub.add_argument("--seq-len", type=_positive_int, default=None,
                          help="tokens per window (default: min(512, the model's max positions))")
-        sub.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the weights")
+        sub.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the 2-bit weights and the norms")
+        sub.add_argument("--fine-lr", type=float, default=1e-4, help="peak learning rate of the weights on finer "
+                         "grids: int4/int8, codebook tables")
         sub.add_argument("--scale-lr", type=float, default=1e-2, help="peak learning rate of the log scale gains")
         sub.add_argument("--refresh-every", type=_positive_int, default=50, help="refit codebooks every N steps")
         sub.add_argument("--eval-every", type=_positive_int, default=None,
@@ -505,7 +507,7 @@ def _qat(sub=None, args=None) -> int:
         raise InputError(f"edge-sdk qat needs torch and transformers ({e.name} is missing)",
                          fix=install_fix("qat")) from None
     keys = ("recipe", "steps", "minutes", "eval_file", "chat", "seed", "resume", "teacher", "batch", "seq_len",
-            "lr", "scale_lr", "refresh_every", "eval_every", "max_ppl_increase", "threads", "teacher_samples",
+            "lr", "fine_lr", "scale_lr", "refresh_every", "eval_every", "max_ppl_increase", "threads", "teacher_samples",
             "anneal_steps")
     res = qat(args.checkpoint, args.data, args.out, **{k: getattr(args, k) for k in keys})
     progress.flush()

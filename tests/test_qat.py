@@ -312,6 +312,29 @@ def test_snap_to_grid_keeps_the_forward_and_puts_every_latent_weight_on_it(prese
         assert all(torch.equal(latent[r], snapped[r]) for r in latent)
 
 
+@pytest.mark.parametrize("preset", ["mobile", "int4"])
+def test_parameter_groups_put_fine_grids_apart(preset):
+    """``qat_parameter_groups``: every trainable parameter in exactly one group; *fine* is exactly the
+    latent weights on grids wider than 2 bits and the dictionary tables (mobile: attention, the tied
+    embedding, PLE; int4: every quantized weight); *rest* the 2-bit latent weights (mobile's MLPs)
+    and the float norms; the scale gains apart."""
+    from edge_sdk.qat import qat_parameter_groups
+    model = tiny_model(causal=True)
+    apply_qat(model, PRESETS[preset])
+    scales, rest, fine = qat_parameter_groups(model)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    ids = [id(p) for g in (scales, rest, fine) for p in g]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in trainable}
+    latent = {r: m.parametrizations.weight.original for r, (m, _) in quantized_roles(model).items()}
+    two_bit = {id(t) for r, t in latent.items() if ".mlp." in r} if preset == "mobile" else set()
+    assert {id(p) for p in fine} == {id(t) for t in latent.values()} - two_bit
+    assert two_bit <= {id(p) for p in rest} and (preset == "int4" or two_bit)
+    assert id(latent["embed_tokens"]) in {id(p) for p in fine}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert any("norm" in names[id(p)] for p in rest) and not any("norm" in names[id(p)] for p in fine)
+    assert set(map(id, scales)) == set(map(id, qat_parameters(model)[0]))
+
+
 def test_apply_refuses_bf16_and_double_apply():
     from edge_sdk.errors import RecipeError
     model = tiny_model().to(torch.bfloat16)

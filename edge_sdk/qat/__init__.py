@@ -1,9 +1,9 @@
 """Floor 5: quantization-aware training for Gemma 4 (torch; the optional ``[qat]`` extra).
 
-    from edge_sdk.qat import apply_qat, export_qat, refresh_codebooks, qat_parameters
+    from edge_sdk.qat import apply_qat, export_qat, refresh_codebooks, qat_parameter_groups
     model = Gemma4ForConditionalGeneration(...).float()
     apply_qat(model, PRESETS["mobile"])         # parametrize the text decoder's weights
-    scales, rest = qat_parameters(model)        # two optimizer groups
+    scales, rest, fine = qat_parameter_groups(model)   # three optimizer groups (fine grids apart)
     ... train (plain, DDP or FSDP) ...; refresh_codebooks(model) every K steps
     export_qat(model, "out/", tokenizer=tok)    # HF checkpoint on the grid + scale sidecar
 
@@ -23,6 +23,7 @@ from importlib import import_module
 
 _LAZY = {
     "apply_qat": "apply", "is_qat": "apply", "qat_parameters": "apply", "quantized_roles": "apply",
+    "qat_parameter_groups": "apply",
     "refresh_codebooks": "apply", "find_text_model": "apply", "snap_to_grid": "apply",
     "AffineQuantizer": "fake_quant", "DictionaryFakeQuantizer": "fake_quant",
     "fake_quant_affine": "fake_quant", "dictionary_codes": "..quant.codebooks",

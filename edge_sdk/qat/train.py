@@ -13,7 +13,10 @@ The run:
    ``teacher_samples`` N, half of each batch is drawn from N sequences the float model wrote from
    short training prompts (``samples``: more distinct contexts than the user's text has). Dropout
    is off (the student runs in eval mode: the grid, not noise, is what it must learn to absorb);
-3. AdamW (weights ``lr``, scale gains ``scale_lr``, no weight decay), linear warmup then cosine to
+3. AdamW, no weight decay, three learning rates (``apply.qat_parameter_groups``): ``fine_lr`` for
+   the latent weights on fine grids (int4/int8, dictionary tables: PTQ leaves them close and their
+   steps are small), ``lr`` for the rest (2-bit latent weights, norms, scalars), ``scale_lr`` for the
+   scale gains; linear warmup then cosine to
    5 %, gradient clipping 1.0; codebooks refitted every ``refresh_every`` steps until 80 % of the
    run (the last codebooks are the exported ones);
 3b. with ``anneal_steps`` N > 0, N more steps after ``steps``: the latent weights are snapped onto
@@ -50,7 +53,7 @@ from .. import progress
 from ..errors import CheckpointError, InputError, RecipeError
 from ..options import QAT_ANNEAL_LR
 from ..quant import load_recipe
-from .apply import apply_qat, find_text_model, qat_parameters, quantized_roles, refresh_codebooks, snap_to_grid
+from .apply import apply_qat, find_text_model, qat_parameter_groups, quantized_roles, refresh_codebooks, snap_to_grid
 from .data import load_corpus
 from .export import export_qat
 from .monitor import HeldOut, StopRule, section_sensitivity, top1_by_margin, widen_advice
@@ -60,8 +63,26 @@ from .samples import teacher_samples as generate_samples
 STATE_DIR = ".qat_state"
 SAMPLE_SHARE = 0.5      # of each batch drawn from the teacher's samples (``teacher_samples`` > 0)
 ANNEAL_LR = QAT_ANNEAL_LR   # the anneal phase's peak learning rates, as a share of ``lr`` / ``scale_lr``
-STATE_KEYS = ("checkpoint", "recipe", "seed", "steps", "batch", "seq_len", "lr", "scale_lr", "teacher",
-              "refresh_every", "world_size", "teacher_samples", "anneal_steps")
+STATE_KEYS = ("checkpoint", "recipe", "seed", "steps", "batch", "seq_len", "lr", "fine_lr", "scale_lr",
+              "teacher", "refresh_every", "world_size", "teacher_samples", "anneal_steps")
+
+
+def saved_state(out: Path, settings: dict) -> dict:
+    """``OUT/.qat_state``'s loop state, once its settings are checked against this run's: called
+    before anything slow (teacher samples) so that a mismatch costs nothing. A run started with
+    ``--minutes`` takes the saved run's step count."""
+    d = out / STATE_DIR
+    if not (d / "state.json").is_file():
+        raise InputError("--resume: no saved QAT state here", path=d, fix="run without --resume first")
+    meta = json.loads((d / "state.json").read_text())
+    want = {k: settings[k] for k in STATE_KEYS}
+    if meta["settings"]["steps"] is not None and settings["steps"] is None:
+        want["steps"] = settings["steps"] = meta["settings"]["steps"]
+    diff = {k: (meta["settings"].get(k), want[k]) for k in STATE_KEYS if meta["settings"].get(k) != want[k]}
+    if diff:
+        raise InputError(f"--resume: the saved run had other settings {diff}", path=d,
+                         fix="resume with the same flags, or drop --resume to start over")
+    return meta
 
 
 @dataclass
@@ -194,7 +215,8 @@ def _check_args(steps, minutes, batch, seq_len, eval_every, world):
 def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *, recipe: str = "mobile",
         steps: int | None = None, minutes: float | None = None, eval_file: str | PathLike | None = None,
         seed: int = 0, resume: bool = False, teacher: bool = True, chat: bool = False, batch: int = 16,
-        seq_len: int | None = None, lr: float = 1e-3, scale_lr: float = 1e-2, refresh_every: int = 50,
+        seq_len: int | None = None, lr: float = 1e-3, fine_lr: float = 1e-4, scale_lr: float = 1e-2,
+        refresh_every: int = 50,
         eval_every: int | None = None, max_ppl_increase: float | None = 0.05,
         threads: int | None = None, teacher_samples: int = 0, anneal_steps: int = 0) -> QATResult:
     """Run QAT (module docstring); ``steps`` defaults to 600 unless ``minutes`` bounds the run
@@ -230,12 +252,14 @@ def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *
             p.requires_grad_(False)
     total = steps if steps is not None else (600 if minutes is None else None)
     settings = {"checkpoint": str(ckpt), "out": str(out), "recipe": rec.name, "seed": seed, "steps": total,
-                "minutes": minutes, "batch": batch, "seq_len": seq_len, "lr": lr, "scale_lr": scale_lr,
+                "minutes": minutes, "batch": batch, "seq_len": seq_len, "lr": lr, "fine_lr": fine_lr,
+                "scale_lr": scale_lr,
                 "teacher": teacher, "refresh_every": refresh_every, "world_size": dist.world,
                 "data": str(data), "eval": None if eval_file is None else str(eval_file),
                 "train_tokens": int(len(corpus.train)), "documents": corpus.documents,
                 "max_ppl_increase": max_ppl_increase, "threads": torch.get_num_threads(),
                 "teacher_samples": teacher_samples, "anneal_steps": anneal_steps}
+    meta = saved_state(out, settings) if resume else None
     samples = None
     if teacher_samples:
         t_gen = time.monotonic()
@@ -243,8 +267,8 @@ def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *
             samples = generate_samples(float_model, corpus.train, teacher_samples, seq_len, seed, dist.device)
         settings["samples_s"] = round(time.monotonic() - t_gen, 1)
     run = _Run(dist, student, float_model, corpus, settings, out, eval_every, samples)
-    if resume:
-        run.restore()
+    if meta is not None:
+        run.restore(meta)
     run.train(minutes)
     return run.finish(tok, ckpt, t0)
 
@@ -260,9 +284,8 @@ class _Run:
         if dist.world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 student, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-        scales, rest = qat_parameters(student)
-        self.opt = torch.optim.AdamW([{"params": scales, "lr": settings["scale_lr"], "peak": settings["scale_lr"]},
-                                      {"params": rest, "lr": settings["lr"], "peak": settings["lr"]}],
+        groups = zip(qat_parameter_groups(student), (settings["scale_lr"], settings["lr"], settings["fine_lr"]))
+        self.opt = torch.optim.AdamW([{"params": ps, "lr": lr, "peak": lr} for ps, lr in groups],
                                      betas=(0.9, 0.95), weight_decay=0.0)
         self.step, self.evals, self.losses = 0, [], []
         self.eval_every = eval_every
@@ -388,20 +411,11 @@ class _Run:
         shutil.rmtree(d, ignore_errors=True)
         os.replace(tmp, d)
 
-    def restore(self) -> None:
+    def restore(self, meta: dict) -> None:
+        """Load the tensors of the state ``saved_state`` has checked (``meta``: its loop state)."""
         from safetensors.torch import load_file
 
         d = self.out / STATE_DIR
-        if not (d / "state.json").is_file():
-            raise InputError("--resume: no saved QAT state here", path=d, fix="run without --resume first")
-        meta = json.loads((d / "state.json").read_text())
-        want = {k: self.s[k] for k in STATE_KEYS}
-        if meta["settings"]["steps"] is not None and self.s["steps"] is None:
-            want["steps"] = self.s["steps"] = meta["settings"]["steps"]
-        diff = {k: (meta["settings"].get(k), want[k]) for k in STATE_KEYS if meta["settings"].get(k) != want[k]}
-        if diff:
-            raise InputError(f"--resume: the saved run had other settings {diff}", path=d,
-                             fix="resume with the same flags, or drop --resume to start over")
         sd = load_file(str(d / "student.safetensors"))
         self.student.load_state_dict(sd, strict=True)
         opt = load_file(str(d / "optimizer.safetensors"))
