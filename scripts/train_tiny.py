@@ -80,6 +80,38 @@ def topic_texts(names) -> list[str]:
     return [topics[n] for n in names]
 
 
+def stdlib_docstrings(min_chars: int = 200) -> list[str]:
+    """Extra prose for ``--docstrings``: every module, class and function docstring of at least
+    ``min_chars`` in this CPython's standard library (parsed with ``ast``, nothing imported; tests,
+    IDLE, lib2to3 and pydoc_data left out), in path order. About 1.1 M characters on CPython 3.11."""
+    import ast
+    import sysconfig
+
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    out = []
+    for path in sorted(lib.rglob("*.py")):
+        rel = path.relative_to(lib).as_posix()
+        if any(s in rel for s in ("test", "idlelib", "lib2to3", "turtledemo", "site-packages", "pydoc_data")):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) >= min_chars:
+                    out.append(doc)
+    return out
+
+
+def without_overlap(texts: list[str], avoid: list[str], n: int = 64) -> list[str]:
+    """``texts`` minus any that shares an ``n``-character string with the ``avoid`` texts (the
+    held-out topics: nothing of them may leak into training)."""
+    shingles = {t[i:i + n] for t in avoid for i in range(0, max(1, len(t) - n), n // 4)}
+    return [d for d in texts if not any(d[i:i + n] in shingles for i in range(max(1, len(d) - n + 1)))]
+
+
 def train_tokenizer(texts: list[str], vocab: int = VOCAB):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -273,6 +305,12 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--skip-float", action="store_true",
                     help="reuse an existing float/ checkpoint (QAT only)")
+    ap.add_argument("--docstrings", action="store_true",
+                    help="train the float model on the train topics + the stdlib's docstrings (4.5x the "
+                    "tokens; the tokenizer stays the topics'): not the committed fixture, see docs/qat.md")
+    ap.add_argument("--tokenizer", type=Path, default=None,
+                    help="reuse this checkpoint's tokenizer instead of training one")
+    ap.add_argument("--float-only", action="store_true", help="stop after float/ (no QAT)")
     args = ap.parse_args(argv)
 
     import torch
@@ -295,11 +333,16 @@ def main(argv=None) -> int:
     log(f"split: {len(split['train'])} train topics ({split['chars']['train']} chars), "
         f"{len(split['heldout'])} held out ({split['chars']['heldout']} chars)")
 
-    if args.skip_float:
-        tok = AutoTokenizer.from_pretrained(str(float_dir))
+    if args.skip_float or args.tokenizer:
+        tok = AutoTokenizer.from_pretrained(str(args.tokenizer or float_dir))
     else:
         tok = train_tokenizer(topic_texts(split["train"]))
-    train_ids = token_stream(tok, topic_texts(split["train"]))
+    train_texts = topic_texts(split["train"])
+    if args.docstrings:
+        docs = without_overlap(stdlib_docstrings(), topic_texts(split["heldout"]))
+        train_texts += docs
+        log(f"+ {len(docs)} stdlib docstrings ({sum(map(len, docs))} chars)")
+    train_ids = token_stream(tok, train_texts)
     windows = eval_windows(token_stream(tok, topic_texts(split["heldout"])))
     log(f"tokenizer: vocab {len(tok)}; train {len(train_ids)} tokens, held-out "
         f"{windows.size} tokens in {len(windows)} windows of {CTX}")
@@ -318,6 +361,8 @@ def main(argv=None) -> int:
         tok.save_pretrained(str(float_dir))
         log(f"float checkpoint (bfloat16) → {float_dir}  [{time.time() - t_start:.0f}s]")
         del model
+    if args.float_only:
+        return 0
 
     # QAT from the stored bf16 weights, so that PTQ and QAT start from the very same numbers.
     teacher = Gemma4ForConditionalGeneration.from_pretrained(str(float_dir), dtype=torch.float32)

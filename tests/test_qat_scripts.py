@@ -41,3 +41,34 @@ def test_gaussian_top1_reading_inverts():
         top1 = m.agreement_at(margins, sigma)
         assert 0.5 < top1 < 1 and abs(m.sigma_for(margins, top1) - sigma) < 1e-6
     assert m.agreement_at(margins, 0.2) > m.agreement_at(margins, 0.4)   # a smaller error agrees more
+
+
+def test_float_margins_predicts_the_qat_models_own_top1(tmp_path):
+    """``scripts/float_margins.py`` on the float model the QAT model was trained from: the shares
+    weighted by the per-bin agreement are the QAT model's top-1 itself (the bins cover every
+    position), and the shares sum to 1."""
+    import json
+
+    from edge_sdk.qat.monitor import HeldOut
+    assert _script("float_margins").main(["--json", str(tmp_path / "m.json")]) == 0
+    r = json.loads((tmp_path / "m.json").read_text())
+    (row,) = r["floats"]
+    assert abs(sum(row["shares"]) - 1) < 1e-9 and row["float"] == "models/tiny-gemma4/float"
+    cls, held = _script("float_margins").held_out(ROOT / "models" / "tiny-gemma4" / "float",
+                                                  _script("tiny_data").write_splits(tmp_path / "d"))
+    top1 = HeldOut.measure(held, cls.from_pretrained(str(QAT), dtype=torch.float32))["top1"]
+    assert row["predicted_top1"] == pytest.approx(top1, abs=1e-9) and 0.5 < top1 < 1
+
+
+def test_docstrings_never_share_text_with_the_heldout_topics():
+    """``train_tiny.py --docstrings``: none of the extra prose contains a 64-character string of a
+    held-out topic (on this CPython none does), and a text that does is dropped: a docstring planted
+    in the avoided texts, or a held-out topic's own middle."""
+    tt = _script("train_tiny")
+    held = tt.topic_texts(tt.split_topics()["heldout"])
+    docs = tt.stdlib_docstrings()
+    assert len(docs) > 1000 and all(len(d) >= 200 for d in docs)
+    assert tt.without_overlap(docs, held) == docs
+    longest = max(held, key=len)
+    leak = "Some prose. " + longest[len(longest) // 2:][:100] + " More prose."
+    assert tt.without_overlap([docs[0], leak, docs[2]], held + [docs[2]]) == [docs[0]]
