@@ -21,7 +21,11 @@ monitor (``monitor.HeldOut``: PyTorch float32, the held-out topics in non-overla
 - ``kl, anneal 25%``        the default for 75 % of ``--steps``, then the last 25 % as
                             ``anneal_steps``: snapped onto the grid, AdamW reset, 0.3 x the rates;
 - ``kl, anneal 25%, no snap`` the same second phase without ``snap_to_grid`` (the latent weights
-                            stay where phase 1 left them): what the snap itself is worth.
+                            stay where phase 1 left them): what the snap itself is worth;
+- ``kl, one rate``          every weight at ``lr`` (``fine_lr = lr``): the default before
+                            ``--fine-lr``. docs/qat_ablation.json, qat_ablation_300.json and
+                            qat_ablation_anneal.json were measured then: the ``lr`` variants below
+                            set ``fine_lr`` too, so they still mean what those files recorded.
 
 PTQ is every run's step-0 evaluation (max-abs scales, k-means codebooks: the same for all).
 Prints a table, writes JSON. The machine it ran on was shared and loaded: the wall times are
@@ -46,13 +50,14 @@ VARIANTS = {
     "ce, learned scales": {"teacher": False},
     "kl, learned scales": {},
     "kl, no refresh": {"refresh_every": 10 ** 9},
-    "kl, lr 3e-4": {"lr": 3e-4, "scale_lr": 5e-3},
-    "kl, lr 5e-4": {"lr": 5e-4, "scale_lr": 5e-3},
+    "kl, lr 3e-4": {"lr": 3e-4, "fine_lr": 3e-4, "scale_lr": 5e-3},
+    "kl, lr 5e-4": {"lr": 5e-4, "fine_lr": 5e-4, "scale_lr": 5e-3},
     "kl, teacher samples 4096": {"teacher_samples": 4096},
     "kl, teacher samples 16384": {"teacher_samples": 16384},
     "kl, 4 x 512 tokens": {"batch": 4, "seq_len": 512},
     "kl, anneal 25%": {"anneal_share": 0.25},
     "kl, anneal 25%, no snap": {"anneal_share": 0.25, "snap": False},
+    "kl, one rate": {"fine_lr": 1e-3},
 }
 
 
