@@ -499,6 +499,9 @@ def _qat(sub=None, args=None) -> int:
         sub.add_argument("--anneal-steps", type=_nonnegative_int, default=0, metavar="N",
                          help="N more steps after --steps with the weights snapped onto the grid, at "
                          f"{O.QAT_ANNEAL_LR} x the learning rates (default 0: off)")
+        sub.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=False,
+                         help="also learn per-input-column gains of q/k/v, gate/up and down, folded into the "
+                         "norms and up_proj when written (default: off)")
         return 0
     try:
         from .qat.train import qat
@@ -508,7 +511,7 @@ def _qat(sub=None, args=None) -> int:
                          fix=install_fix("qat")) from None
     keys = ("recipe", "steps", "minutes", "eval_file", "chat", "seed", "resume", "teacher", "batch", "seq_len",
             "lr", "fine_lr", "scale_lr", "refresh_every", "eval_every", "max_ppl_increase", "threads", "teacher_samples",
-            "anneal_steps")
+            "anneal_steps", "equalize")
     res = qat(args.checkpoint, args.data, args.out, **{k: getattr(args, k) for k in keys})
     progress.flush()
     if res.report:   # rank 0 of a multi-process run

@@ -335,6 +335,58 @@ def test_parameter_groups_put_fine_grids_apart(preset):
     assert set(map(id, scales)) == set(map(id, qat_parameters(model)[0]))
 
 
+@pytest.mark.parametrize("preset", ["mobile", "int4"])
+def test_equalization_trains_and_folds_into_plain_grids(tmp_path, preset):
+    """``apply_qat(equalize=True)``: one shared column gain per (layer, q/k/v | gate/up | down); at
+    c = 1 the forward is exactly the plain QAT forward; the gains train with the scale gains; the
+    export folds them (norm weights / c, up_proj rows and scales / c) into a checkpoint whose every
+    weight re-quantizes with error 0 and which plain transformers runs to the trained logits."""
+    from transformers import AutoModelForCausalLM
+    from edge_sdk.qat import ColumnGain, qat_parameter_groups, snap_to_grid
+    from safetensors.numpy import load_file
+    ids = _ids()
+    plain = tiny_model(causal=True)
+    apply_qat(plain, PRESETS[preset])
+    model = tiny_model(causal=True)
+    apply_qat(model, PRESETS[preset], equalize=True)
+    plan = model._edge_sdk_qat_equalizers
+    layers = model.model.layers
+    assert [(e["group"], e["layer"]) for e in plan] == [
+        (g, i) for i in range(len(layers)) for g in ("attn_in", "mlp_in", "mlp_mid")]
+    shared = [e for e in plan if e["layer"] == 2 and e["group"] == "attn_in"][0]
+    assert shared["readers"] == [layers[2].self_attn.q_proj]      # a kv-shared layer: q only
+    first = [e for e in plan if e["layer"] == 0 and e["group"] == "attn_in"][0]
+    qs = [m.parametrizations.weight[0] for m in first["readers"]]
+    assert len(qs) == 3 and all(q.column_gain is first["gain"] for q in qs)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, plain(input_ids=ids).logits)
+    scales, rest, fine = qat_parameter_groups(model)
+    gains = [m.log_c for m in model.modules() if isinstance(m, ColumnGain)]
+    assert len(gains) == len(plan) and {id(p) for p in gains} <= {id(p) for p in scales}
+    opt = torch.optim.Adam([{"params": scales, "lr": 5e-2}, {"params": rest + fine, "lr": 1e-3}])
+    for _ in range(3):
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert all(p.abs().max() > 0 for p in gains)
+    with torch.no_grad():
+        trained = model(input_ids=ids).logits
+        snap_to_grid(model)
+        assert torch.allclose(model(input_ids=ids).logits, trained, atol=1e-5, rtol=0)
+        c_norm = first["gain"]().clone()
+        norm = layers[0].input_layernorm.weight.clone()
+    out = export_qat(model, tmp_path / "qat")
+    assert model._edge_sdk_qat_equalizers is plan       # export folded a copy, not the model
+    errs = verify_export(out)
+    assert errs and all(e == 0.0 for e in errs.values())
+    sd = load_file(str(out / "model.safetensors"))
+    assert np.allclose(sd["model.layers.0.input_layernorm.weight"], (norm / c_norm).numpy(), rtol=1e-6)
+    again = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        folded = again(input_ids=ids).logits
+    assert torch.allclose(folded, trained, atol=1e-3 * float(trained.abs().max()), rtol=0)
+
+
 def test_apply_refuses_bf16_and_double_apply():
     from edge_sdk.errors import RecipeError
     model = tiny_model().to(torch.bfloat16)

@@ -23,7 +23,7 @@ from importlib import import_module
 
 _LAZY = {
     "apply_qat": "apply", "is_qat": "apply", "qat_parameters": "apply", "quantized_roles": "apply",
-    "qat_parameter_groups": "apply",
+    "qat_parameter_groups": "apply", "fold_equalizers": "equalize", "ColumnGain": "equalize",
     "refresh_codebooks": "apply", "find_text_model": "apply", "snap_to_grid": "apply",
     "AffineQuantizer": "fake_quant", "DictionaryFakeQuantizer": "fake_quant",
     "fake_quant_affine": "fake_quant", "dictionary_codes": "..quant.codebooks",

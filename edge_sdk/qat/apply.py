@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize
 from ..errors import RecipeError
 from ..gemma4.names import LM_HEAD, TIED_TO, role_of
 from ..quant import Recipe, format_of, resolve, resolve_shared
+from .equalize import ColumnGain, attach_equalizers
 from .fake_quant import AffineQuantizer, DictionaryFakeQuantizer
 
 TEXT_MODEL_CLASSES = ("Gemma4TextModel",)
@@ -61,8 +62,12 @@ def _underlying(module: nn.Module) -> torch.Tensor:
     return module.weight
 
 
-def apply_qat(model: nn.Module, recipe: Recipe, *, learn_scales: bool = True) -> nn.Module:
+def apply_qat(model: nn.Module, recipe: Recipe, *, learn_scales: bool = True,
+              equalize: bool = False) -> nn.Module:
     """Fake-quantize ``model``'s text decoder in place per ``recipe``; returns ``model``.
+
+    ``equalize``: also learn a per-input-column gain for q/k/v, gate/up and down (``equalize``
+    module); ``export_qat`` folds the gains into the norms and up_proj's rows before it writes.
 
     Scales start at the PTQ scales (max|w| / qmax) and are learnable unless ``learn_scales`` is
     False; dictionary codebooks start at the NumPy k-means of the current weights (refit them
@@ -102,6 +107,7 @@ def apply_qat(model: nn.Module, recipe: Recipe, *, learn_scales: bool = True) ->
             raise RecipeError(f"'{pname}' is a {p.dim()}-D tensor (MoE experts); the QAT toolkit "
                               "fake-quantizes 2-D Linear/Embedding weights only")
     model._edge_sdk_qat_recipe = recipe
+    model._edge_sdk_qat_equalizers = attach_equalizers(text) if equalize else []
     return model
 
 
@@ -126,12 +132,14 @@ def quantized_roles(model: nn.Module) -> dict[str, tuple[nn.Module, nn.Module]]:
 
 def qat_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(scale gains, every other trainable parameter), each once — for two optimizer groups
-    (scales usually without weight decay)."""
+    (scales usually without weight decay). The equalization gains (``ColumnGain``) count as scale
+    gains: relative, like them."""
     seen, scales, rest = set(), [], []
     for m in model.modules():
-        if isinstance(m, AffineQuantizer) and m.log_gain.requires_grad and id(m.log_gain) not in seen:
-            seen.add(id(m.log_gain))
-            scales.append(m.log_gain)
+        p = m.log_gain if isinstance(m, AffineQuantizer) else m.log_c if isinstance(m, ColumnGain) else None
+        if p is not None and p.requires_grad and id(p) not in seen:
+            seen.add(id(p))
+            scales.append(p)
     for p in model.parameters():
         if p.requires_grad and id(p) not in seen:
             seen.add(id(p))

@@ -38,6 +38,7 @@ from ..quant import (AffineConfig, DictionaryConfig, Recipe, quantize, read_qat_
                      write_qat_sidecar)
 from ..quant.scales import SIDECAR_NAME
 from .apply import find_text_model, quantized_roles
+from .equalize import fold_equalizers, has_equalizers
 from .fake_quant import AffineQuantizer, DictionaryFakeQuantizer
 from ..quant.codebooks import CODEBOOKS_NAME, dictionary_codes, read_qat_codebooks, write_qat_codebooks
 
@@ -121,6 +122,9 @@ def export_qat(model: nn.Module, out_dir: str | PathLike, recipe: Recipe | None 
         raise CheckpointError("export_qat needs the recipe (model was not prepared by apply_qat)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if has_equalizers(model):      # the written model is the folded one: plain per-channel grids
+        model = copy.deepcopy(model)
+        fold_equalizers(model)
     sd = qat_state_dict(model)
     scales, books = qat_scales(model)
     save_file({k: np.require(v, requirements="C") for k, v in sorted(sd.items())}, str(out / WEIGHTS_NAME),

@@ -127,6 +127,7 @@ class AffineQuantizer(nn.Module):
         self.register_buffer("base_scale", torch.from_numpy(s0).to(weight.device))
         self.log_gain = nn.Parameter(torch.zeros(s0.shape, device=weight.device),
                                      requires_grad=learn_scale)
+        self.column_gain = None   # equalize.ColumnGain: forward is Q(w diag(c)) diag(1/c)
 
     def effective_scale(self) -> torch.Tensor:
         """The float32 scales the forward uses ([out] or [out, in/block]): what gets exported."""
@@ -141,6 +142,9 @@ class AffineQuantizer(nn.Module):
                             "w_hat = code * scale is only exact in float32")
         if self.bypass:
             return weight
+        if self.column_gain is not None:
+            c = self.column_gain()
+            return fake_quant_affine(weight * c, self.effective_scale(), self.cfg) / c
         return fake_quant_affine(weight, self.effective_scale(), self.cfg)
 
     def extra_repr(self) -> str:

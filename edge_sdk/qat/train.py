@@ -64,7 +64,7 @@ STATE_DIR = ".qat_state"
 SAMPLE_SHARE = 0.5      # of each batch drawn from the teacher's samples (``teacher_samples`` > 0)
 ANNEAL_LR = QAT_ANNEAL_LR   # the anneal phase's peak learning rates, as a share of ``lr`` / ``scale_lr``
 STATE_KEYS = ("checkpoint", "recipe", "seed", "steps", "batch", "seq_len", "lr", "fine_lr", "scale_lr",
-              "teacher", "refresh_every", "world_size", "teacher_samples", "anneal_steps")
+              "teacher", "refresh_every", "world_size", "teacher_samples", "anneal_steps", "equalize")
 
 
 def saved_state(out: Path, settings: dict) -> dict:
@@ -156,10 +156,10 @@ def _load_models(cls, checkpoint: Path, device):
     return models[0], models[1]
 
 
-def _apply_recipe(student, recipe_name):
+def _apply_recipe(student, recipe_name, equalize: bool = False):
     recipe = load_recipe(recipe_name)
     try:
-        apply_qat(student, recipe)
+        apply_qat(student, recipe, equalize=equalize)
     except (ValueError, TypeError) as e:
         raise RecipeError(f"recipe {recipe.name!r} cannot be applied to this checkpoint: {e}") from None
     if not quantized_roles(student):
@@ -218,12 +218,14 @@ def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *
         seq_len: int | None = None, lr: float = 1e-3, fine_lr: float = 1e-4, scale_lr: float = 1e-2,
         refresh_every: int = 50,
         eval_every: int | None = None, max_ppl_increase: float | None = 0.05,
-        threads: int | None = None, teacher_samples: int = 0, anneal_steps: int = 0) -> QATResult:
+        threads: int | None = None, teacher_samples: int = 0, anneal_steps: int = 0,
+        equalize: bool = False) -> QATResult:
     """Run QAT (module docstring); ``steps`` defaults to 600 unless ``minutes`` bounds the run
     instead (the step count is then fixed after 5 timed steps and recorded in the report).
     ``teacher_samples`` N > 0: N sequences the float model writes (``samples``) make up half of
     every batch. ``anneal_steps`` N > 0: N more steps, snapped to the grid, at ``ANNEAL_LR`` × the
-    learning rates (module docstring, 3b).
+    learning rates (module docstring, 3b). ``equalize``: learn per-input-column gains too, folded into
+    the norms and up_proj at export (``apply_qat(equalize=True)``, ``equalize`` module).
     Returns the report; the checkpoint is in ``out`` even when the stop rule's target is missed."""
     t0 = time.monotonic()
     dist = _Dist()
@@ -245,7 +247,7 @@ def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *
     seq_len = min(seq_len, len(corpus.train) - 1)
     load_recipe(recipe)    # a bad name or file: before the models load
     student, float_model = _load_models(cls, ckpt, dist.device)
-    rec = _apply_recipe(student, recipe)
+    rec = _apply_recipe(student, recipe, equalize)
     text_params = {id(p) for p in find_text_model(student).parameters()}
     for p in student.parameters():   # vision/audio towers: not trained (and unused by text: DDP needs that said)
         if id(p) not in text_params:
@@ -258,7 +260,7 @@ def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *
                 "data": str(data), "eval": None if eval_file is None else str(eval_file),
                 "train_tokens": int(len(corpus.train)), "documents": corpus.documents,
                 "max_ppl_increase": max_ppl_increase, "threads": torch.get_num_threads(),
-                "teacher_samples": teacher_samples, "anneal_steps": anneal_steps}
+                "teacher_samples": teacher_samples, "anneal_steps": anneal_steps, "equalize": equalize}
     meta = saved_state(out, settings) if resume else None
     samples = None
     if teacher_samples:
