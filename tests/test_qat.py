@@ -353,9 +353,9 @@ def test_equalization_trains_and_folds_into_plain_grids(tmp_path, preset):
     layers = model.model.layers
     assert [(e["group"], e["layer"]) for e in plan] == [
         (g, i) for i in range(len(layers)) for g in ("attn_in", "mlp_in", "mlp_mid")]
-    shared = [e for e in plan if e["layer"] == 2 and e["group"] == "attn_in"][0]
+    shared = next(e for e in plan if e["layer"] == 2 and e["group"] == "attn_in")
     assert shared["readers"] == [layers[2].self_attn.q_proj]      # a kv-shared layer: q only
-    first = [e for e in plan if e["layer"] == 0 and e["group"] == "attn_in"][0]
+    first = next(e for e in plan if e["layer"] == 0 and e["group"] == "attn_in")
     qs = [m.parametrizations.weight[0] for m in first["readers"]]
     assert len(qs) == 3 and all(q.column_gain is first["gain"] for q in qs)
     with torch.no_grad():
