@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Rebuild ``models/tiny-gemma4/qat`` with ``edge-sdk qat`` and measure it through ``edge-sdk validate``.
 
-    python scripts/qat_tiny.py [--out models/tiny-gemma4/qat] [--steps N] [--json qat_tiny.json]
+    python scripts/qat_tiny.py [--out models/tiny-gemma4/qat] [--steps N] [--recipe mobile] [--json qat_tiny.json]
 
 1. the tiny model's train / held-out topics as JSON Lines (``scripts/tiny_data.py``);
 2. ``edge-sdk qat models/tiny-gemma4/float --data train.jsonl --eval heldout.jsonl -o OUT --recipe
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "models" / "tiny-gemma4"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-QAT_FLAGS = ["--recipe", "mobile", "--seq-len", "128", "--batch", "16", "--eval-every", "100", "--threads", "1",
+QAT_FLAGS = ["--seq-len", "128", "--batch", "16", "--eval-every", "100", "--threads", "1",
              "--teacher-samples", "8192", "--anneal-steps", "200"]
 
 
@@ -46,6 +46,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=TINY / "qat")
     ap.add_argument("--steps", type=int, default=1400)
+    ap.add_argument("--recipe", default="mobile", help="preset or recipe .json, for QAT and convert alike")
     ap.add_argument("--skip-train", action="store_true", help="measure an existing --out")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -54,11 +55,11 @@ def main(argv=None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="qat_tiny_"))
     data = write_splits(work / "data")
-    result = {"flags": QAT_FLAGS + ["--steps", str(args.steps)]}
+    result = {"flags": ["--recipe", str(args.recipe)] + QAT_FLAGS + ["--steps", str(args.steps)]}
     if not args.skip_train:
         t0 = time.time()
         r = edge_sdk("qat", TINY / "float", "--data", data["train"], "--eval", data["heldout"], "-o", args.out,
-                     *QAT_FLAGS, "--steps", args.steps)
+                     "--recipe", args.recipe, *QAT_FLAGS, "--steps", args.steps)
         result["qat_wall_s"] = time.time() - t0
         print(r.stdout + r.stderr, end="")
         if r.returncode not in (0, 1):
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
         rep = json.loads((args.out / "qat_report.json").read_text())
         result["monitor"], result["monitor_ptq"] = rep["evals"][-1], rep["evals"][0]
     conv = work / "converted"
-    r = edge_sdk("convert", args.out, "-o", conv, "--recipe", "mobile", "--text-only")
+    r = edge_sdk("convert", args.out, "-o", conv, "--recipe", args.recipe, "--text-only")
     if r.returncode:
         print(r.stderr, end="")
         return r.returncode
