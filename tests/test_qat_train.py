@@ -122,6 +122,38 @@ def test_resume_continues_bit_for_bit(texts, straight_run, stop_at, tmp_path, ca
     assert [e["kld"] for e in ra] == [e["kld"] for e in rb]
 
 
+def test_equalize_run_exports_folded_and_resumes_bit_for_bit(texts, tmp_path, capsys, monkeypatch):
+    """``--equalize``: the written checkpoint is folded (norm weights moved, every weight on its grid),
+    the column gains are part of the saved state (an interrupted run resumes to the same bytes), and
+    ``--resume`` without the flag is refused as other settings."""
+    from edge_sdk.qat import train as T
+    args = ["qat", FLOAT, "--data", texts / "train.jsonl", "--eval", texts / "eval.txt", "--steps", "3",
+            "--batch", "2", "--seq-len", "32", "--eval-every", "1", "--threads", "1",
+            "--max-ppl-increase", "1000%", "--equalize"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert _run([*args, "-o", straight], capsys)[0] == 0
+    assert all(e == 0.0 for e in verify_export(straight).values())
+    from safetensors.numpy import load_file
+    w, base = _weights(straight), load_file(str(FLOAT / "model.safetensors"))
+    key = next(k for k in w if k.endswith("layers.0.pre_feedforward_layernorm.weight"))
+    assert not np.allclose(w[key], base[key].astype(np.float32), rtol=1e-3)   # gains folded in
+    real = T.batch_at
+
+    def interrupted(stream, seed, step, batch, seq_len, samples):
+        if step == 2:
+            raise KeyboardInterrupt
+        return real(stream, seed, step, batch, seq_len, samples)
+
+    monkeypatch.setattr(T, "batch_at", interrupted)
+    assert _run([*args, "-o", resumed], capsys)[0] == 130
+    monkeypatch.setattr(T, "batch_at", real)
+    rc, _, err = _run([*args[:-1], "-o", resumed, "--resume"], capsys)
+    assert rc == 2 and "other settings" in err and "equalize" in err
+    assert _run([*args, "-o", resumed, "--resume"], capsys)[0] == 0
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_anneal_phase_snaps_then_runs_at_the_lower_learning_rate():
     """The learning-rate schedule of ``--steps 100 --anneal-steps 40``: phase 1's warmup + cosine to
     5 %, then a fresh warmup + cosine peaking at ``QAT_ANNEAL_LR``; the snap happens once, at 100."""
