@@ -26,6 +26,13 @@ monitor (``monitor.HeldOut``: PyTorch float32, the held-out topics in non-overla
                             ``--fine-lr``. docs/qat_ablation.json, qat_ablation_300.json and
                             qat_ablation_anneal.json were measured then: the ``lr`` variants below
                             set ``fine_lr`` too, so they still mean what those files recorded.
+- ``kl, equalize``          ``--equalize``: learned per-input-column gains (``qat/equalize.py``);
+- ``kl, dampening L``       + L x the 2-bit weights' mean squared distance to their bin centre in
+                            code units, L ramped from 0 by a half cosine (oscillation dampening,
+                            Nagel et al. 2022); a counterfactual: patched into the loss here only;
+- ``kl, hidden states B``   + B x each layer's output MSE against the float model's, over its mean
+                            square (TernaryBERT's layer-wise distillation); patched here only.
+                            docs/qat_more_levers.json holds these five at 400 steps.
 
 PTQ is every run's step-0 evaluation (max-abs scales, k-means codebooks: the same for all).
 Prints a table, writes JSON. The machine it ran on was shared and loaded: the wall times are
@@ -58,20 +65,77 @@ VARIANTS = {
     "kl, anneal 25%": {"anneal_share": 0.25},
     "kl, anneal 25%, no snap": {"anneal_share": 0.25, "snap": False},
     "kl, one rate": {"fine_lr": 1e-3},
+    "kl, equalize": {"equalize": True},
+    "kl, dampening 0.05": {"damp": 0.05},
+    "kl, dampening 0.5": {"damp": 0.5},
+    "kl, hidden states 0.1": {"hidden": 0.1},
+    "kl, hidden states 1": {"hidden": 1.0},
 }
+PATCHES = ("snap", "damp", "hidden")    # variant keys that patch edge_sdk.qat.train, not qat() kwargs
+
+
+def _damped(real, lmax: float, total: int):
+    """``real`` loss + lmax * (half-cosine ramp over ``total`` calls) * mean (x - code)^2 of the
+    2-bit weights, x = w * c / scale (Nagel et al. 2022's dampening, in code units)."""
+    import math
+
+    import torch
+
+    from edge_sdk.qat.apply import quantized_roles
+    from edge_sdk.qat.fake_quant import AffineQuantizer
+    calls = [0]
+
+    def loss(model, teacher, x, use_teacher):
+        base = real(model, teacher, x, use_teacher)
+        lam = lmax * 0.5 * (1 - math.cos(math.pi * min(1.0, calls[0] / total)))
+        calls[0] += 1
+        if lam == 0:
+            return base
+        terms = []
+        for m, q in quantized_roles(model).values():
+            if isinstance(q, AffineQuantizer) and q.cfg.bits <= 2:
+                w = m.parametrizations.weight.original
+                if q.column_gain is not None:
+                    w = w * q.column_gain().detach()
+                xq = w / q.effective_scale().detach().reshape(-1, 1)
+                code = torch.clamp(torch.round(xq), q.cfg.qmin, q.cfg.qmax).detach()
+                terms.append(((xq - code) ** 2).mean())
+        return base + lam * torch.stack(terms).mean()
+    return loss
+
+
+def _hidden(beta: float):
+    """KL on the logits + beta * mean over layers of MSE(student, float) / mean square(float)."""
+    import torch
+    import torch.nn.functional as F
+
+    def loss(student, teacher, x, use_teacher):
+        so = student(input_ids=x, use_cache=False, output_hidden_states=True)
+        with torch.no_grad():
+            to = teacher(input_ids=x, use_cache=False, output_hidden_states=True)
+            t = F.log_softmax(to.logits.float(), -1)
+        kl = F.kl_div(F.log_softmax(so.logits.float(), -1), t, log_target=True, reduction="none").sum(-1).mean()
+        hs = [((a - b) ** 2).mean() / (b ** 2).mean() for a, b in zip(so.hidden_states[1:], to.hidden_states[1:])]
+        return kl + beta * torch.stack(hs).mean()
+    return loss
 
 
 @contextmanager
-def snapping(on: bool):
-    """``snap=False``: ``qat``'s anneal phase without its snap (the ablation's counterfactual)."""
+def patched(kw: dict, total: int):
+    """The counterfactuals: ``snap=False`` (the anneal phase without its snap), ``damp`` and
+    ``hidden`` (extra loss terms); ``edge_sdk.qat.train`` restored afterwards."""
     from edge_sdk.qat import train
-    real = train.snap_to_grid
-    if not on:
+    real_snap, real_loss = train.snap_to_grid, train._loss
+    if not kw.get("snap", True):
         train.snap_to_grid = lambda model: 0
+    if kw.get("damp"):
+        train._loss = _damped(real_loss, kw["damp"], total)
+    if kw.get("hidden"):
+        train._loss = _hidden(kw["hidden"])
     try:
         yield
     finally:
-        train.snap_to_grid = real
+        train.snap_to_grid, train._loss = real_snap, real_loss
 
 
 def _steps(kw: dict, steps: int) -> dict:
@@ -102,8 +166,8 @@ def main(argv=None) -> int:
             continue
         t0 = time.time()
         kw = {"batch": args.batch, "seq_len": args.seq_len, **kw}
-        run = _steps({k: v for k, v in kw.items() if k != "snap"}, args.steps)
-        with snapping(kw.get("snap", True)):
+        run = _steps({k: v for k, v in kw.items() if k not in PATCHES}, args.steps)
+        with patched(kw, run["steps"] + run["anneal_steps"]):
             res = qat(ROOT / "models" / "tiny-gemma4" / "float", data["train"],
                       work / name.replace(" ", "_").replace("%", "").replace(",", ""),
                       eval_file=data["heldout"], eval_every=args.steps, max_ppl_increase=None,
