@@ -514,11 +514,16 @@ def _qat(sub=None, args=None) -> int:
             "anneal_steps", "equalize")
     res = qat(args.checkpoint, args.data, args.out, **{k: getattr(args, k) for k in keys})
     progress.flush()
+    return _qat_summary(args.out, res)
+
+
+def _qat_summary(out, res) -> int:
+    """One line on stdout, the sections to widen on stderr; exit 1 when the stop rule's target was missed."""
     if res.report:   # rank 0 of a multi-process run
         r, last = res.report, res.report["evals"][-1]
-        print(f"{args.out}: {r['steps_done']} steps, {r['wall_s']:.0f} s; held-out PPL {last['ppl']:.3f} "
+        print(f"{out}: {r['steps_done']} steps, {r['wall_s']:.0f} s; held-out PPL {last['ppl']:.3f} "
               f"(float {last['ppl_float']:.3f}, {last['ppl_increase']:+.1%}), KLD {last['kld']:.4f}, "
-              f"top-1 {last['top1']:.1%}; report {args.out}/qat_report.md")
+              f"top-1 {last['top1']:.1%}; report {out}/qat_report.md")
         for w in r["verdict"]["widen"]:
             print(f"target missed: widen {w['section']} {w['from']} -> {w['to']} "
                   f"(held-out KLD {w['kld_if_float']:.4f} with it float)", file=sys.stderr)

@@ -198,7 +198,10 @@ def _loss(student, teacher, x, use_teacher: bool):
     return F.kl_div(s, t, log_target=True, reduction="none").sum(-1).mean()
 
 
-def _check_args(steps, minutes, batch, seq_len, eval_every, world):
+def _check_args(steps, minutes, batch, seq_len, eval_every, world, teacher_samples=0, anneal_steps=0):
+    for name, v in (("teacher-samples", teacher_samples), ("anneal-steps", anneal_steps)):
+        if v < 0:
+            raise InputError(f"--{name} must be 0 or more, got {v}")
     if (steps is None) == (minutes is None):
         if steps is None:
             return
@@ -229,10 +232,7 @@ def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *
     Returns the report; the checkpoint is in ``out`` even when the stop rule's target is missed."""
     t0 = time.monotonic()
     dist = _Dist()
-    _check_args(steps, minutes, batch, seq_len, eval_every, dist.world)
-    for name, v in (("teacher-samples", teacher_samples), ("anneal-steps", anneal_steps)):
-        if v < 0:
-            raise InputError(f"--{name} must be 0 or more, got {v}")
+    _check_args(steps, minutes, batch, seq_len, eval_every, dist.world, teacher_samples, anneal_steps)
     if threads:
         torch.set_num_threads(threads)
     ckpt, out = Path(checkpoint), Path(out)
