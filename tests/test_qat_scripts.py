@@ -72,3 +72,30 @@ def test_docstrings_never_share_text_with_the_heldout_topics():
     longest = max(held, key=len)
     leak = "Some prose. " + longest[len(longest) // 2:][:100] + " More prose."
     assert tt.without_overlap([docs[0], leak, docs[2]], held + [docs[2]]) == [docs[0]]
+
+
+def test_fit_regenerates_the_runs_own_teacher_samples():
+    """``scripts/qat_fit.py`` measures "its teacher samples" on a regenerated prefix: the samples are
+    drawn ``GEN_BATCH`` sequences at a time, so the first whole batch of a larger run is the same."""
+    from edge_sdk.qat.samples import GEN_BATCH, teacher_samples
+    from edge_sdk.qat.train import _load_tokenizer
+    float_dir = ROOT / "models" / "tiny-gemma4" / "float"
+    cls, _ = _load_tokenizer(float_dir)
+    model = cls.from_pretrained(str(float_dir), dtype=torch.float32).eval()
+    stream = torch.randint(3, 2048, (400,), generator=torch.Generator().manual_seed(2)).numpy()
+    small = teacher_samples(model, stream, GEN_BATCH, 12, seed=3)
+    large = teacher_samples(model, stream, GEN_BATCH + 7, 12, seed=3)
+    assert (small == large[:GEN_BATCH]).all()
+    assert not (small == teacher_samples(model, stream, GEN_BATCH, 12, seed=4)).all()
+
+
+def test_fit_measures_zero_for_the_float_model_itself(tmp_path):
+    """The float model against itself: KLD 0, top-1 100 %, and a difficulty that is a real share."""
+    from edge_sdk.qat.train import _load_tokenizer
+    float_dir = ROOT / "models" / "tiny-gemma4" / "float"
+    cls, _ = _load_tokenizer(float_dir)
+    model = cls.from_pretrained(str(float_dir), dtype=torch.float32).eval()
+    windows = torch.randint(3, 2048, (4, 24), generator=torch.Generator().manual_seed(5)).numpy()
+    (row,) = _script("qat_fit").measure_sets(model, {"random": windows}, model)
+    assert row["kld"] == pytest.approx(0, abs=1e-6) and row["top1"] == 1.0
+    assert 0 < row["near_ties"] < 1 and row["float_entropy"] > 0 and row["positions"] == 4 * 23
