@@ -428,6 +428,7 @@ def _full_state(model) -> dict[str, torch.Tensor]:
 
 def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
+    from safetensors.torch import save_file
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -437,7 +438,7 @@ def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         _train(ddp, _batches(), world, rank)
         if rank == 0:
-            torch.save(_full_state(model), os.path.join(out_dir, "ddp.pt"))
+            save_file(_full_state(model), os.path.join(out_dir, "ddp.safetensors"))
 
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
@@ -449,7 +450,7 @@ def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         _train(model, _batches(), world, rank)
         state = _full_state(model)   # all-gathers DTensors: every rank takes part
         if rank == 0:
-            torch.save(state, os.path.join(out_dir, "fsdp.pt"))
+            save_file(state, os.path.join(out_dir, "fsdp.safetensors"))
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -474,6 +475,7 @@ ATOL = 1e-5
 def test_ddp_and_fsdp_match_single_process(tmp_path):
     import torch.multiprocessing as mp
     import torch.distributed as dist
+    from safetensors.torch import load_file
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available in this torch build")
     ref = apply_qat(tiny_model(towers=False).train(), PRESETS["mobile"])
@@ -482,7 +484,7 @@ def test_ddp_and_fsdp_match_single_process(tmp_path):
     want = _full_state(ref)
     mp.spawn(_dist_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     for kind in ("ddp", "fsdp"):
-        got = torch.load(tmp_path / f"{kind}.pt")
+        got = load_file(str(tmp_path / f"{kind}.safetensors"))
         assert set(got) == set(want), kind
         worst = max((got[k] - want[k]).abs().max().item() for k in want)
         assert worst <= ATOL, f"{kind}: max |Δw| {worst}"
