@@ -502,6 +502,9 @@ def _qat(sub=None, args=None) -> int:
         sub.add_argument("--equalize", action=argparse.BooleanOptionalAction, default=False,
                          help="also learn per-input-column gains of q/k/v, gate/up and down, folded into the "
                          "norms and up_proj when written (default: off)")
+        sub.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=False,
+                         help="under torchrun/accelerate: shard student and teacher over the processes "
+                         "(FSDP2) instead of a whole copy each (DDP) (default: off)")
         return 0
     try:
         from .qat.train import qat
@@ -511,7 +514,7 @@ def _qat(sub=None, args=None) -> int:
                          fix=install_fix("qat")) from None
     keys = ("recipe", "steps", "minutes", "eval_file", "chat", "seed", "resume", "teacher", "batch", "seq_len",
             "lr", "fine_lr", "scale_lr", "refresh_every", "eval_every", "max_ppl_increase", "threads", "teacher_samples",
-            "anneal_steps", "equalize")
+            "anneal_steps", "equalize", "fsdp")
     res = qat(args.checkpoint, args.data, args.out, **{k: getattr(args, k) for k in keys})
     progress.flush()
     return _qat_summary(args.out, res)

@@ -15,7 +15,7 @@ QAT runs in float32 (the grid ``code * scale`` is exact only there).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -41,7 +41,11 @@ def find_text_model(model: nn.Module) -> nn.Module:
 def _lm_head(model: nn.Module) -> nn.Module | None:
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
-    return head if isinstance(head, nn.Module) and hasattr(head, "weight") else None
+    if not isinstance(head, nn.Module):
+        return None
+    # not hasattr(head, "weight"): on a parametrized head that computes the fake-quantized weight
+    has = parametrize.is_parametrized(head, "weight") or head._parameters.get("weight") is not None
+    return head if has else None
 
 
 def _quantizer_for(weight: torch.Tensor, cfg, role: str, learn_scales: bool) -> nn.Module:
@@ -178,7 +182,7 @@ def refresh_codebooks(model: nn.Module) -> int:
     """Refit every dictionary codebook with the NumPy k-means on the current latent weights.
 
     Deterministic, so every data-parallel rank computes the same codebooks from the same
-    (replicated) weights; under FSDP call it where the full weight is available (summon / unshard).
+    (replicated) weights; under FSDP ``sharding.refresh_sharded`` gathers each table first.
     Returns the number of tables refitted."""
     n = 0
     for _, (module, q) in quantized_roles(model).items():
@@ -194,18 +198,21 @@ def iter_quantizers(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @torch.no_grad()
-def snap_to_grid(model: nn.Module) -> int:
+def snap_to_grid(model: nn.Module, select: Callable[[torch.Tensor], bool] | None = None) -> int:
     """Put every latent weight on its grid: ``latent := w_hat`` (the fake-quantized value the
     forward already uses), with each affine quantizer's scale gain folded into its base scale
     (``base_scale := effective_scale()``, ``log_gain := 0``). The forward is unchanged; what
     changes is where the next gradient steps start: every weight at the centre of its bin and
     inside the clamp range, so none is left straddling a rounding boundary (the 2-bit weights'
     oscillation, Nagel et al. 2022) or stuck outside the range where the straight-through gradient
-    is 0. ``qat(anneal_steps=N)`` calls it before its low-learning-rate phase. Returns the number
+    is 0. ``qat(anneal_steps=N)`` calls it before its low-learning-rate phase. ``select(latent)``:
+    only the tensors it accepts (``sharding.snap_sharded``: those gathered now). Returns the number
     of tensors snapped."""
     n = 0
     for _, (module, q) in quantized_roles(model).items():
         latent = module.parametrizations.weight.original
+        if select is not None and not select(latent):
+            continue
         w_hat = q(latent)
         if isinstance(q, AffineQuantizer):
             q.base_scale.copy_(q.effective_scale().reshape(q.base_scale.shape))

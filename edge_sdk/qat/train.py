@@ -29,7 +29,9 @@ The run:
    and ``qat_report.json``/``.md``/``qat_curves.png``.
 
 Under ``torchrun`` / ``accelerate launch`` (``WORLD_SIZE`` > 1) the student is wrapped in
-``DistributedDataParallel`` (gloo on CPU, nccl on CUDA); rank 0 evaluates, saves and exports.
+``DistributedDataParallel`` (gloo on CPU, nccl on CUDA); rank 0 evaluates, saves and exports. With
+``fsdp`` the student and the teacher are sharded instead (FSDP2, ``sharding``: one unit per decoder
+layer): every rank takes part in evaluating and in gathering what is saved; rank 0 writes.
 Deterministic on CPU for a given seed, torch version and thread count (``threads``).
 """
 
@@ -58,13 +60,14 @@ from .data import load_corpus
 from .export import export_qat
 from .monitor import HeldOut, StopRule, section_sensitivity, top1_by_margin, widen_advice
 from .report import write_report
+from .sharding import full_like, full_state, load_full_state, refresh_sharded, shard, shard_like, snap_sharded
 from .samples import teacher_samples as generate_samples
 
 STATE_DIR = ".qat_state"
 SAMPLE_SHARE = 0.5      # of each batch drawn from the teacher's samples (``teacher_samples`` > 0)
 ANNEAL_LR = QAT_ANNEAL_LR   # the anneal phase's peak learning rates, as a share of ``lr`` / ``scale_lr``
 STATE_KEYS = ("checkpoint", "recipe", "seed", "steps", "batch", "seq_len", "lr", "fine_lr", "scale_lr",
-              "teacher", "refresh_every", "world_size", "teacher_samples", "anneal_steps", "equalize")
+              "teacher", "refresh_every", "world_size", "teacher_samples", "anneal_steps", "equalize", "fsdp")
 
 
 def saved_state(out: Path, settings: dict) -> dict:
@@ -165,7 +168,19 @@ def _apply_recipe(student, recipe_name, equalize: bool = False):
     if not quantized_roles(student):
         raise RecipeError(f"recipe {recipe.name!r} quantizes no weight of this checkpoint",
                           fix="use --recipe mobile, int4 or int8 (or a recipe whose patterns match)")
+    text_params = {id(p) for p in find_text_model(student).parameters()}
+    for p in student.parameters():   # vision/audio towers: not trained (and unused by text: DDP needs that said)
+        if id(p) not in text_params:
+            p.requires_grad_(False)
     return recipe
+
+
+def _plain_student(cls, checkpoint: Path, recipe, equalize: bool):
+    """A whole student on the CPU with the run's fake-quantizers: what rank 0 loads an FSDP run's
+    gathered state into, to export it."""
+    student = cls.from_pretrained(str(checkpoint), dtype=torch.float32).eval()
+    apply_qat(student, recipe, equalize=equalize)
+    return student
 
 
 def lr_factor(step: int, steps: int, warmup: int, floor: float = 0.05) -> float:
@@ -198,7 +213,11 @@ def _loss(student, teacher, x, use_teacher: bool):
     return F.kl_div(s, t, log_target=True, reduction="none").sum(-1).mean()
 
 
-def _check_args(steps, minutes, batch, seq_len, eval_every, world, teacher_samples=0, anneal_steps=0):
+def _check_args(steps, minutes, batch, seq_len, eval_every, world, teacher_samples=0, anneal_steps=0,
+                fsdp=False):
+    if fsdp and world == 1:
+        raise InputError("--fsdp shards the model over several processes, and this is one",
+                         fix="launch with torchrun --nproc_per_node N (or accelerate launch), or drop --fsdp")
     for name, v in (("teacher-samples", teacher_samples), ("anneal-steps", anneal_steps)):
         if v < 0:
             raise InputError(f"--{name} must be 0 or more, got {v}")
@@ -222,17 +241,18 @@ def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *
         refresh_every: int = 50,
         eval_every: int | None = None, max_ppl_increase: float | None = 0.05,
         threads: int | None = None, teacher_samples: int = 0, anneal_steps: int = 0,
-        equalize: bool = False) -> QATResult:
+        equalize: bool = False, fsdp: bool = False) -> QATResult:
     """Run QAT (module docstring); ``steps`` defaults to 600 unless ``minutes`` bounds the run
     instead (the step count is then fixed after 5 timed steps and recorded in the report).
     ``teacher_samples`` N > 0: N sequences the float model writes (``samples``) make up half of
     every batch. ``anneal_steps`` N > 0: N more steps, snapped to the grid, at ``ANNEAL_LR`` × the
     learning rates (module docstring, 3b). ``equalize``: learn per-input-column gains too, folded into
-    the norms and up_proj at export (``apply_qat(equalize=True)``, ``equalize`` module).
+    the norms and up_proj at export (``apply_qat(equalize=True)``, ``equalize`` module). ``fsdp``:
+    under several processes, shard student and teacher instead of replicating them (``sharding``).
     Returns the report; the checkpoint is in ``out`` even when the stop rule's target is missed."""
     t0 = time.monotonic()
     dist = _Dist()
-    _check_args(steps, minutes, batch, seq_len, eval_every, dist.world, teacher_samples, anneal_steps)
+    _check_args(steps, minutes, batch, seq_len, eval_every, dist.world, teacher_samples, anneal_steps, fsdp)
     if threads:
         torch.set_num_threads(threads)
     ckpt, out = Path(checkpoint), Path(out)
@@ -246,12 +266,10 @@ def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *
     corpus = load_corpus(data, tok, seq_len, eval_file, chat)
     seq_len = min(seq_len, len(corpus.train) - 1)
     load_recipe(recipe)    # a bad name or file: before the models load
-    student, float_model = _load_models(cls, ckpt, dist.device)
+    student, float_model = _load_models(cls, ckpt, torch.device("cpu") if fsdp else dist.device)
     rec = _apply_recipe(student, recipe, equalize)
-    text_params = {id(p) for p in find_text_model(student).parameters()}
-    for p in student.parameters():   # vision/audio towers: not trained (and unused by text: DDP needs that said)
-        if id(p) not in text_params:
-            p.requires_grad_(False)
+    if fsdp:   # before the optimizer and the teacher samples: both work on the shards
+        shard(student, dist.world, dist.device), shard(float_model, dist.world, dist.device)
     total = steps if steps is not None else (600 if minutes is None else None)
     settings = {"checkpoint": str(ckpt), "out": str(out), "recipe": rec.name, "seed": seed, "steps": total,
                 "minutes": minutes, "batch": batch, "seq_len": seq_len, "lr": lr, "fine_lr": fine_lr,
@@ -260,7 +278,8 @@ def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *
                 "data": str(data), "eval": None if eval_file is None else str(eval_file),
                 "train_tokens": int(len(corpus.train)), "documents": corpus.documents,
                 "max_ppl_increase": max_ppl_increase, "threads": torch.get_num_threads(),
-                "teacher_samples": teacher_samples, "anneal_steps": anneal_steps, "equalize": equalize}
+                "teacher_samples": teacher_samples, "anneal_steps": anneal_steps, "equalize": equalize,
+                "fsdp": fsdp}
     meta = saved_state(out, settings) if resume else None
     samples = None
     if teacher_samples:
@@ -272,7 +291,7 @@ def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *
     if meta is not None:
         run.restore(meta)
     run.train(minutes)
-    return run.finish(tok, ckpt, t0)
+    return run.finish(tok, ckpt, t0, lambda: _plain_student(cls, ckpt, rec, equalize))
 
 
 class _Run:
@@ -283,7 +302,8 @@ class _Run:
         self.samples = samples
         self.student = student
         self.model = student
-        if dist.world > 1:
+        self.sharded = settings["fsdp"]
+        if dist.world > 1 and not self.sharded:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 student, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
         groups = zip(qat_parameter_groups(student), (settings["scale_lr"], settings["lr"], settings["fine_lr"]))
@@ -293,7 +313,8 @@ class _Run:
         self.eval_every = eval_every
         self.stop = StopRule(settings["max_ppl_increase"])
         self.stopped_early = False
-        self.held = HeldOut(corpus.heldout, float_model) if dist.rank == 0 else None
+        self.evaluates = dist.rank == 0 or self.sharded   # under FSDP every forward takes every rank
+        self.held = HeldOut(corpus.heldout, float_model) if self.evaluates else None
         self.elapsed_before = 0.0
         self._t0 = time.monotonic()
         self._sized = False
@@ -316,7 +337,7 @@ class _Run:
 
     def _start_anneal(self) -> None:
         """Snap onto the grid and forget AdamW's moments (they belong to the unsnapped weights)."""
-        snap_to_grid(self.student)
+        (snap_sharded if self.sharded else snap_to_grid)(self.student)
         self.opt.state.clear()
 
     def train(self, minutes: float | None) -> None:
@@ -347,7 +368,7 @@ class _Run:
     def _one_step(self) -> float:
         step, s = self.step, self.s
         if step and step % s["refresh_every"] == 0 and step < self.refresh_until:
-            refresh_codebooks(self.student)
+            (refresh_sharded if self.sharded else refresh_codebooks)(self.student)
         if step == s["steps"] and s["anneal_steps"]:
             self._start_anneal()
         f = self._lr_factor(step)
@@ -377,34 +398,37 @@ class _Run:
             t = torch.tensor([loss], dtype=torch.float64, device=self.dist.device)
             torch.distributed.all_reduce(t)
             loss = float(t.item()) / self.dist.world
-        if self.dist.rank == 0:
+        if self.evaluates:
             m = self._evaluate(loss)
+        if self.dist.rank == 0:
             st.log(f"step {self.step}/{self.total}  loss {loss:.4f}  held-out PPL {m['ppl']:.3f} "
                    f"(float {m['ppl_float']:.3f}, {m['ppl_increase']:+.1%})  KLD {m['kld']:.4f}  "
                    f"top-1 {m['top1']:.1%}")
             if self.step <= self.s["steps"]:   # the stop rule judges the first phase
                 stop = float(self.stop.should_stop(m["ppl_increase"], self.step, self.s["steps"]))
-            if self.step < self.total:
-                self.save()
+        if self.step < self.total and (self.sharded or self.dist.rank == 0):
+            self.save()                           # under FSDP gathering the state takes every rank
         return bool(self.dist.broadcast(stop))
 
     # ---- resume
     def save(self) -> None:
-        """``OUT/.qat_state``: student tensors, AdamW moments (safetensors) and the loop state (JSON)."""
+        """``OUT/.qat_state``: student tensors, AdamW moments (safetensors) and the loop state (JSON).
+        Under FSDP every rank gathers its shards; rank 0 writes."""
         from safetensors.torch import save_file
 
-        d = self.out / STATE_DIR
-        tmp = self.out / f"{STATE_DIR}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        # clone: the tied embedding / LM head share tensors, which safetensors refuses to alias
-        save_file({k: v.detach().cpu().clone() for k, v in self.student.state_dict().items()},
-                  str(tmp / "student.safetensors"))
+        student = full_state(self.student)   # whole tensors, copies (the tied table's too)
         opt = {}
         params = [p for g in self.opt.param_groups for p in g["params"]]
         for i, p in enumerate(params):
             for k, v in self.opt.state.get(p, {}).items():
-                opt[f"{i}.{k}"] = v.detach().cpu().reshape(-1).clone() if k == "step" else v.detach().cpu()
+                opt[f"{i}.{k}"] = v.detach().cpu().reshape(-1).clone() if k == "step" else full_like(v).detach().cpu()
+        if self.dist.rank != 0:
+            return
+        d = self.out / STATE_DIR
+        tmp = self.out / f"{STATE_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(student, str(tmp / "student.safetensors"))
         save_file(opt, str(tmp / "optimizer.safetensors"))
         meta = {"step": self.step, "settings": {k: self.s[k] for k in STATE_KEYS}, "evals": self.evals,
                 "losses": self.losses, "stop_history": self.stop.history, "sized": self._sized,
@@ -418,29 +442,35 @@ class _Run:
         from safetensors.torch import load_file
 
         d = self.out / STATE_DIR
-        sd = load_file(str(d / "student.safetensors"))
-        self.student.load_state_dict(sd, strict=True)
+        load_full_state(self.student, load_file(str(d / "student.safetensors")))
         opt = load_file(str(d / "optimizer.safetensors"))
         params = [p for g in self.opt.param_groups for p in g["params"]]
         for key, v in opt.items():
             i, k = key.split(".", 1)
-            self.opt.state[params[int(i)]][k] = v.reshape(()) if k == "step" else v.to(self.dist.device)
+            self.opt.state[params[int(i)]][k] = v.reshape(()) if k == "step" else shard_like(v, params[int(i)])
         self.step, self.evals, self.losses = meta["step"], meta["evals"], meta["losses"]
         self.stop.history = meta["stop_history"]
         self._sized = meta["sized"]
         self.elapsed_before = meta["elapsed_s"]
 
     # ---- the end
-    def finish(self, tok, ckpt: Path, t0: float) -> QATResult:
-        report = None
+    def finish(self, tok, ckpt: Path, t0: float, plain) -> QATResult:
+        """Report (every evaluating rank), then rank 0 exports; an FSDP run's shards are gathered
+        into ``plain()``, a whole student, first."""
+        report = self._report(t0) if self.evaluates else None
+        student = self.student
+        if self.sharded:
+            state = full_state(self.student)
+            if self.dist.rank == 0:
+                student = plain()
+                load_full_state(student, state)
         if self.dist.rank == 0:
-            report = self._report(t0)
-            export_qat(self.student, self.out, tokenizer=tok if not ckpt.is_dir() else ckpt)
+            export_qat(student, self.out, tokenizer=tok if not ckpt.is_dir() else ckpt)
             write_report(self.out, report)
             shutil.rmtree(self.out / STATE_DIR, ignore_errors=True)
         if self.dist.world > 1:
             torch.distributed.barrier()
-        return QATResult(self.out, report or {})
+        return QATResult(self.out, report if self.dist.rank == 0 else {})
 
     def _report(self, t0: float) -> dict:
         last = self.evals[-1]
