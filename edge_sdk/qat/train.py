@@ -147,16 +147,25 @@ def _load_tokenizer(checkpoint: Path):
     return cls, tok
 
 
-def _load_models(cls, checkpoint: Path, device):
-    """(student, frozen float model), float32, in eval mode (no dropout)."""
-    models = []
-    for _ in range(2):
-        m = cls.from_pretrained(str(checkpoint), dtype=torch.float32).to(device)
-        m.eval()
-        models.append(m)
-    for p in models[1].parameters():
-        p.requires_grad_(False)
-    return models[0], models[1]
+def _load_models(cls, checkpoint: Path, dist, recipe_name, equalize: bool, fsdp: bool):
+    """(student with the recipe's fake-quantizers, frozen float model, recipe), float32, in eval
+    mode (no dropout). Under ``fsdp`` each is sharded as soon as it is ready: a process holds one
+    whole model at a time on the CPU, never both."""
+    def load(frozen: bool):
+        m = cls.from_pretrained(str(checkpoint), dtype=torch.float32)
+        m = (m if fsdp else m.to(dist.device)).eval()
+        for p in m.parameters() if frozen else ():
+            p.requires_grad_(False)
+        return m
+
+    student = load(False)
+    recipe = _apply_recipe(student, recipe_name, equalize)
+    if fsdp:   # before the optimizer and the teacher samples: both work on the shards
+        shard(student, dist.world, dist.device)
+    float_model = load(True)
+    if fsdp:
+        shard(float_model, dist.world, dist.device)
+    return student, float_model, recipe
 
 
 def _apply_recipe(student, recipe_name, equalize: bool = False):
@@ -266,10 +275,7 @@ def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *
     corpus = load_corpus(data, tok, seq_len, eval_file, chat)
     seq_len = min(seq_len, len(corpus.train) - 1)
     load_recipe(recipe)    # a bad name or file: before the models load
-    student, float_model = _load_models(cls, ckpt, torch.device("cpu") if fsdp else dist.device)
-    rec = _apply_recipe(student, recipe, equalize)
-    if fsdp:   # before the optimizer and the teacher samples: both work on the shards
-        shard(student, dist.world, dist.device), shard(float_model, dist.world, dist.device)
+    student, float_model, rec = _load_models(cls, ckpt, dist, recipe, equalize, fsdp)
     total = steps if steps is not None else (600 if minutes is None else None)
     settings = {"checkpoint": str(ckpt), "out": str(out), "recipe": rec.name, "seed": seed, "steps": total,
                 "minutes": minutes, "batch": batch, "seq_len": seq_len, "lr": lr, "fine_lr": fine_lr,
