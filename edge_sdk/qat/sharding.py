@@ -12,7 +12,8 @@ it gets them:
   changes them in place (the anneal phase's snap onto the grid; the codebook refits read the
   embedding tables); on exit every rank writes the result back into its own shard;
 - ``full_state`` / ``load_full_state``: the whole state as plain tensors (every rank takes part;
-  what rank 0 saves for ``--resume`` and exports), and back into the shards;
+  what rank 0 saves for ``--resume``), and back into the shards; ``gather_into``: the same, one
+  tensor at a time, into rank 0's whole copy of the student (the export);
 - ``full_like`` / ``shard_like``: one tensor each way (AdamW's moments have their parameter's
   layout).
 
@@ -21,6 +22,7 @@ Every function here is collective: all ranks call it, in the same order.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -41,14 +43,33 @@ def is_sharded(model: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
+def _recomputed(forward):
+    """``forward`` under activation checkpointing while gradients are on: the backward runs it
+    again instead of keeping what it made. In QAT that is every fake-quantized weight ``w_hat``,
+    a whole-size copy of each weight that the linear layers would otherwise hold until the
+    backward: as much as the model itself, whatever the sharding."""
+    from torch.utils.checkpoint import checkpoint
+
+    @functools.wraps(forward)
+    def run(*args, **kwargs):
+        if not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return run
+
+
 def shard(model: nn.Module, world: int, device: torch.device) -> nn.Module:
     """``fully_shard`` each decoder layer of the text model, then the model (the embeddings, the
-    towers, the final norm: the root unit) over ``world`` processes."""
+    towers, the final norm: the root unit) over ``world`` processes. A trained model's layers are
+    recomputed in the backward (``_recomputed``); a frozen one has no backward."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(device.type, (world,))
+    trained = any(p.requires_grad for p in model.parameters())
     for layer in find_text_model(model).layers:
+        if trained:
+            layer.forward = _recomputed(layer.forward)
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
@@ -129,6 +150,20 @@ def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict with every DTensor gathered, as CPU copies (a tied table's two names
     get two tensors: safetensors refuses aliases)."""
     return {k: full_like(v).detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+@torch.no_grad()
+def gather_into(model: nn.Module, dest: nn.Module | None) -> None:
+    """Every tensor of the sharded ``model`` gathered, one at a time, into the whole model ``dest``
+    (rank 0's; ``None`` on the other ranks, which still take part): the export never holds a
+    gathered state beside the copy it goes into."""
+    own = dest.state_dict() if dest is not None else None
+    if own is not None and set(own) != set(model.state_dict()):
+        raise ValueError("the whole copy's tensors are not the sharded model's")
+    for k, v in model.state_dict().items():
+        full = full_like(v)
+        if own is not None:
+            own[k].copy_(full.to(own[k].device))
 
 
 @torch.no_grad()

@@ -60,7 +60,7 @@ from .data import load_corpus
 from .export import export_qat
 from .monitor import HeldOut, StopRule, section_sensitivity, top1_by_margin, widen_advice
 from .report import write_report
-from .sharding import full_like, full_state, load_full_state, refresh_sharded, shard, shard_like, snap_sharded
+from .sharding import full_like, full_state, gather_into, load_full_state, refresh_sharded, shard, shard_like, snap_sharded
 from .samples import teacher_samples as generate_samples
 
 STATE_DIR = ".qat_state"
@@ -466,10 +466,8 @@ class _Run:
         report = self._report(t0) if self.evaluates else None
         student = self.student
         if self.sharded:
-            state = full_state(self.student)
-            if self.dist.rank == 0:
-                student = plain()
-                load_full_state(student, state)
+            student = plain() if self.dist.rank == 0 else None
+            gather_into(self.student, student)
         if self.dist.rank == 0:
             export_qat(student, self.out, tokenizer=tok if not ckpt.is_dir() else ckpt)
             write_report(self.out, report)
