@@ -451,6 +451,22 @@ def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         state = _full_state(model)   # all-gathers DTensors: every rank takes part
         if rank == 0:
             save_file(state, os.path.join(out_dir, "fsdp.safetensors"))
+
+        # A Trainer under FSDP2: QATCallback's hooks on the shards, as the Trainer calls them
+        from transformers import TrainerState
+        from edge_sdk.qat import QATCallback
+        model = tiny_model(towers=False).train()
+        cb = QATCallback(recipe, out_dir=os.path.join(out_dir, "callback"), refresh_every=STEPS)
+        cb.on_init_end(None, None, None, model=model)
+        for layer in model.model.language_model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        _train(model, _batches(), world, rank)
+        st = TrainerState(global_step=STEPS, max_steps=2 * STEPS)
+        st.is_world_process_zero = rank == 0
+        cb.on_step_end(None, st, None, model=model)
+        cb.on_train_end(None, st, None, model=model)
+        assert cb.refreshes == 1 and (cb.exported is not None) == (rank == 0)
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -472,7 +488,7 @@ ATOL = 1e-5
 
 
 @pytest.mark.slow
-def test_ddp_and_fsdp_match_single_process(tmp_path):
+def test_ddp_fsdp_and_fsdp_callback_match_single_process(tmp_path):
     import torch.multiprocessing as mp
     import torch.distributed as dist
     from safetensors.torch import load_file
@@ -482,7 +498,16 @@ def test_ddp_and_fsdp_match_single_process(tmp_path):
     init = _full_state(ref)
     _train(ref, _batches())
     want = _full_state(ref)
+    refresh_codebooks(ref)
+    export_qat(ref, tmp_path / "one")
     mp.spawn(_dist_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    # QATCallback under FSDP2 gathers the shards into a whole copy and exports what one process does
+    assert all(e == 0.0 for e in verify_export(tmp_path / "callback").values())
+    for name in ("model.safetensors", "qat_scales.safetensors", "qat_codebooks.safetensors"):
+        one, cb = load_file(str(tmp_path / "one" / name)), load_file(str(tmp_path / "callback" / name))
+        assert set(one) == set(cb), name
+        worst = max((one[k].float() - cb[k].float()).abs().max().item() for k in one)
+        assert worst <= ATOL, f"callback {name}: max |Δ| {worst}"
     for kind in ("ddp", "fsdp"):
         got = load_file(str(tmp_path / f"{kind}.safetensors"))
         assert set(got) == set(want), kind

@@ -13,6 +13,11 @@
 - ``on_train_end``: on the main process, ``export_qat`` into ``out_dir`` (float32 on the grid,
   re-rounding error 0, verified) with the tokenizer.
 
+Under FSDP2 (``fsdp_config={"fsdp_version": 2}``, or ``accelerate launch`` with FSDP2) the model's
+parameters are shards: the refits gather each table first (``sharding.refresh_sharded``), and at the
+end every rank takes part in gathering the model, one tensor at a time, into a whole copy that the
+main process builds from the model's config and exports (``sharding.gather_into``).
+
 The Trainer's intermediate checkpoints hold the parametrized model (``save_strategy="no"`` skips
 them; ``edge-sdk qat`` has its own resumable state). Distillation from the float model is what
 ``edge-sdk qat`` adds on top; in a Trainer, put it in ``compute_loss``.
@@ -26,7 +31,9 @@ from transformers import TrainerCallback
 
 from ..quant import Recipe, load_recipe
 from .apply import apply_qat, is_qat, refresh_codebooks
+from .equalize import has_equalizers
 from .export import export_qat
+from .sharding import gather_into, is_sharded, refresh_sharded
 
 
 class QATCallback(TrainerCallback):
@@ -48,13 +55,28 @@ class QATCallback(TrainerCallback):
             return
         if state.max_steps and step >= self.refresh_until * state.max_steps:
             return
-        if refresh_codebooks(model):
+        if (refresh_sharded if is_sharded(model) else refresh_codebooks)(model):
             self.refreshes += 1
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self.out_dir is None or model is None or not state.is_world_process_zero:
+        if self.out_dir is None or model is None:
+            return
+        main = state.is_world_process_zero
+        if is_sharded(model):          # collective: every rank sends its shards, the main one exports
+            whole = self._whole_copy(model) if main else None
+            gather_into(model, whole)
+            model = whole
+        if not main:
             return
         was = model.training
         model.eval()
         self.exported = export_qat(model, self.out_dir, self.recipe, tokenizer=self.tokenizer)
         model.train(was)
+
+    def _whole_copy(self, model):
+        """A whole CPU model of ``model``'s class and config with the same fake-quantizers, for
+        ``gather_into`` to fill (its own initial values are all overwritten)."""
+        from torch.distributed.fsdp import FSDPModule
+        cls = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))  # fully_shard subclasses it
+        whole = cls(model.config).eval()
+        return apply_qat(whole, self.recipe, equalize=has_equalizers(model))
