@@ -479,6 +479,8 @@ def _qat(sub=None, args=None) -> int:
                          "chat template")
         sub.add_argument("--seed", type=int, default=0, help="seed of batches and initialisation")
         sub.add_argument("--resume", action="store_true", help="continue the run saved in OUT_DIR/.qat_state")
+        sub.add_argument("--overwrite", action="store_true", help="replace OUT_DIR when it holds an earlier "
+                         "edge-sdk qat run or checkpoint (anything else is never replaced)")
         sub.add_argument("--teacher", action=argparse.BooleanOptionalAction, default=True,
                          help="distil from the float checkpoint (KL on logits); --no-teacher: cross-entropy")
         sub.add_argument("--batch", type=_positive_int, default=16, help="windows per step (all processes)")
@@ -514,7 +516,7 @@ def _qat(sub=None, args=None) -> int:
                          fix=install_fix("qat")) from None
     keys = ("recipe", "steps", "minutes", "eval_file", "chat", "seed", "resume", "teacher", "batch", "seq_len",
             "lr", "fine_lr", "scale_lr", "refresh_every", "eval_every", "max_ppl_increase", "threads", "teacher_samples",
-            "anneal_steps", "equalize", "fsdp")
+            "anneal_steps", "equalize", "fsdp", "overwrite")
     res = qat(args.checkpoint, args.data, args.out, **{k: getattr(args, k) for k in keys})
     progress.flush()
     return _qat_summary(args.out, res)

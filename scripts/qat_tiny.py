@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     if not args.skip_train:
         t0 = time.time()
         r = edge_sdk("qat", TINY / "float", "--data", data["train"], "--eval", data["heldout"], "-o", args.out,
-                     "--recipe", args.recipe, *QAT_FLAGS, "--steps", args.steps)
+                     "--overwrite", "--recipe", args.recipe, *QAT_FLAGS, "--steps", args.steps)
         result["qat_wall_s"] = time.time() - t0
         print(r.stdout + r.stderr, end="")
         if r.returncode not in (0, 1):

@@ -225,6 +225,66 @@ def test_bad_input_is_one_line_exit_2(case, texts, tmp_path, capsys):
     assert not (tmp_path / "o" / "model.safetensors").exists()
 
 
+def _tree(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_output_directory_is_ours_or_refused(texts, tmp_path, capsys, monkeypatch):
+    """``-o`` is written only when missing or empty, or when it is this command's own: an
+    unfinished run (``--resume``, or ``--overwrite`` to start over) or an earlier checkpoint
+    (``--overwrite``). Anything else is refused, with or without ``--overwrite``, and left as it
+    was. The export is built beside OUT and renamed onto it: interrupted, it leaves no part of a model."""
+    from edge_sdk.qat import QATCallback
+    from edge_sdk.qat import train as T
+    from edge_sdk.errors import InputError
+    base = ["qat", FLOAT, "--data", texts / "train.jsonl", "--eval", texts / "eval.txt", *SHORT]
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("my notes")
+    (foreign / "model.safetensors").write_bytes(b"somebody else's weights")
+    before = _tree(foreign)
+    for extra in ([], ["--overwrite"]):
+        rc, out, err = _run([*base, "-o", foreign, *extra], capsys)
+        assert rc == 2 and err.count("\n") == 1 and str(foreign) in err and "not a QAT run" in err, err
+    assert _tree(foreign) == before
+    with pytest.raises(InputError, match="not a QAT run"):
+        QATCallback("mobile", out_dir=foreign, overwrite=True)
+
+    out = tmp_path / "q"
+    assert _run([*base, "-o", out], capsys)[0] in (0, 1)
+    first = _tree(out)
+    rc, _, err = _run([*base, "-o", out, "--seed", "1"], capsys)
+    assert rc == 2 and "earlier run" in err and "--overwrite" in err and _tree(out) == first
+
+    from edge_sdk.qat import report as R
+    real_report = R.write_report
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(R, "write_report", killed)          # killed while the new checkpoint is written
+    assert _run([*base, "-o", out, "--seed", "1", "--overwrite"], capsys)[0] == 130
+    assert {k: v for k, v in _tree(out).items() if not k.startswith(".qat_state")} == first   # the old one, whole
+    assert T.STATE_DIR in {p.name for p in out.iterdir()}
+    rc, _, err = _run([*base, "-o", out, "--seed", "1"], capsys)
+    assert rc == 2 and "unfinished" in err and "--resume" in err
+    monkeypatch.setattr(R, "write_report", real_report)
+    assert _run([*base, "-o", out, "--seed", "1", "--resume"], capsys)[0] in (0, 1)
+    assert json.loads((out / "qat_report.json").read_text())["settings"]["seed"] == 1
+    assert not (out / T.STATE_DIR).exists() and _weights(out).keys() == _weights_from(first).keys()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no staging left behind
+
+    fresh = tmp_path / "fresh"
+    monkeypatch.setattr(R, "write_report", killed)
+    assert _run([*base, "-o", fresh], capsys)[0] == 130
+    assert not (fresh / "model.safetensors").exists() and (fresh / T.STATE_DIR).is_dir()
+
+
+def _weights_from(tree: dict[str, bytes]) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load
+    return load(tree["model.safetensors"])
+
+
 def _free_port() -> int:
     import socket
     with socket.socket() as s:

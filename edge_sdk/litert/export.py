@@ -45,7 +45,6 @@ import dataclasses
 import json
 import os
 import resource
-import secrets
 import shutil
 import time
 from contextlib import nullcontext
@@ -60,6 +59,7 @@ from ..checkpoint import Checkpoint
 from ..errors import InputError
 from .. import options as O
 from ..hashing import sha256_file
+from ..outputs import staged_output
 from ..quant.apply import Preparer
 from ..quant.kv import kv_scales as compute_kv_scales
 from ..quant.kv_layout import kv_layout
@@ -108,41 +108,6 @@ def verify_files(model_dir: str | Path, files: dict) -> None:
                              "conversion (corrupt copy?)", path=p, fix="convert again, or copy it again")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _clean_stale_staging(parent: Path, name: str) -> None:
-    for d in parent.glob(f".{name}.convert-*.tmp"):
-        try:
-            pid = int(d.name[len(name) + 10:].split("-")[0])
-        except ValueError:
-            continue
-        if not _pid_alive(pid):
-            shutil.rmtree(d, ignore_errors=True)
-
-
-def _publish(staging: Path, out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError("output path exists and is not a directory", path=out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise InputError("output directory is not empty", path=out_dir,
-                             fix="choose a new directory, or pass --overwrite")
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-        os.rename(out_dir, old)
-        os.rename(staging, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    os.replace(staging, out_dir)   # onto a missing or empty directory
-
-
 def export_model(ckpt: Checkpoint, spec: ModelSpec, binding: Binding, plan: QuantPlan,
                  out_dir: str | os.PathLike, *, text_only: bool, context: int, prefill: int,
                  score: bool = True, overwrite: bool = False, progress: bool | None = None,
@@ -161,17 +126,10 @@ def export_model(ckpt: Checkpoint, spec: ModelSpec, binding: Binding, plan: Quan
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise InputError("output directory is not empty", path=out_dir,
                          fix="choose a new directory, or pass --overwrite")
-    _clean_stale_staging(out_dir.parent, out_dir.name)
-    staging = out_dir.parent / f".{out_dir.name}.convert-{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    staging.mkdir()
-    try:
+    with staged_output(out_dir, "convert", replace=overwrite) as staging:
         result = _convert_into(staging, ckpt, spec, binding, plan, text_only=text_only,
                                context=context, prefill=prefill, score=score, progress=progress,
                                fsync=fsync, t0=t0, out_dir=out_dir, decode_spans=decode_spans)
-        _publish(staging, out_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     files = {k: out_dir / v.name for k, v in result.files.items()}
     return ConversionResult(out_dir, files, result.model, result.conversion, result.wall_s)
 

@@ -11,7 +11,10 @@
 - ``on_step_end``: refit the dictionary codebooks every ``refresh_every`` steps until
   ``refresh_until`` of ``max_steps`` (deterministic: every data-parallel rank computes the same);
 - ``on_train_end``: on the main process, ``export_qat`` into ``out_dir`` (float32 on the grid,
-  re-rounding error 0, verified) with the tokenizer.
+  re-rounding error 0, verified) with the tokenizer, built beside it and renamed into place.
+
+``out_dir`` is checked when the callback is made, before any training: it must be missing or
+empty, or (with ``overwrite``) a QAT checkpoint edge-sdk wrote (``outputs.check_qat_output``).
 
 Under FSDP2 (``fsdp_config={"fsdp_version": 2}``, or ``accelerate launch`` with FSDP2) the model's
 parameters are shards: the refits gather each table first (``sharding.refresh_sharded``), and at the
@@ -29,6 +32,7 @@ from os import PathLike
 
 from transformers import TrainerCallback
 
+from ..outputs import check_qat_output
 from ..quant import Recipe, load_recipe
 from .apply import apply_qat, is_qat, refresh_codebooks
 from .equalize import has_equalizers
@@ -38,9 +42,11 @@ from .sharding import gather_into, is_sharded, refresh_sharded
 
 class QATCallback(TrainerCallback):
     def __init__(self, recipe: str | PathLike | Recipe = "mobile", *, out_dir: str | PathLike | None = None,
-                 tokenizer=None, refresh_every: int = 50, refresh_until: float = 0.8):
+                 tokenizer=None, refresh_every: int = 50, refresh_until: float = 0.8, overwrite: bool = False):
         self.recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-        self.out_dir, self.tokenizer = out_dir, tokenizer
+        if out_dir is not None:
+            check_qat_output(out_dir, resume=False, overwrite=overwrite)
+        self.out_dir, self.tokenizer, self.overwrite = out_dir, tokenizer, overwrite
         self.refresh_every, self.refresh_until = refresh_every, refresh_until
         self.refreshes = 0
         self.exported = None
@@ -70,7 +76,8 @@ class QATCallback(TrainerCallback):
             return
         was = model.training
         model.eval()
-        self.exported = export_qat(model, self.out_dir, self.recipe, tokenizer=self.tokenizer)
+        self.exported = export_qat(model, self.out_dir, self.recipe, tokenizer=self.tokenizer,
+                                   overwrite=self.overwrite)
         model.train(was)
 
     def _whole_copy(self, model):

@@ -16,6 +16,12 @@ Writes into ``out_dir``:
 - the tokenizer files, when ``tokenizer`` is given (an object with ``save_pretrained`` or a
   directory whose tokenizer/generation files are copied).
 
+Atomic and ours only: ``out_dir`` must be missing or empty, or, with ``overwrite``, a QAT run or
+checkpoint edge-sdk wrote (``outputs.check_qat_output``); everything (with ``report``: the run's
+``qat_report.json``/``.md``/plot too) is written and verified in a staging directory beside it,
+then renamed onto it (``outputs.staged_output``). An export killed at any point leaves ``out_dir``
+as it was.
+
 ``verify_export(out_dir)`` re-reads the files and re-quantizes every stored weight with the
 NumPy kernels and the exported scales/codebooks: the re-rounding error must be exactly 0.
 """
@@ -33,6 +39,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import CheckpointError
+from ..outputs import check_qat_output, staged_output
 from ..gemma4.names import TEXT_PREFIXES, LM_HEAD
 from ..quant import (AffineConfig, DictionaryConfig, Recipe, quantize, read_qat_sidecar,
                      write_qat_sidecar)
@@ -108,20 +115,36 @@ def _copy_tokenizer(tokenizer, out: Path) -> None:
 
 
 def export_qat(model: nn.Module, out_dir: str | PathLike, recipe: Recipe | None = None, *,
-               tokenizer=None, verify: bool = True) -> Path:
+               tokenizer=None, verify: bool = True, report: dict | None = None,
+               overwrite: bool = False) -> Path:
     """Write the QAT checkpoint (see module docstring); returns ``out_dir``.
 
     ``recipe`` defaults to the one ``apply_qat`` used. Call it on the unwrapped model on one rank
     (under FSDP, gather a full state first). With ``verify`` (default) the written files are
     re-read and checked to re-quantize with error exactly 0 (raises ``CheckpointError`` if not).
+    ``report``: a run's report (``report.write_report``), written beside the weights.
     """
-    from safetensors.numpy import save_file
-
     recipe = recipe or getattr(model, "_edge_sdk_qat_recipe", None)
     if recipe is None:
         raise CheckpointError("export_qat needs the recipe (model was not prepared by apply_qat)")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_qat_output(out, resume=False, overwrite=overwrite)
+    with staged_output(out, "qat", replace=overwrite) as staging:
+        _write_export(model, staging, recipe, tokenizer)
+        if report is not None:
+            from .report import write_report
+            write_report(staging, report)
+        if verify:
+            errs = verify_export(staging, model=model)
+            bad = {r: e for r, e in errs.items() if e != 0.0}
+            if bad:
+                raise CheckpointError(f"exported weights are off their QAT grid: {bad}", path=out)
+    return out
+
+
+def _write_export(model: nn.Module, out: Path, recipe: Recipe, tokenizer) -> None:
+    from safetensors.numpy import save_file
+
     if has_equalizers(model):      # the written model is the folded one: plain per-channel grids
         model = copy.deepcopy(model)
         fold_equalizers(model)
@@ -142,12 +165,6 @@ def export_qat(model: nn.Module, out_dir: str | PathLike, recipe: Recipe | None 
         gen.save_pretrained(str(out))
     if tokenizer is not None:
         _copy_tokenizer(tokenizer, out)
-    if verify:
-        errs = verify_export(out, model=model)
-        bad = {r: e for r, e in errs.items() if e != 0.0}
-        if bad:
-            raise CheckpointError(f"exported weights are off their QAT grid: {bad}", path=out)
-    return out
 
 
 def _prefix_of(model: nn.Module) -> str:

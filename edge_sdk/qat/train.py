@@ -57,13 +57,13 @@ from ..options import QAT_ANNEAL_LR
 from ..quant import load_recipe
 from .apply import apply_qat, find_text_model, qat_parameter_groups, quantized_roles, refresh_codebooks, snap_to_grid
 from .data import load_corpus
+from ..outputs import QAT_REPORT_FORMAT, QAT_STATE_DIR, check_qat_output
 from .export import export_qat
 from .monitor import HeldOut, StopRule, section_sensitivity, top1_by_margin, widen_advice
-from .report import write_report
 from .sharding import full_like, full_state, gather_into, load_full_state, refresh_sharded, shard, shard_like, snap_sharded
 from .samples import teacher_samples as generate_samples
 
-STATE_DIR = ".qat_state"
+STATE_DIR = QAT_STATE_DIR
 SAMPLE_SHARE = 0.5      # of each batch drawn from the teacher's samples (``teacher_samples`` > 0)
 ANNEAL_LR = QAT_ANNEAL_LR   # the anneal phase's peak learning rates, as a share of ``lr`` / ``scale_lr``
 STATE_KEYS = ("checkpoint", "recipe", "seed", "steps", "batch", "seq_len", "lr", "fine_lr", "scale_lr",
@@ -250,7 +250,7 @@ def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *
         refresh_every: int = 50,
         eval_every: int | None = None, max_ppl_increase: float | None = 0.05,
         threads: int | None = None, teacher_samples: int = 0, anneal_steps: int = 0,
-        equalize: bool = False, fsdp: bool = False) -> QATResult:
+        equalize: bool = False, fsdp: bool = False, overwrite: bool = False) -> QATResult:
     """Run QAT (module docstring); ``steps`` defaults to 600 unless ``minutes`` bounds the run
     instead (the step count is then fixed after 5 timed steps and recorded in the report).
     ``teacher_samples`` N > 0: N sequences the float model writes (``samples``) make up half of
@@ -258,6 +258,8 @@ def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *
     learning rates (module docstring, 3b). ``equalize``: learn per-input-column gains too, folded into
     the norms and up_proj at export (``apply_qat(equalize=True)``, ``equalize`` module). ``fsdp``:
     under several processes, shard student and teacher instead of replicating them (``sharding``).
+    ``out`` must be missing or empty, or this command's own (``outputs.check_qat_output``): an
+    unfinished run (``resume`` continues it) or, with ``overwrite``, a run or checkpoint to replace.
     Returns the report; the checkpoint is in ``out`` even when the stop rule's target is missed."""
     t0 = time.monotonic()
     dist = _Dist()
@@ -267,6 +269,7 @@ def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *
     ckpt, out = Path(checkpoint), Path(out)
     if out.resolve() == ckpt.resolve():
         raise InputError("the output directory is the checkpoint itself", path=out, fix="pick another -o")
+    check_qat_output(out, resume=resume, overwrite=overwrite, sources=[ckpt])
     torch.manual_seed(seed)
     cls, tok = _load_tokenizer(ckpt)
     cfg = json.loads((ckpt / "config.json").read_text())
@@ -468,10 +471,9 @@ class _Run:
         if self.sharded:
             student = plain() if self.dist.rank == 0 else None
             gather_into(self.student, student)
-        if self.dist.rank == 0:
-            export_qat(student, self.out, tokenizer=tok if not ckpt.is_dir() else ckpt)
-            write_report(self.out, report)
-            shutil.rmtree(self.out / STATE_DIR, ignore_errors=True)
+        if self.dist.rank == 0:   # built beside OUT, then renamed onto it (OUT's saved state goes with it)
+            export_qat(student, self.out, tokenizer=tok if not ckpt.is_dir() else ckpt, report=report,
+                       overwrite=True)
         if self.dist.world > 1:
             torch.distributed.barrier()
         return QATResult(self.out, report if self.dist.rank == 0 else {})
@@ -484,7 +486,7 @@ class _Run:
         if not verdict["met"]:
             sens = section_sensitivity(self.student, self.held)
             verdict["widen"] = widen_advice(sens, last["kld"])
-        return {"format": "edge_sdk.qat_report", "settings": self.s, "steps_done": self.step,
+        return {"format": QAT_REPORT_FORMAT, "settings": self.s, "steps_done": self.step,
                 "wall_s": self.elapsed_before + time.monotonic() - t0,
                 "heldout": {"windows": int(self.corpus.heldout.shape[0]),
                             "seq_len": int(self.corpus.heldout.shape[1]), "positions": self.held.positions},
