@@ -193,10 +193,23 @@ def test_teacher_samples_are_the_float_models_own_deterministic_text():
     assert not any(np.array_equal(r, s) for r in x[:2] for s in a)
 
 
-@pytest.mark.parametrize("case", ["empty", "binary", "recipe", "jsonl-field", "no-resume", "fsdp-alone"])
+@pytest.mark.parametrize("case", ["empty", "binary", "recipe", "jsonl-field", "no-resume", "fsdp-alone",
+                                  "config-mismatch", "truncated-weights"])
 def test_bad_input_is_one_line_exit_2(case, texts, tmp_path, capsys):
+    import shutil
     data = texts / "train.jsonl"
     extra = []
+    ckpt = FLOAT
+    if case in ("config-mismatch", "truncated-weights"):   # read by our reader before transformers sees it
+        ckpt = tmp_path / "ckpt"
+        shutil.copytree(FLOAT, ckpt)
+    if case == "config-mismatch":
+        cfg = json.loads((ckpt / "config.json").read_text())
+        cfg["text_config"]["intermediate_size"] = 320
+        (ckpt / "config.json").write_text(json.dumps(cfg))
+    elif case == "truncated-weights":
+        w = ckpt / "model.safetensors"
+        w.write_bytes(w.read_bytes()[:100_000])
     if case == "empty":
         data = tmp_path / "empty.txt"
         data.write_text("  \n")
@@ -216,12 +229,16 @@ def test_bad_input_is_one_line_exit_2(case, texts, tmp_path, capsys):
         extra = ["--resume"]
     elif case == "fsdp-alone":   # one process has nothing to shard over
         extra = ["--fsdp"]
-    rc, out, err = _run(["qat", FLOAT, "--data", data, "-o", tmp_path / "o", *SHORT, *extra], capsys)
+    rc, out, err = _run(["qat", ckpt, "--data", data, "-o", tmp_path / "o", *SHORT, *extra], capsys)
     assert rc == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("edge-sdk: error: "), err
     assert "Traceback" not in err
     if case in ("empty", "binary", "jsonl-field"):
         assert str(data) in err
+    if case == "config-mismatch":
+        assert "layers.0.mlp.down_proj.weight" in err and "config.json" in err
+    if case == "truncated-weights":
+        assert "model.safetensors" in err and "truncated" in err
     assert not (tmp_path / "o" / "model.safetensors").exists()
 
 

@@ -123,8 +123,17 @@ class _Dist:
 
 
 def _load_tokenizer(checkpoint: Path):
-    """(model class, tokenizer); ``InputError`` for what is not a Gemma 4 HF checkpoint."""
+    """(model class, tokenizer); ``InputError`` for what is not a Gemma 4 HF checkpoint. The
+    directory is first read by edge-sdk's own reader (headers, config and every tensor's shape,
+    no tensor data; pickle files refused): a config that does not match the weights is one line
+    naming the tensor, not a transformers traceback or a layer silently initialised at random."""
     import transformers
+
+    from ..quant.source import open_source
+
+    if checkpoint.is_dir() and open_source(checkpoint).binding is None:
+        raise CheckpointError("no weights here: QAT needs a checkpoint directory (config.json + *.safetensors)",
+                              path=checkpoint)
 
     transformers.logging.set_verbosity_error()       # the tokenizer's "longer than max length" note
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars: progress is ours
