@@ -7,7 +7,7 @@ is not ``/``, ``$HOME``, the working directory or a directory above any of them.
 
 ``qat`` writes into a directory only when it is missing or empty, holds its own unfinished run
 (``--resume`` continues it, ``--overwrite`` starts over) or its own earlier checkpoint (replaced with
-``--overwrite``): ``check_qat_output``.
+``--overwrite``): ``qat.export.check_qat_output``, on ``refuse_protected`` from here.
 
 Every output directory is built in a staging directory beside it and renamed into place at the
 end (``staged_output``): a run killed at any point leaves no half-written model.
@@ -98,7 +98,7 @@ def _holds_weights(d: Path) -> str | None:
     return None
 
 
-def _refuse_protected(out: Path, sources: Iterable[str | os.PathLike], keep: str) -> None:
+def refuse_protected(out: Path, sources: Iterable[str | os.PathLike], keep: str) -> None:
     """Refuse to replace ``/``, ``$HOME``, the working directory, a directory above any of them,
     or one that is or contains a source of this run."""
     real = _real(out)
@@ -121,7 +121,7 @@ def check_replaceable_dir(out_dir: str | os.PathLike, *, sources: Iterable[str |
     out = Path(out_dir)
     real = _real(out)
     keep = "choose a new output directory (edge-sdk replaces only a directory it wrote)"
-    _refuse_protected(out, sources, keep)
+    refuse_protected(out, sources, keep)
     if not (real / "model.json").is_file():
         raise InputError("refusing to replace it with --overwrite: not an edge-sdk output directory "
                          "(no model.json)", path=out, fix=keep)
@@ -132,65 +132,6 @@ def check_replaceable_dir(out_dir: str | os.PathLike, *, sources: Iterable[str |
     if weights is not None:
         raise InputError(f"refusing to replace it with --overwrite: it holds checkpoint weights ({weights})",
                          path=out, fix=keep)
-
-
-QAT_REPORT_FORMAT = "edge_sdk.qat_report"
-QAT_STATE_DIR = ".qat_state"             # an unfinished run's resumable state, inside its output directory
-
-
-def _safetensors_format(path: Path) -> str | None:
-    """The ``format`` of a safetensors file's ``__metadata__`` (its JSON header only), or None."""
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n <= 16 * 2**20:
-                return None
-            head = json.loads(f.read(n))
-    except (OSError, ValueError, RecursionError):
-        return None
-    meta = head.get("__metadata__") if isinstance(head, dict) else None
-    return meta.get("format") if isinstance(meta, dict) else None
-
-
-def qat_output_kind(path: str | os.PathLike) -> str | None:
-    """What edge-sdk's QAT left in ``path``: "run" (an unfinished ``edge-sdk qat`` run:
-    ``.qat_state/state.json``), "checkpoint" (``export_qat``'s output: our ``qat_report.json``, or
-    the scale sidecar with our format in its header) or None."""
-    from .quant.scales import SIDECAR_FORMAT, SIDECAR_NAME
-
-    p = Path(path)
-    state = read_json_object(p / QAT_STATE_DIR / "state.json")
-    if state is not None and isinstance(state.get("settings"), dict) and "step" in state:
-        return "run"
-    report = read_json_object(p / "qat_report.json")
-    if report is not None and report.get("format") == QAT_REPORT_FORMAT:
-        return "checkpoint"
-    return "checkpoint" if _safetensors_format(p / SIDECAR_NAME) == SIDECAR_FORMAT else None
-
-
-def check_qat_output(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool,
-                     sources: Iterable[str | os.PathLike] = ()) -> None:
-    """Raise ``InputError`` unless ``edge-sdk qat`` may write ``out_dir``: missing or empty; with
-    ``resume``, its own unfinished run (the saved state is checked later); with ``overwrite``, its
-    own unfinished run or earlier checkpoint. Anything else in it is never replaced."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError("output path exists and is not a directory", path=out, fix="choose a directory")
-    if not is_nonempty_dir(out):
-        return
-    kind = qat_output_kind(out)
-    if kind is None:
-        raise InputError("output directory is not empty, and not a QAT run or checkpoint edge-sdk wrote",
-                         path=out, fix="choose a new or empty output directory (nothing in it is replaced)")
-    if resume and kind == "run":
-        return
-    if not overwrite:
-        if kind == "run":
-            raise InputError("output directory holds an unfinished QAT run", path=out,
-                             fix="pass --resume to continue it, or --overwrite to start over")
-        raise InputError("output directory holds the QAT checkpoint of an earlier run", path=out,
-                         fix="choose a new directory, or pass --overwrite to replace it")
-    _refuse_protected(out, sources, "choose a new output directory")
 
 
 def _clean_stale_staging(parent: Path, name: str, tag: str) -> None:

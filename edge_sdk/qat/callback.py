@@ -32,11 +32,10 @@ from os import PathLike
 
 from transformers import TrainerCallback
 
-from ..outputs import check_qat_output
 from ..quant import Recipe, load_recipe
 from .apply import apply_qat, is_qat, refresh_codebooks
 from .equalize import has_equalizers
-from .export import export_qat
+from .export import check_qat_output, export_qat
 from .sharding import gather_into, is_sharded, refresh_sharded
 
 

@@ -29,7 +29,10 @@ NumPy kernels and the exported scales/codebooks: the re-rounding error must be e
 from __future__ import annotations
 
 import copy
+import json
+import os
 import shutil
+from collections.abc import Iterable
 from os import PathLike
 from pathlib import Path
 
@@ -38,12 +41,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import CheckpointError
-from ..outputs import check_qat_output, staged_output
+from ..errors import CheckpointError, InputError
+from ..outputs import is_nonempty_dir, read_json_object, refuse_protected, staged_output
 from ..gemma4.names import TEXT_PREFIXES, LM_HEAD
 from ..quant import (AffineConfig, DictionaryConfig, Recipe, quantize, read_qat_sidecar,
                      write_qat_sidecar)
-from ..quant.scales import SIDECAR_NAME
+from ..quant.scales import SIDECAR_FORMAT, SIDECAR_NAME
 from .apply import find_text_model, quantized_roles
 from .equalize import fold_equalizers, has_equalizers
 from .fake_quant import AffineQuantizer, DictionaryFakeQuantizer
@@ -112,6 +115,63 @@ def _copy_tokenizer(tokenizer, out: Path) -> None:
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copyfile(src / name, out / name)
+
+
+QAT_REPORT_FORMAT = "edge_sdk.qat_report"
+QAT_STATE_DIR = ".qat_state"             # an unfinished run's resumable state, inside its output directory
+
+
+def _safetensors_format(path: Path) -> str | None:
+    """The ``format`` of a safetensors file's ``__metadata__`` (its JSON header only), or None."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= 16 * 2**20:
+                return None
+            head = json.loads(f.read(n))
+    except (OSError, ValueError, RecursionError):
+        return None
+    meta = head.get("__metadata__") if isinstance(head, dict) else None
+    return meta.get("format") if isinstance(meta, dict) else None
+
+
+def qat_output_kind(path: str | os.PathLike) -> str | None:
+    """What edge-sdk's QAT left in ``path``: "run" (an unfinished ``edge-sdk qat`` run:
+    ``.qat_state/state.json``), "checkpoint" (``export_qat``'s output: our ``qat_report.json``, or
+    the scale sidecar with our format in its header) or None."""
+    p = Path(path)
+    state = read_json_object(p / QAT_STATE_DIR / "state.json")
+    if state is not None and isinstance(state.get("settings"), dict) and "step" in state:
+        return "run"
+    report = read_json_object(p / "qat_report.json")
+    if report is not None and report.get("format") == QAT_REPORT_FORMAT:
+        return "checkpoint"
+    return "checkpoint" if _safetensors_format(p / SIDECAR_NAME) == SIDECAR_FORMAT else None
+
+
+def check_qat_output(out_dir: str | os.PathLike, *, resume: bool, overwrite: bool,
+                     sources: Iterable[str | os.PathLike] = ()) -> None:
+    """Raise ``InputError`` unless ``edge-sdk qat`` may write ``out_dir``: missing or empty; with
+    ``resume``, its own unfinished run (the saved state is checked later); with ``overwrite``, its
+    own unfinished run or earlier checkpoint. Anything else in it is never replaced."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError("output path exists and is not a directory", path=out, fix="choose a directory")
+    if not is_nonempty_dir(out):
+        return
+    kind = qat_output_kind(out)
+    if kind is None:
+        raise InputError("output directory is not empty, and not a QAT run or checkpoint edge-sdk wrote",
+                         path=out, fix="choose a new or empty output directory (nothing in it is replaced)")
+    if resume and kind == "run":
+        return
+    if not overwrite:
+        if kind == "run":
+            raise InputError("output directory holds an unfinished QAT run", path=out,
+                             fix="pass --resume to continue it, or --overwrite to start over")
+        raise InputError("output directory holds the QAT checkpoint of an earlier run", path=out,
+                         fix="choose a new directory, or pass --overwrite to replace it")
+    refuse_protected(out, sources, "choose a new output directory")
 
 
 def export_qat(model: nn.Module, out_dir: str | PathLike, recipe: Recipe | None = None, *,

@@ -57,8 +57,7 @@ from ..options import QAT_ANNEAL_LR
 from ..quant import load_recipe
 from .apply import apply_qat, find_text_model, qat_parameter_groups, quantized_roles, refresh_codebooks, snap_to_grid
 from .data import load_corpus
-from ..outputs import QAT_REPORT_FORMAT, QAT_STATE_DIR, check_qat_output
-from .export import export_qat
+from .export import QAT_REPORT_FORMAT, QAT_STATE_DIR, check_qat_output, export_qat
 from .monitor import HeldOut, StopRule, section_sensitivity, top1_by_margin, widen_advice
 from .sharding import full_like, full_state, gather_into, load_full_state, refresh_sharded, shard, shard_like, snap_sharded
 from .samples import teacher_samples as generate_samples
