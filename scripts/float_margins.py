@@ -2,6 +2,7 @@
 """How hesitant is a float model on the tiny held-out topics, and what top-1 would QAT reach on it?
 
     python scripts/float_margins.py [FLOAT_DIR ...] [--qat models/tiny-gemma4/qat] [--json out.json]
+    python scripts/float_margins.py /tmp/code/float --data /tmp/code/data    # another corpus's split
 
 Top-1 agreement depends on the float model's own margins (``log p1 - log p2`` of its two likeliest
 tokens): where it hesitates, any perturbation flips its argmax (docs/qat.md). This script reads
@@ -10,7 +11,9 @@ each FLOAT_DIR (default: ``models/tiny-gemma4/float``; e.g. a float model traine
 prints its PPL and the share of positions per margin bin (``monitor.MARGIN_BINS``). The QAT
 model's agreement per bin, measured against ``models/tiny-gemma4/float``, turns each model's shares
 into the top-1 a QAT model with the same per-bin error would reach: the question is whether a
-better-trained float model alone would lift top-1.
+better-trained float model alone would lift top-1. ``--data DIR`` (``train.jsonl``/``heldout.jsonl``,
+as ``scripts/train_tiny.py --corpus code`` writes them) measures the other FLOAT_DIRs on that
+corpus's held-out split instead of the topics'.
 
 The exported QAT weights are float32 on their grid, so a plain float32 load computes the quantized
 forward (the int8 KV cache aside). Deterministic; prints a table, writes JSON.
@@ -46,6 +49,8 @@ def main(argv=None) -> int:
     ap.add_argument("float_dirs", nargs="*", type=Path, default=[TINY / "float"])
     ap.add_argument("--qat", type=Path, default=TINY / "qat", help="QAT model whose per-bin agreement is applied")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--data", type=Path, default=None,
+                    help="DIR with train.jsonl/heldout.jsonl for the other FLOAT_DIRs (default: the topics)")
     args = ap.parse_args(argv)
 
     import tempfile
@@ -62,10 +67,12 @@ def main(argv=None) -> int:
     agree = top1_by_margin(qat, held)
     rows = []
     for d in args.float_dirs:
-        h = held if d.resolve() == (TINY / "float").resolve() else held_out(d, data)[1]
+        own = {p: args.data / f"{p}.jsonl" for p in ("train", "heldout")} if args.data else data
+        h = held if d.resolve() == (TINY / "float").resolve() else held_out(d, own)[1]
         bins = top1_by_margin(h.float_model, h)   # the float model against itself: only the shares matter
         predicted = sum(b["share"] * a["top1"] for b, a in zip(bins, agree) if b["share"])
         rows.append({"float": str(d.resolve().relative_to(ROOT) if d.resolve().is_relative_to(ROOT) else d),
+                     "heldout": str(own["heldout"]) if h is not held else "the topics' held-out split",
                      "ppl": h.float_ppl, "shares": [b["share"] for b in bins], "predicted_top1": predicted})
     edges = [(a["lo"], a["hi"]) for a in agree]
     label = [f"[{lo:g},{'inf' if hi is None else f'{hi:g}'})" for lo, hi in edges]

@@ -75,6 +75,48 @@ def split_topics() -> dict:
             "sha256": {"train": digest(train), "heldout": digest(held)}}
 
 
+CODE_RULE = ("CPython stdlib .py files of 2,000-{max} bytes (tests, idlelib, lib2to3, turtledemo, encodings, "
+             "site-packages, pydoc_data left out), paths sorted; index % 10 == 0 held out, the rest train")
+
+
+def code_files(max_bytes: int = 8000) -> list[Path]:
+    import sysconfig
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    skip = ("test", "idlelib", "lib2to3", "turtledemo", "site-packages", "pydoc_data", "encodings")
+    return [p for p in sorted(lib.rglob("*.py"))
+            if not any(s in p.relative_to(lib).as_posix() for s in skip) and 2000 <= p.stat().st_size <= max_bytes]
+
+
+def split_code(max_bytes: int = 8000) -> dict:
+    """``--corpus code``: the stdlib's Python source as the corpus (not the committed fixture: the
+    question it answers is whether a less ambiguous text gives a float model that hesitates less,
+    docs/qat.md). Same dict as ``split_topics``; names are paths relative to the stdlib."""
+    import sysconfig
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    files = code_files(max_bytes)
+    names = [p.relative_to(lib).as_posix() for p in files]
+    held = [n for i, n in enumerate(names) if i % 10 == 0]
+    train = [n for i, n in enumerate(names) if i % 10 != 0]
+
+    def digest(ns):
+        h = hashlib.sha256()
+        for n in ns:
+            h.update(n.encode() + b"\0" + (lib / n).read_bytes() + b"\0")
+        return h.hexdigest()
+
+    return {"source": "CPython stdlib source", "python": sys.version.split()[0], "rule": CODE_RULE.format(max=f"{max_bytes:,}"),
+            "train": train, "heldout": held,
+            "chars": {"train": sum(len(t) for t in code_texts(train)),
+                      "heldout": sum(len(t) for t in code_texts(held))},
+            "sha256": {"train": digest(train), "heldout": digest(held)}}
+
+
+def code_texts(names) -> list[str]:
+    import sysconfig
+    lib = Path(sysconfig.get_paths()["stdlib"])
+    return [(lib / n).read_text(encoding="utf-8") for n in names]
+
+
 def topic_texts(names) -> list[str]:
     from pydoc_data.topics import topics
     return [topics[n] for n in names]
@@ -311,6 +353,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer", type=Path, default=None,
                     help="reuse this checkpoint's tokenizer instead of training one")
     ap.add_argument("--float-only", action="store_true", help="stop after float/ (no QAT)")
+    ap.add_argument("--corpus", choices=("topics", "code"), default="topics",
+                    help="topics: pydoc_data.topics prose (the committed fixture); code: stdlib .py source "
+                    "(an experiment, docs/qat.md); data/train.jsonl and data/heldout.jsonl are written to --out")
+    ap.add_argument("--code-max-bytes", type=int, default=8000,
+                    help="--corpus code: the largest source file taken (8000: 545 k characters of training text)")
     args = ap.parse_args(argv)
 
     import torch
@@ -328,22 +375,28 @@ def main(argv=None) -> int:
     out = args.out
     float_dir, qat_dir = out / "float", out / "qat"
     out.mkdir(parents=True, exist_ok=True)
-    split = split_topics()
+    split, texts = ((split_code(args.code_max_bytes), code_texts) if args.corpus == "code"
+                    else (split_topics(), topic_texts))
     (out / "split.json").write_text(json.dumps(split, indent=2) + "\n")
+    if args.corpus != "topics":
+        (out / "data").mkdir(exist_ok=True)
+        for part in ("train", "heldout"):
+            (out / "data" / f"{part}.jsonl").write_text(
+                "".join(json.dumps({"text": t}) + "\n" for t in texts(split[part])))
     log(f"split: {len(split['train'])} train topics ({split['chars']['train']} chars), "
         f"{len(split['heldout'])} held out ({split['chars']['heldout']} chars)")
 
     if args.skip_float or args.tokenizer:
         tok = AutoTokenizer.from_pretrained(str(args.tokenizer or float_dir))
     else:
-        tok = train_tokenizer(topic_texts(split["train"]))
-    train_texts = topic_texts(split["train"])
+        tok = train_tokenizer(texts(split["train"]))
+    train_texts = texts(split["train"])
     if args.docstrings:
         docs = without_overlap(stdlib_docstrings(), topic_texts(split["heldout"]))
         train_texts += docs
         log(f"+ {len(docs)} stdlib docstrings ({sum(map(len, docs))} chars)")
     train_ids = token_stream(tok, train_texts)
-    windows = eval_windows(token_stream(tok, topic_texts(split["heldout"])))
+    windows = eval_windows(token_stream(tok, texts(split["heldout"])))
     log(f"tokenizer: vocab {len(tok)}; train {len(train_ids)} tokens, held-out "
         f"{windows.size} tokens in {len(windows)} windows of {CTX}")
 
@@ -375,7 +428,7 @@ def main(argv=None) -> int:
     train_qat(student, teacher, train_ids, windows, args, log)
     student.eval()
     student.generation_config = generation_config()
-    export_qat(student, qat_dir, tokenizer=tok)
+    export_qat(student, qat_dir, tokenizer=tok, overwrite=True)   # replaces only an earlier QAT checkpoint
     log(f"QAT checkpoint (float32 on the mobile grid, re-rounding error 0) → {qat_dir}")
     for d in (float_dir, qat_dir):
         size = sum(f.stat().st_size for f in d.iterdir())
