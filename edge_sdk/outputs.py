@@ -98,7 +98,8 @@ def _holds_weights(d: Path) -> str | None:
     return None
 
 
-def refuse_protected(out: Path, sources: Iterable[str | os.PathLike], keep: str) -> None:
+def refuse_protected(out: Path, sources: Iterable[str | os.PathLike], keep: str,
+                     action: str = "replace it with --overwrite") -> None:
     """Refuse to replace ``/``, ``$HOME``, the working directory, a directory above any of them,
     or one that is or contains a source of this run."""
     real = _real(out)
@@ -106,13 +107,12 @@ def refuse_protected(out: Path, sources: Iterable[str | os.PathLike], keep: str)
     for name, p in protected.items():
         if _within(p, real):
             what = f"is {name}" if p == real else f"contains {name}"
-            raise InputError(f"refusing to replace it with --overwrite: it {what}", path=out, fix=keep)
+            raise InputError(f"refusing to {action}: it {what}", path=out, fix=keep)
     for s in sources:
         src = _real(s)
         if _within(src, real):
             what = "is" if src == real else "contains"
-            raise InputError(f"refusing to replace it with --overwrite: it {what} the source checkpoint {s}",
-                             path=out, fix=keep)
+            raise InputError(f"refusing to {action}: it {what} the source checkpoint {s}", path=out, fix=keep)
 
 
 def check_replaceable_dir(out_dir: str | os.PathLike, *, sources: Iterable[str | os.PathLike] = ()) -> None:

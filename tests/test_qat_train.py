@@ -268,6 +268,13 @@ def test_output_directory_is_ours_or_refused(texts, tmp_path, capsys, monkeypatc
     with pytest.raises(InputError, match="not a QAT run"):
         QATCallback("mobile", out_dir=foreign, overwrite=True)
 
+    here = tmp_path / "here"       # empty, but the finished run would replace it as a whole
+    here.mkdir()
+    monkeypatch.chdir(here)
+    rc, _, err = _run([*base, "-o", "."], capsys)
+    assert rc == 2 and "working directory" in err and list(here.iterdir()) == []
+    monkeypatch.chdir(tmp_path)
+
     out = tmp_path / "q"
     assert _run([*base, "-o", out], capsys)[0] in (0, 1)
     first = _tree(out)
@@ -290,6 +297,7 @@ def test_output_directory_is_ours_or_refused(texts, tmp_path, capsys, monkeypatc
     assert json.loads((out / "qat_report.json").read_text())["settings"]["seed"] == 1
     assert not (out / T.STATE_DIR).exists() and _weights(out).keys() == _weights_from(first).keys()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no staging left behind
+    assert _tree(foreign) == before
 
     fresh = tmp_path / "fresh"
     monkeypatch.setattr(R, "write_report", killed)

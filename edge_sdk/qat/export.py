@@ -157,6 +157,8 @@ def check_qat_output(out_dir: str | os.PathLike, *, resume: bool, overwrite: boo
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError("output path exists and is not a directory", path=out, fix="choose a directory")
+    if out.exists():   # the finished checkpoint replaces the directory as a whole
+        refuse_protected(out, sources, "choose a new output directory", action="write a QAT checkpoint there")
     if not is_nonempty_dir(out):
         return
     kind = qat_output_kind(out)
@@ -171,7 +173,6 @@ def check_qat_output(out_dir: str | os.PathLike, *, resume: bool, overwrite: boo
                              fix="pass --resume to continue it, or --overwrite to start over")
         raise InputError("output directory holds the QAT checkpoint of an earlier run", path=out,
                          fix="choose a new directory, or pass --overwrite to replace it")
-    refuse_protected(out, sources, "choose a new output directory")
 
 
 def export_qat(model: nn.Module, out_dir: str | PathLike, recipe: Recipe | None = None, *,
