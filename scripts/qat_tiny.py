@@ -2,6 +2,7 @@
 """Rebuild ``models/tiny-gemma4/qat`` with ``edge-sdk qat`` and measure it through ``edge-sdk validate``.
 
     python scripts/qat_tiny.py [--out models/tiny-gemma4/qat] [--steps N] [--recipe mobile] [--json qat_tiny.json]
+    python scripts/qat_tiny.py --fixture models/tiny-gemma4-code      # the code fixture: its float/, split, qat/
 
 1. the tiny model's train / held-out topics as JSON Lines (``scripts/tiny_data.py``);
 2. ``edge-sdk qat models/tiny-gemma4/float --data train.jsonl --eval heldout.jsonl -o OUT --recipe
@@ -44,28 +45,32 @@ def edge_sdk(*args) -> subprocess.CompletedProcess:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=TINY / "qat")
+    ap.add_argument("--fixture", type=Path, default=TINY,
+                    help="a tiny model directory: float/, split.json (topics or stdlib source), qat/")
+    ap.add_argument("--out", type=Path, default=None, help="default: FIXTURE/qat")
     ap.add_argument("--steps", type=int, default=1400)
     ap.add_argument("--recipe", default="mobile", help="preset or recipe .json, for QAT and convert alike")
     ap.add_argument("--skip-train", action="store_true", help="measure an existing --out")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    args.out = args.out or args.fixture / "qat"
+    float_dir = args.fixture / "float"
 
     from tiny_data import write_splits
 
     work = Path(tempfile.mkdtemp(prefix="qat_tiny_"))
-    data = write_splits(work / "data")
+    data = write_splits(work / "data", args.fixture / "split.json")
     result = {"flags": ["--recipe", str(args.recipe)] + QAT_FLAGS + ["--steps", str(args.steps)]}
     if not args.skip_train:
         t0 = time.time()
-        r = edge_sdk("qat", TINY / "float", "--data", data["train"], "--eval", data["heldout"], "-o", args.out,
+        r = edge_sdk("qat", float_dir, "--data", data["train"], "--eval", data["heldout"], "-o", args.out,
                      "--overwrite", "--recipe", args.recipe, *QAT_FLAGS, "--steps", args.steps)
         result["qat_wall_s"] = time.time() - t0
         print(r.stdout + r.stderr, end="")
         if r.returncode not in (0, 1):
             return r.returncode
     if not any((d / "split.json").is_file() for d in (args.out, args.out.parent)):
-        shutil.copyfile(TINY / "split.json", args.out / "split.json")   # validate's held-out topics
+        shutil.copyfile(args.fixture / "split.json", args.out / "split.json")   # validate's held-out topics
     if (args.out / "qat_report.json").is_file():   # a model edge-sdk qat wrote
         rep = json.loads((args.out / "qat_report.json").read_text())
         result["monitor"], result["monitor_ptq"] = rep["evals"][-1], rep["evals"][0]
@@ -74,7 +79,7 @@ def main(argv=None) -> int:
     if r.returncode:
         print(r.stderr, end="")
         return r.returncode
-    r = edge_sdk("validate", conv, "--reference", TINY / "float", "-o", work / "report", "--runtime", "edge_sdk",
+    r = edge_sdk("validate", conv, "--reference", float_dir, "-o", work / "report", "--runtime", "edge_sdk",
                  "--json", "--runs", "1", "--max-kld", "0.05", "--min-top1", "0.9")
     report = json.loads((work / "report" / "report.json").read_text())
     q = report.get("quality") or {}

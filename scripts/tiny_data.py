@@ -6,6 +6,8 @@
 The topics are ``models/tiny-gemma4/split.json``'s (``pydoc_data.topics``); the files are what
 ``edge-sdk qat models/tiny-gemma4/float --data OUT_DIR/train.jsonl --eval OUT_DIR/heldout.jsonl``
 reads. The sha256 of the topic texts is checked against split.json (another CPython's text differs).
+A split of the standard library's source files (``scripts/train_tiny.py --corpus code``,
+``models/tiny-gemma4-code/split.json``) is read from this Python's stdlib the same way.
 """
 
 from __future__ import annotations
@@ -19,21 +21,32 @@ ROOT = Path(__file__).resolve().parents[1]
 SPLIT = ROOT / "models" / "tiny-gemma4" / "split.json"
 
 
-def write_splits(out: Path, split_json: Path = SPLIT) -> dict[str, Path]:
+def _texts(split: dict) -> dict[str, str]:
+    """name -> text of every document the split names (topics, or stdlib source files)."""
+    names = split["train"] + split["heldout"]
+    from edge_sdk.validate.quality import STDLIB_SOURCE
+    if split["source"] == STDLIB_SOURCE:
+        import sysconfig
+        lib = Path(sysconfig.get_paths()["stdlib"])
+        return {n: (lib / n).read_text(encoding="utf-8") for n in names}   # as train_tiny.code_texts
     from pydoc_data.topics import topics
+    return {n: topics[n] for n in names}
 
+
+def write_splits(out: Path, split_json: Path = SPLIT) -> dict[str, Path]:
     split = json.loads(split_json.read_text())
+    texts = _texts(split)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for part in ("train", "heldout"):
         h = hashlib.sha256()
         for n in split[part]:
-            h.update(n.encode() + b"\0" + topics[n].encode() + b"\0")
+            h.update(n.encode() + b"\0" + texts[n].encode() + b"\0")
         if h.hexdigest() != split["sha256"][part]:
-            print(f"warning: this Python's {part} topics differ from split.json's "
+            print(f"warning: this Python's {part} texts differ from split.json's "
                   f"(Python {split['python']})", file=sys.stderr)
         paths[part] = out / f"{part}.jsonl"
-        paths[part].write_text("".join(json.dumps({"text": topics[n]}) + "\n" for n in split[part]))
+        paths[part].write_text("".join(json.dumps({"text": texts[n]}) + "\n" for n in split[part]))
     return paths
 
 

@@ -104,7 +104,8 @@ def split_code(max_bytes: int = 8000) -> dict:
             h.update(n.encode() + b"\0" + (lib / n).read_bytes() + b"\0")
         return h.hexdigest()
 
-    return {"source": "CPython stdlib source", "python": sys.version.split()[0], "rule": CODE_RULE.format(max=f"{max_bytes:,}"),
+    from edge_sdk.validate.quality import STDLIB_SOURCE
+    return {"source": STDLIB_SOURCE, "python": sys.version.split()[0], "rule": CODE_RULE.format(max=f"{max_bytes:,}"),
             "train": train, "heldout": held,
             "chars": {"train": sum(len(t) for t in code_texts(train)),
                       "heldout": sum(len(t) for t in code_texts(held))},

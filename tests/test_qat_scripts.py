@@ -99,3 +99,22 @@ def test_fit_measures_zero_for_the_float_model_itself(tmp_path):
     (row,) = _script("qat_fit").measure_sets(model, {"random": windows}, model)
     assert row["kld"] == pytest.approx(0, abs=1e-6) and row["top1"] == 1.0
     assert 0 < row["near_ties"] < 1 and row["float_entropy"] > 0 and row["positions"] == 4 * 23
+
+
+def test_code_split_is_read_alike_by_the_scripts_and_validate(tmp_path, capsys):
+    """``train_tiny.py --corpus code``: the stdlib's source files split by path, train and held-out
+    disjoint; ``tiny_data.write_splits`` writes them back from split.json (its sha256 check quiet)
+    and ``edge-sdk validate``'s default held-out text (``quality.heldout_texts``) is the same files."""
+    import json
+
+    from edge_sdk.validate.quality import STDLIB_SOURCE, heldout_texts
+    tt = _script("train_tiny")
+    split = tt.split_code()
+    assert split["source"] == STDLIB_SOURCE and split["train"] and split["heldout"]
+    assert not set(split["train"]) & set(split["heldout"])
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    paths = _script("tiny_data").write_splits(tmp_path / "d", tmp_path / "split.json")
+    assert "differ" not in capsys.readouterr().err
+    written = [json.loads(line)["text"] for line in paths["heldout"].read_text().splitlines()]
+    assert written == heldout_texts(tmp_path / "split.json") == tt.code_texts(split["heldout"])
+    assert sum(map(len, written)) == split["chars"]["heldout"]

@@ -63,9 +63,13 @@ def load_tokenizer(model_dir: str | Path):
     return Tokenizer.from_file(str(path))
 
 
+STDLIB_SOURCE = "CPython stdlib source"   # split.json "source" of a split of the stdlib's .py files
+
+
 def heldout_texts(split_json: str | Path | None = None) -> list[str]:
     """The held-out topics of ``pydoc_data.topics``: those a ``split.json`` names (the tiny model's
-    training split), or, without one, the same rule computed from this Python's topics (names
+    training split; a split whose ``source`` is ``STDLIB_SOURCE`` names standard-library files
+    instead, ``models/tiny-gemma4-code``), or, without one, the same rule computed from this Python's topics (names
     sorted, every tenth held out, from the first; what ``scripts/train_tiny.py`` writes down)."""
     from pydoc_data.topics import topics
     if split_json is None:
@@ -75,6 +79,14 @@ def heldout_texts(split_json: str | Path | None = None) -> list[str]:
         raise InputError("no held-out split to evaluate on", path=path,
                          fix="pass --text FILE (or train the tiny model: scripts/train_tiny.py)")
     split = json.loads(path.read_text())
+    if split.get("source") == STDLIB_SOURCE:   # scripts/train_tiny.py --corpus code: stdlib files by path
+        import sysconfig
+        lib = Path(sysconfig.get_paths()["stdlib"])
+        missing = [n for n in split["heldout"] if not (lib / n).is_file()]
+        if missing:
+            raise InputError(f"held-out files {missing[:3]} are not in this Python's standard library ({lib})",
+                             path=path, fix="pass --text FILE")
+        return [(lib / n).read_text(encoding="utf-8") for n in split["heldout"]]
     missing = [n for n in split["heldout"] if n not in topics]
     if missing:
         raise InputError(f"held-out topics {missing[:3]} are not in this Python's pydoc_data.topics",
