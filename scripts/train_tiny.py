@@ -384,7 +384,7 @@ def main(argv=None) -> int:
         for part in ("train", "heldout"):
             (out / "data" / f"{part}.jsonl").write_text(
                 "".join(json.dumps({"text": t}) + "\n" for t in texts(split[part])))
-    log(f"split: {len(split['train'])} train topics ({split['chars']['train']} chars), "
+    log(f"split: {len(split['train'])} train documents ({split['chars']['train']} chars), "
         f"{len(split['heldout'])} held out ({split['chars']['heldout']} chars)")
 
     if args.skip_float or args.tokenizer:

@@ -26,6 +26,7 @@ from edge_sdk.litert.reader import read_tflite
 from edge_sdk.litert.runtime import LiteRTModel, OutputCheckError, check_logits, file_key
 
 QAT_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-gemma4" / "qat"
+CODE_QAT_DIR = QAT_DIR.parents[1] / "tiny-gemma4-code" / "qat"   # the same model trained on stdlib source
 GEO = ["--context", "64", "--prefill", "8"]
 STEPS = 16
 PROMPTS = {   # 21 and 30 tokens: 3 and 4 chunks of 8, the last one padded
@@ -267,11 +268,12 @@ def test_prefill_signature_and_chunking_agree(converted):
         m.prefill([5] * 2)
 
 
-def test_qat_tiny_model(tmp_path, capsys):
-    if not (QAT_DIR / "config.json").is_file():
-        pytest.skip(f"{QAT_DIR} not present (scripts/train_tiny.py builds it)")
+@pytest.mark.parametrize("qat_dir", [QAT_DIR, CODE_QAT_DIR], ids=["topics", "code"])
+def test_qat_tiny_model(qat_dir, tmp_path, capsys):
+    if not (qat_dir / "config.json").is_file():
+        pytest.skip(f"{qat_dir} not present (scripts/train_tiny.py builds it)")
     out = tmp_path / "tiny"
-    assert main(["convert", str(QAT_DIR), "-o", str(out), "--recipe", "mobile", "--text-only",
+    assert main(["convert", str(qat_dir), "-o", str(out), "--recipe", "mobile", "--text-only",
                  "--context", "128", "--prefill", "32"]) == 0
     plan = json.loads((out / "plan.json").read_text())
     affine = [t for t in plan["tensors"] if t["scheme"] in ("int2", "int4", "int8")]
@@ -280,11 +282,14 @@ def test_qat_tiny_model(tmp_path, capsys):
     if (out / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
         from pydoc_data.topics import topics
-        ids = Tokenizer.from_file(str(out / "tokenizer.json")).encode(topics["with"][:400]).ids[:60]
-        assert main(["run", str(out), "--prompt", "The with statement", "-n", "8", "--ignore-eos"]) == 0
+        import textwrap   # the code model reads Python source: a stdlib file's
+        text, prompt = ((topics["with"], "The with statement") if qat_dir == QAT_DIR else
+                        (Path(textwrap.__file__).read_text(), "def wrap(text"))
+        ids = Tokenizer.from_file(str(out / "tokenizer.json")).encode(text[:400]).ids[:60]
+        assert main(["run", str(out), "--prompt", prompt, "-n", "8", "--ignore-eos"]) == 0
         io = capsys.readouterr()
         assert io.out.strip() and "generation: 8 tok" in io.err   # streamed text; stats on stderr
-    kld, top1, _ = _compare_to_reference(QAT_DIR, out, ids, "xnnpack", "tiny QAT mobile")
+    kld, top1, _ = _compare_to_reference(qat_dir, out, ids, "xnnpack", "tiny QAT mobile")
     assert kld < MAX_KLD and top1 >= MIN_TOP1
 
 
