@@ -14,7 +14,7 @@
   re-rounding error 0, verified) with the tokenizer, built beside it and renamed into place.
 
 ``out_dir`` is checked when the callback is made, before any training: it must be missing or
-empty, or (with ``overwrite``) a QAT checkpoint edge-sdk wrote (``outputs.check_qat_output``).
+empty, or (with ``overwrite``) a QAT checkpoint edge-sdk wrote (``export.check_qat_output``).
 
 Under FSDP2 (``fsdp_config={"fsdp_version": 2}``, or ``accelerate launch`` with FSDP2) the model's
 parameters are shards: the refits gather each table first (``sharding.refresh_sharded``), and at the

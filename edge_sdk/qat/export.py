@@ -17,7 +17,7 @@ Writes into ``out_dir``:
   directory whose tokenizer/generation files are copied).
 
 Atomic and ours only: ``out_dir`` must be missing or empty, or, with ``overwrite``, a QAT run or
-checkpoint edge-sdk wrote (``outputs.check_qat_output``); everything (with ``report``: the run's
+checkpoint edge-sdk wrote (``check_qat_output`` below); everything (with ``report``: the run's
 ``qat_report.json``/``.md``/plot too) is written and verified in a staging directory beside it,
 then renamed onto it (``outputs.staged_output``). An export killed at any point leaves ``out_dir``
 as it was.

@@ -266,7 +266,7 @@ def qat(checkpoint: str | PathLike, data: str | PathLike, out: str | PathLike, *
     learning rates (module docstring, 3b). ``equalize``: learn per-input-column gains too, folded into
     the norms and up_proj at export (``apply_qat(equalize=True)``, ``equalize`` module). ``fsdp``:
     under several processes, shard student and teacher instead of replicating them (``sharding``).
-    ``out`` must be missing or empty, or this command's own (``outputs.check_qat_output``): an
+    ``out`` must be missing or empty, or this command's own (``export.check_qat_output``): an
     unfinished run (``resume`` continues it) or, with ``overwrite``, a run or checkpoint to replace.
     Returns the report; the checkpoint is in ``out`` even when the stop rule's target is missed."""
     t0 = time.monotonic()
