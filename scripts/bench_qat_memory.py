@@ -3,7 +3,7 @@
 
     python scripts/bench_qat_memory.py [--work DIR] [--hidden 1024] [--procs 2] [--steps 3] [--json out.json]
 
-Builds (once, in ``--work``) a wider copy of the tiny model: ``models/tiny-gemma4/float``'s config
+Builds (once, in ``--work``) a wider copy of the tiny model: ``models/tiny-gemma4-prose/float``'s config
 with ``--hidden`` and 4 x that as the MLP width, random weights from a fixed seed (transformers'
 own init), its tokenizer. Then runs ``qat()`` in ``--procs`` processes (gloo on CPU, one thread
 each; the launcher's environment set by hand, as torchrun would), once as DDP and once with
@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-TINY = ROOT / "models" / "tiny-gemma4" / "float"
+TINY = ROOT / "models" / "tiny-gemma4-prose" / "float"
 
 
 def build_wide(out: Path, hidden: int) -> int:
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
 
     model = args.work / f"wide-{args.hidden}"
     n = build_wide(model, args.hidden)
-    data = write_splits(args.work / "data")["train"]
+    data = write_splits(args.work / "data", ROOT / "models" / "tiny-gemma4-prose" / "split.json")["train"]
     rows = [run(model, data, args.work, args.procs, args.steps, fsdp) for fsdp in (False, True)]
     fp32 = n * 4 / 1e9
     print(f"wide tiny model: hidden {args.hidden}, {n / 1e6:.1f} M parameters ({fp32:.2f} GB in float32); "

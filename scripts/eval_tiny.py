@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """QAT vs PTQ on the tiny Gemma 4: held-out perplexity, KL divergence and top-1 agreement vs float.
 
-    python scripts/eval_tiny.py [--model models/tiny-gemma4] [--json models/tiny-gemma4/eval.json]
+    python scripts/eval_tiny.py [--model models/tiny-gemma4-prose] [--json models/tiny-gemma4-prose/eval.json]
 
 Three weight sets, all run through the NumPy reference forward (``edge_sdk.reference.Reference``,
 float32, no torch):
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_tiny import CTX, DEFAULT_OUT, eval_windows, split_topics, token_stream, topic_texts  # noqa: E402
+from train_tiny import CTX, PROSE_OUT, eval_windows, split_topics, token_stream, topic_texts  # noqa: E402
 
 from edge_sdk.quant import (PRESETS, AffineConfig, DictionaryConfig, DictionaryQuantizer,  # noqa: E402
                             dequantize, quantize, read_qat_sidecar, resolve, resolve_shared)
@@ -136,7 +136,7 @@ def _display(p: Path) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--model", type=Path, default=PROSE_OUT)
     ap.add_argument("--json", type=Path, default=None, help="default: <model>/eval.json")
     ap.add_argument("--kv-int8", action="store_true", help="also PTQ/QAT with an int8 KV cache")
     args = ap.parse_args(argv)

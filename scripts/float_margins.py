@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """How hesitant is a float model on the tiny held-out topics, and what top-1 would QAT reach on it?
 
-    python scripts/float_margins.py [FLOAT_DIR ...] [--qat models/tiny-gemma4/qat] [--json out.json]
+    python scripts/float_margins.py [FLOAT_DIR ...] [--qat models/tiny-gemma4-prose/qat] [--json out.json]
     python scripts/float_margins.py /tmp/code/float --data /tmp/code/data    # another corpus's split
 
 Top-1 agreement depends on the float model's own margins (``log p1 - log p2`` of its two likeliest
 tokens): where it hesitates, any perturbation flips its argmax (docs/qat.md). This script reads
-each FLOAT_DIR (default: ``models/tiny-gemma4/float``; e.g. a float model trained on more text by
+each FLOAT_DIR (default: ``models/tiny-gemma4-prose/float``; e.g. a float model trained on more text by
 ``scripts/train_tiny.py --docstrings --float-only``) on the held-out topics in 128-token windows and
 prints its PPL and the share of positions per margin bin (``monitor.MARGIN_BINS``). The QAT
-model's agreement per bin, measured against ``models/tiny-gemma4/float``, turns each model's shares
+model's agreement per bin, measured against ``models/tiny-gemma4-prose/float``, turns each model's shares
 into the top-1 a QAT model with the same per-bin error would reach: the question is whether a
 better-trained float model alone would lift top-1. ``--data DIR`` (``train.jsonl``/``heldout.jsonl``,
 as ``scripts/train_tiny.py --corpus code`` writes them) measures the other FLOAT_DIRs on that
@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "models" / "tiny-gemma4"
+TINY = ROOT / "models" / "tiny-gemma4-prose"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     from tiny_data import write_splits
 
     torch.set_num_threads(1)
-    data = write_splits(Path(tempfile.mkdtemp(prefix="float_margins_")))
+    data = write_splits(Path(tempfile.mkdtemp(prefix="float_margins_")), TINY / "split.json")
     cls, held = held_out(TINY / "float", data)
     qat = cls.from_pretrained(str(args.qat), dtype=torch.float32).eval()
     agree = top1_by_margin(qat, held)

@@ -3,7 +3,7 @@
 
     python scripts/qat_ablation.py [--steps 100] [--seq-len 128] [--batch 16] [--json out.json]
 
-Each variant is one ``edge_sdk.qat.qat`` run from ``models/tiny-gemma4/float`` on the train split
+Each variant is one ``edge_sdk.qat.qat`` run from ``models/tiny-gemma4-prose/float`` on the train split
 (``scripts/tiny_data.py``), the same seed, steps and batches; every figure is the run's own held-out
 monitor (``monitor.HeldOut``: PyTorch float32, the held-out topics in non-overlapping windows of
 ``--seq-len``), so the variants are measured side by side against one float model:
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     from tiny_data import write_splits
 
     work = Path(tempfile.mkdtemp(prefix="qat_ablation_"))
-    data = write_splits(work / "data")
+    data = write_splits(work / "data", ROOT / "models" / "tiny-gemma4-prose" / "split.json")
     rows, ptq = [], None
     for name, kw in VARIANTS.items():
         if args.only and name not in args.only:
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
         kw = {"batch": args.batch, "seq_len": args.seq_len, **kw}
         run = _steps({k: v for k, v in kw.items() if k not in PATCHES}, args.steps)
         with patched(kw, run["steps"] + run["anneal_steps"]):
-            res = qat(ROOT / "models" / "tiny-gemma4" / "float", data["train"],
+            res = qat(ROOT / "models" / "tiny-gemma4-prose" / "float", data["train"],
                       work / name.replace(" ", "_").replace("%", "").replace(",", ""),
                       eval_file=data["heldout"], eval_every=args.steps, max_ppl_increase=None,
                       threads=args.threads, **run)

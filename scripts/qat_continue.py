@@ -1,14 +1,14 @@
 #!/usr/bin/env python
 """Continue a QAT checkpoint (on its grid) with another loss or learning rate: what a second phase buys.
 
-    python scripts/qat_continue.py [--init models/tiny-gemma4/qat] [--loss kl|kl+ce|kl+margin|kl+T]
+    python scripts/qat_continue.py [--init models/tiny-gemma4-prose/qat] [--loss kl|kl+ce|kl+margin|kl+T]
                                    [--steps 200] [--lr 3e-4] [--scale-lr 3e-3] [--samples N] [--batch 16]
                                    [--json out.json]
 
 The student starts from ``--init`` exactly as exported (weights on the grid; the exported scales
 become the base scales, gains 0; the exported PLE codebooks, not refitted): the state
 ``qat(anneal_steps=...)`` reaches in-process after its snap. The float model of
-``models/tiny-gemma4/float`` is teacher and reference; batches are the tiny model's training topics
+``models/tiny-gemma4-prose/float`` is teacher and reference; batches are the tiny model's training topics
 (``scripts/tiny_data.py``), half from ``--samples`` teacher sequences when given. AdamW, warmup 10,
 cosine to 5 %. Every ``--every`` steps the held-out monitor (``monitor.HeldOut``) prints PPL, KLD and
 top-1 vs float. Losses (``t``, ``s``: float and student log-probabilities):
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "models" / "tiny-gemma4"
+TINY = ROOT / "models" / "tiny-gemma4-prose"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Is a QAT model's held-out gap generalisation or capacity? Measure it where it trained and where it did not.
 
-    python scripts/qat_fit.py [--model models/tiny-gemma4/qat] [--windows 160] [--json out.json]
+    python scripts/qat_fit.py [--model models/tiny-gemma4-prose/qat] [--windows 160] [--json out.json]
 
 KLD and top-1 against the float model (``monitor.HeldOut``, the QAT run's own monitor) on four sets
 of ``seq_len``-token windows, with the float model's own difficulty on each (mean entropy, share of
@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "models" / "tiny-gemma4"
+TINY = ROOT / "models" / "tiny-gemma4-prose"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 FRESH_SEED = 12345
 TIE_NATS = 0.4

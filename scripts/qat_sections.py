@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """What each quantized section costs the tiny model, and why top-1 lags KLD on it.
 
-    python scripts/qat_sections.py [--model models/tiny-gemma4/qat] [--recipe mobile] [--json out.json]
+    python scripts/qat_sections.py [--model models/tiny-gemma4-prose/qat] [--recipe mobile] [--json out.json]
 
 1. PTQ, one section at a time: the float model with only that section fake-quantized (``only``)
    and with every section but that one (``all but``), on the held-out topics in 128-token windows
@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "models" / "tiny-gemma4"
+TINY = ROOT / "models" / "tiny-gemma4-prose"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 

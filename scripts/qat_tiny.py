@@ -2,15 +2,16 @@
 """Rebuild ``models/tiny-gemma4/qat`` with ``edge-sdk qat`` and measure it through ``edge-sdk validate``.
 
     python scripts/qat_tiny.py [--out models/tiny-gemma4/qat] [--steps N] [--recipe mobile] [--json qat_tiny.json]
-    python scripts/qat_tiny.py --fixture models/tiny-gemma4-code      # the code fixture: its float/, split, qat/
+    python scripts/qat_tiny.py --fixture models/tiny-gemma4-prose     # the prose fixture: its float/, split, qat/
 
-1. the tiny model's train / held-out topics as JSON Lines (``scripts/tiny_data.py``);
+1. the fixture's train / held-out split as JSON Lines (``scripts/tiny_data.py``; the embedded
+   default's is CPython standard-library source files, the prose fixture's ``pydoc_data.topics``);
 2. ``edge-sdk qat models/tiny-gemma4/float --data train.jsonl --eval heldout.jsonl -o OUT --recipe
    mobile --steps 1400 --seq-len 128 --threads 1 --teacher-samples 8192`` (``QAT_FLAGS``; every other
    flag at its default: KL distillation from the float model, learned scales, codebooks refitted
    every 50 steps; half of each batch from 8,192 sequences the float model wrote);
 3. ``edge-sdk convert OUT --recipe mobile --text-only`` and ``edge-sdk validate`` of the converted
-   model against the float checkpoint on the held-out topics (``--reference``; 480-token windows,
+   model against the float checkpoint on the held-out split (``--reference``; 480-token windows,
    the converted model's context 512 less the 32 decode steps);
 4. prints a table and writes JSON: QAT wall time, the monitor's last held-out figures, and
    validate's PPL / mean KLD / top-1 vs float.

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""Write the tiny model's training and held-out splits as JSON Lines, one topic per line.
+"""Write a tiny model's training and held-out splits as JSON Lines, one document per line.
 
-    python scripts/tiny_data.py OUT_DIR     # OUT_DIR/train.jsonl, OUT_DIR/heldout.jsonl
+    python scripts/tiny_data.py OUT_DIR [SPLIT_JSON]    # OUT_DIR/train.jsonl, OUT_DIR/heldout.jsonl
 
-The topics are ``models/tiny-gemma4/split.json``'s (``pydoc_data.topics``); the files are what
-``edge-sdk qat models/tiny-gemma4/float --data OUT_DIR/train.jsonl --eval OUT_DIR/heldout.jsonl``
-reads. The sha256 of the topic texts is checked against split.json (another CPython's text differs).
-A split of the standard library's source files (``scripts/train_tiny.py --corpus code``,
-``models/tiny-gemma4-code/split.json``) is read from this Python's stdlib the same way.
+The documents are those ``SPLIT_JSON`` names (default ``models/tiny-gemma4/split.json``: the
+embedded default's CPython standard-library source files, read from this Python's stdlib); the files
+are what ``edge-sdk qat models/tiny-gemma4/float --data OUT_DIR/train.jsonl --eval
+OUT_DIR/heldout.jsonl`` reads. ``models/tiny-gemma4-prose/split.json`` names ``pydoc_data.topics``
+topics instead. The sha256 of the texts is checked against split.json (another CPython's differ).
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SPLIT = ROOT / "models" / "tiny-gemma4" / "split.json"
+DEFAULT = ROOT / "models" / "tiny-gemma4"        # the embedded default: trained on stdlib source
+PROSE = ROOT / "models" / "tiny-gemma4-prose"    # trained on pydoc_data.topics: the QAT studies' fixture
+SPLIT = DEFAULT / "split.json"
 
 
-def _texts(split: dict) -> dict[str, str]:
+def split_texts(split: dict) -> dict[str, str]:
     """name -> text of every document the split names (topics, or stdlib source files)."""
     names = split["train"] + split["heldout"]
     from edge_sdk.validate.quality import STDLIB_SOURCE
@@ -35,7 +37,7 @@ def _texts(split: dict) -> dict[str, str]:
 
 def write_splits(out: Path, split_json: Path = SPLIT) -> dict[str, Path]:
     split = json.loads(split_json.read_text())
-    texts = _texts(split)
+    texts = split_texts(split)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for part in ("train", "heldout"):
@@ -50,10 +52,10 @@ def write_splits(out: Path, split_json: Path = SPLIT) -> dict[str, Path]:
     return paths
 
 
-def tiny_heldout(seq_len: int = 128):
-    """The QAT scripts' common start: ``(model class, corpus, float model, HeldOut)`` for the tiny
-    model's splits in ``seq_len``-token windows, the float model frozen, torch on one thread
-    (deterministic)."""
+def tiny_heldout(seq_len: int = 128, fixture: Path = PROSE):
+    """The QAT studies' common start: ``(model class, corpus, float model, HeldOut)`` for a tiny
+    model's splits (default: the prose fixture, which the committed studies measured) in
+    ``seq_len``-token windows, the float model frozen, torch on one thread (deterministic)."""
     import tempfile
 
     import torch
@@ -63,8 +65,8 @@ def tiny_heldout(seq_len: int = 128):
     from edge_sdk.qat.train import _load_tokenizer
 
     torch.set_num_threads(1)
-    data = write_splits(Path(tempfile.mkdtemp(prefix="tiny_data_")))
-    float_dir = ROOT / "models" / "tiny-gemma4" / "float"
+    data = write_splits(Path(tempfile.mkdtemp(prefix="tiny_data_")), fixture / "split.json")
+    float_dir = fixture / "float"
     cls, tok = _load_tokenizer(float_dir)
     corpus = load_corpus(data["train"], tok, seq_len, data["heldout"])
     float_model = cls.from_pretrained(str(float_dir), dtype=torch.float32).eval()
@@ -73,7 +75,7 @@ def tiny_heldout(seq_len: int = 128):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if len(sys.argv) not in (2, 3):
         sys.exit(__doc__)
-    for part, p in write_splits(Path(sys.argv[1])).items():
+    for part, p in write_splits(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) == 3 else SPLIT).items():
         print(f"{part}: {p}")

@@ -1,21 +1,27 @@
 #!/usr/bin/env python
-"""Train the embedded tiny Gemma 4 from scratch, then QAT-finetune it under the ``mobile`` recipe.
+"""Train a tiny Gemma 4 from scratch (and, without ``--float-only``, QAT-finetune it for ``mobile``).
 
-    python scripts/train_tiny.py [--out models/tiny-gemma4] [--seed 0]
+    python scripts/train_tiny.py --float-only          # models/tiny-gemma4/float, the embedded default
+    python scripts/qat_tiny.py                         # its qat/, with edge-sdk qat
+    python scripts/train_tiny.py --corpus topics       # models/tiny-gemma4-prose (float/ and an older qat/)
 
-Everything comes from the seed and CPython's ``pydoc_data.topics`` (79 topics of English prose):
+Everything comes from the seed and this CPython's own text: ``--corpus code`` (the default) its
+standard-library ``.py`` files of 2,000-40,000 bytes (1.16 M training tokens), ``--corpus topics``
+the 79 topics of ``pydoc_data.topics`` (English prose, 119 k training tokens):
 
-1. split: topic names sorted; every 10th (index % 10 == 0) is held out → ``split.json``;
-2. tokenizer: byte-level BPE trained with ``tokenizers`` on the TRAIN topics only, vocab 2048,
+1. split: document names sorted; every 10th (index % 10 == 0) is held out → ``split.json``;
+2. tokenizer: byte-level BPE trained with ``tokenizers`` on the TRAIN documents only, vocab 2048,
    Gemma-style special tokens ``<pad>``=0 ``<eos>``=1 ``<bos>``=2 ``<unk>``=3 ``<|turn>``=4
    ``<turn|>``=5 (Gemma 4's turn markers), a small chat template; BOS is prepended on encode;
 3. model: ``Gemma4ForConditionalGeneration`` (see ``model_config``): 8 layers (6 sliding
    window 32 + 2 full), PLE, the last 2 layers KV-shared with double-wide MLPs, final logit
    softcapping 30, tied embeddings; tiny vision and audio towers, left untrained;
-4. float training: AdamW (weight decay 0.5, attention dropout 0.1: the corpus is ~119k tokens
-   and the model memorises it quickly), random windows of 128 tokens, 600 steps warmup + cosine;
+4. float training: AdamW (weight decay 0.5, attention dropout 0.1: a small corpus is memorised
+   quickly), random windows of 128 tokens, 1500 (code) or 600 (topics) steps, warmup + cosine;
    saved bfloat16 to ``float/`` (HF layout + tokenizer);
-5. QAT: the bfloat16 float weights (as float32) under ``edge_sdk.qat.apply_qat(mobile)``:
+5. QAT (this script's own loop, kept for the prose fixture's history; the committed ``qat/`` of
+   both fixtures is ``scripts/qat_tiny.py``'s ``edge-sdk qat`` run): the bfloat16 float weights (as
+   float32) under ``edge_sdk.qat.apply_qat(mobile)``:
    learnable per-channel scales starting at the PTQ scales, the PLE table dictionary-coded with
    codebooks refitted every ``--refresh`` steps (not during the last 20 %); loss = KL(float
    teacher || student) per token (self-distillation from the float model: exactly the quantity
@@ -25,7 +31,7 @@ Everything comes from the seed and CPython's ``pydoc_data.topics`` (79 topics of
 
 Bit-reproducible for the same seed, torch version and thread count (``--threads``, default 1:
 on a 2-core machine shared with other jobs one thread is 3-5x faster than two).
-``scripts/eval_tiny.py`` measures float / PTQ / QAT on the held-out topics.
+``scripts/eval_tiny.py`` measures float / PTQ / QAT on the prose fixture's held-out topics.
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "models" / "tiny-gemma4"
+DEFAULT_OUT = ROOT / "models" / "tiny-gemma4"          # --corpus code: the embedded default
+PROSE_OUT = ROOT / "models" / "tiny-gemma4-prose"      # --corpus topics
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<|turn>", "<turn|>"]
 PAD, EOS, BOS, UNK, TURN_OPEN, TURN_CLOSE = range(6)
@@ -87,10 +94,9 @@ def code_files(max_bytes: int = 8000) -> list[Path]:
             if not any(s in p.relative_to(lib).as_posix() for s in skip) and 2000 <= p.stat().st_size <= max_bytes]
 
 
-def split_code(max_bytes: int = 8000) -> dict:
-    """``--corpus code``: the stdlib's Python source as the corpus (not the committed fixture: the
-    question it answers is whether a less ambiguous text gives a float model that hesitates less,
-    docs/qat.md). Same dict as ``split_topics``; names are paths relative to the stdlib."""
+def split_code(max_bytes: int = 40000) -> dict:
+    """``--corpus code``: the stdlib's Python source as the corpus (the embedded default,
+    ``models/tiny-gemma4``). Same dict as ``split_topics``; names are paths relative to the stdlib."""
     import sysconfig
     lib = Path(sysconfig.get_paths()["stdlib"])
     files = code_files(max_bytes)
@@ -325,12 +331,13 @@ def train_qat(model, teacher, stream, windows, args, log):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default: models/tiny-gemma4 (--corpus code), models/tiny-gemma4-prose (--corpus topics)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is fastest on a shared 2-core machine)")
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--float-steps", type=int, default=600)
+    ap.add_argument("--float-steps", type=int, default=None, help="default: 1500 (--corpus code), 600 (topics)")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--wd", type=float, default=0.5)
     ap.add_argument("--warmup", type=int, default=100)
@@ -354,12 +361,15 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer", type=Path, default=None,
                     help="reuse this checkpoint's tokenizer instead of training one")
     ap.add_argument("--float-only", action="store_true", help="stop after float/ (no QAT)")
-    ap.add_argument("--corpus", choices=("topics", "code"), default="topics",
-                    help="topics: pydoc_data.topics prose (the committed fixture); code: stdlib .py source "
-                    "(an experiment, docs/qat.md); data/train.jsonl and data/heldout.jsonl are written to --out")
-    ap.add_argument("--code-max-bytes", type=int, default=8000,
-                    help="--corpus code: the largest source file taken (8000: 545 k characters of training text)")
+    ap.add_argument("--corpus", choices=("topics", "code"), default="code",
+                    help="code: stdlib .py source (the embedded default); topics: pydoc_data.topics prose "
+                    "(models/tiny-gemma4-prose); data/train.jsonl and data/heldout.jsonl are written to --out")
+    ap.add_argument("--code-max-bytes", type=int, default=40000,
+                    help="--corpus code: the largest source file taken (40000: 3.70 M characters of training text)")
     args = ap.parse_args(argv)
+    code = args.corpus == "code"
+    args.out = args.out or (DEFAULT_OUT if code else PROSE_OUT)
+    args.float_steps = args.float_steps or (1500 if code else 600)
 
     import torch
     from transformers import AutoTokenizer, Gemma4ForConditionalGeneration

@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "models" / "tiny-gemma4" / "qat"
-PROMPT = "The for statement is used to"
+PROMPT = "def read(self, size=-1):"
 STATS = re.compile(r"^prompt: (\d+) tok, [\d,.]+ tok/s \| generation: (\d+) tok, ([\d,.]+|-) tok/s \| "
                    r"peak memory: \d+\.\d{3} GB$")
 # what LiteRT / LiteRT-LM write from native code (accelerator registry, plugins, delegates)

@@ -25,8 +25,8 @@ from edge_sdk.cli import main
 from edge_sdk.litert.reader import read_tflite
 from edge_sdk.litert.runtime import LiteRTModel, OutputCheckError, check_logits, file_key
 
-QAT_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-gemma4" / "qat"
-CODE_QAT_DIR = QAT_DIR.parents[1] / "tiny-gemma4-code" / "qat"   # the same model trained on stdlib source
+QAT_DIR = Path(__file__).resolve().parents[1] / "models" / "tiny-gemma4" / "qat"   # trained on stdlib source
+PROSE_QAT_DIR = QAT_DIR.parents[1] / "tiny-gemma4-prose" / "qat"   # the same model trained on pydoc topics
 GEO = ["--context", "64", "--prefill", "8"]
 STEPS = 16
 PROMPTS = {   # 21 and 30 tokens: 3 and 4 chunks of 8, the last one padded
@@ -268,7 +268,7 @@ def test_prefill_signature_and_chunking_agree(converted):
         m.prefill([5] * 2)
 
 
-@pytest.mark.parametrize("qat_dir", [QAT_DIR, CODE_QAT_DIR], ids=["topics", "code"])
+@pytest.mark.parametrize("qat_dir", [QAT_DIR, PROSE_QAT_DIR], ids=["code", "topics"])
 def test_qat_tiny_model(qat_dir, tmp_path, capsys):
     if not (qat_dir / "config.json").is_file():
         pytest.skip(f"{qat_dir} not present (scripts/train_tiny.py builds it)")
@@ -283,7 +283,7 @@ def test_qat_tiny_model(qat_dir, tmp_path, capsys):
         from tokenizers import Tokenizer
         from pydoc_data.topics import topics
         import textwrap   # the code model reads Python source: a stdlib file's
-        text, prompt = ((topics["with"], "The with statement") if qat_dir == QAT_DIR else
+        text, prompt = ((topics["with"], "The with statement") if qat_dir == PROSE_QAT_DIR else
                         (Path(textwrap.__file__).read_text(), "def wrap(text"))
         ids = Tokenizer.from_file(str(out / "tokenizer.json")).encode(text[:400]).ids[:60]
         assert main(["run", str(out), "--prompt", prompt, "-n", "8", "--ignore-eos"]) == 0

@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 ROOT = Path(__file__).resolve().parents[1]
-QAT = ROOT / "models" / "tiny-gemma4" / "qat"
+PROSE = ROOT / "models" / "tiny-gemma4-prose"   # the fixture the QAT studies measured
+QAT = PROSE / "qat"
 
 
 def _script(name: str):
@@ -53,9 +54,9 @@ def test_float_margins_predicts_the_qat_models_own_top1(tmp_path):
     assert _script("float_margins").main(["--json", str(tmp_path / "m.json")]) == 0
     r = json.loads((tmp_path / "m.json").read_text())
     (row,) = r["floats"]
-    assert abs(sum(row["shares"]) - 1) < 1e-9 and row["float"] == "models/tiny-gemma4/float"
-    cls, held = _script("float_margins").held_out(ROOT / "models" / "tiny-gemma4" / "float",
-                                                  _script("tiny_data").write_splits(tmp_path / "d"))
+    assert abs(sum(row["shares"]) - 1) < 1e-9 and row["float"] == "models/tiny-gemma4-prose/float"
+    cls, held = _script("float_margins").held_out(PROSE / "float",
+                                                  _script("tiny_data").write_splits(tmp_path / "d", PROSE / "split.json"))
     top1 = HeldOut.measure(held, cls.from_pretrained(str(QAT), dtype=torch.float32))["top1"]
     assert row["predicted_top1"] == pytest.approx(top1, abs=1e-9) and 0.5 < top1 < 1
 
@@ -79,7 +80,7 @@ def test_fit_regenerates_the_runs_own_teacher_samples():
     drawn ``GEN_BATCH`` sequences at a time, so the first whole batch of a larger run is the same."""
     from edge_sdk.qat.samples import GEN_BATCH, teacher_samples
     from edge_sdk.qat.train import _load_tokenizer
-    float_dir = ROOT / "models" / "tiny-gemma4" / "float"
+    float_dir = PROSE / "float"
     cls, _ = _load_tokenizer(float_dir)
     model = cls.from_pretrained(str(float_dir), dtype=torch.float32).eval()
     stream = torch.randint(3, 2048, (400,), generator=torch.Generator().manual_seed(2)).numpy()
@@ -92,7 +93,7 @@ def test_fit_regenerates_the_runs_own_teacher_samples():
 def test_fit_measures_zero_for_the_float_model_itself(tmp_path):
     """The float model against itself: KLD 0, top-1 100 %, and a difficulty that is a real share."""
     from edge_sdk.qat.train import _load_tokenizer
-    float_dir = ROOT / "models" / "tiny-gemma4" / "float"
+    float_dir = PROSE / "float"
     cls, _ = _load_tokenizer(float_dir)
     model = cls.from_pretrained(str(float_dir), dtype=torch.float32).eval()
     windows = torch.randint(3, 2048, (4, 24), generator=torch.Generator().manual_seed(5)).numpy()

@@ -29,12 +29,18 @@ SHORT = ["--steps", "2", "--batch", "2", "--seq-len", "32", "--eval-every", "1",
 
 @pytest.fixture(scope="module")
 def texts(tmp_path_factory):
-    from pydoc_data.topics import topics
+    """The first 6 documents of the float model's own training split (stdlib source files) and
+    the start of its first held-out one, as ``scripts/tiny_data.py`` reads them."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("tiny_data", ROOT / "scripts" / "tiny_data.py")
+    tiny_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tiny_data)
     d = tmp_path_factory.mktemp("qat_data")
     split = json.loads((ROOT / "models" / "tiny-gemma4" / "split.json").read_text())
-    train = [topics[n] for n in split["train"][:6]]
-    (d / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in train))
-    (d / "eval.txt").write_text(topics[split["heldout"][0]][:1500])
+    split = {**split, "train": split["train"][:6], "heldout": split["heldout"][:1]}
+    docs = tiny_data.split_texts(split)
+    (d / "train.jsonl").write_text("".join(json.dumps({"text": docs[n]}) + "\n" for n in split["train"]))
+    (d / "eval.txt").write_text(docs[split["heldout"][0]][:1500])
     return d
 
 

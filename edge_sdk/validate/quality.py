@@ -6,8 +6,8 @@
   → mean and 99th percentile (linear interpolation between order statistics);
 - **top-1 agreement**: fraction of positions where the two argmaxes are equal.
 
-Text → tokens → windows: the text (``--text FILE``, or the tiny model's held-out topics from
-``split.json``: each topic ``<bos> text <eos>``, concatenated, as in training) is tokenized with the
+Text → tokens → windows: the text (``--text FILE``, or the tiny model's held-out documents from
+``split.json``: each ``<bos> text <eos>``, concatenated, as in training) is tokenized with the
 model's ``tokenizer.json`` and **chunked** into non-overlapping windows of ``context`` tokens, each
 evaluated from an empty cache; a window's logits at position t are scored against token t+1 (so
 a window of L tokens scores L-1 positions; a tail shorter than 2 tokens is dropped). ``max_tokens``
@@ -67,10 +67,10 @@ STDLIB_SOURCE = "CPython stdlib source"   # split.json "source" of a split of th
 
 
 def heldout_texts(split_json: str | Path | None = None) -> list[str]:
-    """The held-out topics of ``pydoc_data.topics``: those a ``split.json`` names (the tiny model's
-    training split; a split whose ``source`` is ``STDLIB_SOURCE`` names standard-library files
-    instead, ``models/tiny-gemma4-code``), or, without one, the same rule computed from this Python's topics (names
-    sorted, every tenth held out, from the first; what ``scripts/train_tiny.py`` writes down)."""
+    """The held-out texts a tiny model's ``split.json`` names: standard-library source files when
+    its ``source`` is ``STDLIB_SOURCE`` (the embedded default, ``models/tiny-gemma4``), else topics
+    of ``pydoc_data.topics`` (``models/tiny-gemma4-prose``); without a split.json, the topics rule
+    computed from this Python's topics (names sorted, every tenth held out, from the first)."""
     from pydoc_data.topics import topics
     if split_json is None:
         return [topics[n] for i, n in enumerate(sorted(topics)) if i % 10 == 0]
