@@ -36,8 +36,16 @@ def split_texts(split: dict) -> dict[str, str]:
 
 
 def write_splits(out: Path, split_json: Path = SPLIT) -> dict[str, Path]:
+    """OUT/train.jsonl and OUT/heldout.jsonl: the split's documents as the model ships them
+    (``data/*.jsonl`` beside split.json, checked: ``quality.shipped_split``), else read from this
+    Python (its stdlib files or pydoc topics; another CPython's differ: a warning)."""
+    from edge_sdk.validate.quality import shipped_split
     split = json.loads(split_json.read_text())
-    texts = split_texts(split)
+    shipped = {part: shipped_split(split_json, part) for part in ("train", "heldout")}
+    if all(v is not None for v in shipped.values()):
+        texts = {n: t for part in shipped for n, t in zip(split[part], shipped[part])}
+    else:
+        texts = split_texts(split)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for part in ("train", "heldout"):

@@ -119,3 +119,36 @@ def test_code_split_is_read_alike_by_the_scripts_and_validate(tmp_path, capsys):
     written = [json.loads(line)["text"] for line in paths["heldout"].read_text().splitlines()]
     assert written == heldout_texts(tmp_path / "split.json") == tt.code_texts(split["heldout"])
     assert sum(map(len, written)) == split["chars"]["heldout"]
+
+
+def test_the_default_ships_its_split_and_a_changed_document_is_refused(tmp_path):
+    """``models/tiny-gemma4/data/*.jsonl`` are the split.json's documents (names and sha256), so
+    validate's default held-out text and ``tiny_data.py``'s files do not depend on this Python's
+    stdlib (Debian's python3.11 has no tkinter, other releases differ); a file whose text or names
+    differ from the split is refused, naming the file."""
+    import json
+    import shutil
+
+    from edge_sdk.errors import InputError
+    from edge_sdk.validate.quality import heldout_texts, shipped_split
+    split_json = ROOT / "models" / "tiny-gemma4" / "split.json"
+    split = json.loads(split_json.read_text())
+    held = shipped_split(split_json, "heldout")
+    assert len(held) == len(split["heldout"]) == 31 and heldout_texts(split_json) == held
+    assert sum(map(len, held)) == split["chars"]["heldout"]
+    assert len(shipped_split(split_json, "train")) == len(split["train"])
+    paths = _script("tiny_data").write_splits(tmp_path / "w", split_json)
+    assert [json.loads(line)["text"] for line in paths["heldout"].read_text().splitlines()] == held
+    assert shipped_split(PROSE / "split.json", "heldout") is None   # nothing shipped: read from pydoc topics
+    copy = tmp_path / "m"
+    (copy / "data").mkdir(parents=True)
+    shutil.copy(split_json, copy / "split.json")
+    lines = (split_json.parent / "data" / "heldout.jsonl").read_text(encoding="utf-8").splitlines()
+    doc = json.loads(lines[3])
+    lines[3] = json.dumps({**doc, "text": doc["text"].replace("def ", "def  ", 1)})
+    (copy / "data" / "heldout.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match="heldout.jsonl.*sha256"):
+        heldout_texts(copy / "split.json")
+    (copy / "data" / "heldout.jsonl").write_text('{"text": "no name"}\n')
+    with pytest.raises(InputError, match="heldout.jsonl"):
+        heldout_texts(copy / "split.json")

@@ -29,18 +29,14 @@ SHORT = ["--steps", "2", "--batch", "2", "--seq-len", "32", "--eval-every", "1",
 
 @pytest.fixture(scope="module")
 def texts(tmp_path_factory):
-    """The first 6 documents of the float model's own training split (stdlib source files) and
-    the start of its first held-out one, as ``scripts/tiny_data.py`` reads them."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("tiny_data", ROOT / "scripts" / "tiny_data.py")
-    tiny_data = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tiny_data)
+    """The first 6 documents of the float model's own training split (stdlib source files, as
+    ``models/tiny-gemma4/data`` ships them) and the start of its first held-out one."""
+    from edge_sdk.validate.quality import shipped_split
     d = tmp_path_factory.mktemp("qat_data")
-    split = json.loads((ROOT / "models" / "tiny-gemma4" / "split.json").read_text())
-    split = {**split, "train": split["train"][:6], "heldout": split["heldout"][:1]}
-    docs = tiny_data.split_texts(split)
-    (d / "train.jsonl").write_text("".join(json.dumps({"text": docs[n]}) + "\n" for n in split["train"]))
-    (d / "eval.txt").write_text(docs[split["heldout"][0]][:1500])
+    split_json = ROOT / "models" / "tiny-gemma4" / "split.json"
+    train, held = shipped_split(split_json, "train"), shipped_split(split_json, "heldout")
+    (d / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in train[:6]))
+    (d / "eval.txt").write_text(held[0][:1500])
     return d
 
 

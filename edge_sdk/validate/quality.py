@@ -66,11 +66,39 @@ def load_tokenizer(model_dir: str | Path):
 STDLIB_SOURCE = "CPython stdlib source"   # split.json "source" of a split of the stdlib's .py files
 
 
+def shipped_split(split_json: str | Path, part: str) -> list[str] | None:
+    """The texts of ``part`` ("train" or "heldout") from ``data/PART.jsonl`` beside ``split.json``
+    (one ``{"name", "text"}`` per document, as ``models/tiny-gemma4/data`` ships them, so the split
+    does not depend on this Python's own stdlib), checked against the split's names and sha256;
+    None when the model ships no such file."""
+    import hashlib
+    path = Path(split_json)
+    file = path.parent / "data" / f"{part}.jsonl"
+    if not file.is_file():
+        return None
+    split = json.loads(path.read_text())
+    try:
+        docs = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        names, texts = [d["name"] for d in docs], [d["text"] for d in docs]
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"not one {{\"name\", \"text\"}} object per line ({e})", path=file,
+                         fix=f"restore it from the repository (git checkout {file})") from e
+    h = hashlib.sha256()
+    for n, t in zip(names, texts):
+        h.update(n.encode() + b"\0" + t.encode() + b"\0")
+    if names != split[part] or h.hexdigest() != split.get("sha256", {}).get(part):
+        raise InputError(f"its documents are not the {part} split that {path.name} names (names or sha256 differ)",
+                         path=file, fix=f"restore it from the repository (git checkout {file})")
+    return texts
+
+
 def heldout_texts(split_json: str | Path | None = None) -> list[str]:
-    """The held-out texts a tiny model's ``split.json`` names: standard-library source files when
-    its ``source`` is ``STDLIB_SOURCE`` (the embedded default, ``models/tiny-gemma4``), else topics
-    of ``pydoc_data.topics`` (``models/tiny-gemma4-prose``); without a split.json, the topics rule
-    computed from this Python's topics (names sorted, every tenth held out, from the first)."""
+    """The held-out texts a tiny model's ``split.json`` names: those its ``data/heldout.jsonl``
+    ships (``shipped_split``; the embedded default ``models/tiny-gemma4``, standard-library source
+    files), else read from this Python: standard-library files when its ``source`` is
+    ``STDLIB_SOURCE``, topics of ``pydoc_data.topics`` otherwise (``models/tiny-gemma4-prose``);
+    without a split.json, the topics rule computed from this Python's topics (names sorted, every
+    tenth held out, from the first)."""
     from pydoc_data.topics import topics
     if split_json is None:
         return [topics[n] for i, n in enumerate(sorted(topics)) if i % 10 == 0]
@@ -78,6 +106,9 @@ def heldout_texts(split_json: str | Path | None = None) -> list[str]:
     if not path.is_file():
         raise InputError("no held-out split to evaluate on", path=path,
                          fix="pass --text FILE (or train the tiny model: scripts/train_tiny.py)")
+    shipped = shipped_split(path, "heldout")
+    if shipped is not None:
+        return shipped
     split = json.loads(path.read_text())
     if split.get("source") == STDLIB_SOURCE:   # scripts/train_tiny.py --corpus code: stdlib files by path
         import sysconfig
